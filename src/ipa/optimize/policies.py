@@ -1,0 +1,83 @@
+"""Policies: which knobs are free. Each builds a Problem from the same spec, profiles and weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ipa.errors import ConfigError
+from ipa.optimize.problem import Problem, Weights
+from ipa.profiles.table import ProfileTable
+from ipa.spec import PipelineSpec
+
+POLICIES = ("ipa", "ipa-energy", "fa2-low", "fa2-high", "rim-high")
+
+# Default energy weight of `ipa-energy`, per watt. One core costs beta = 1; a core running flat
+# out draws about 7-10 W of package power on the servers IPA-style systems run on (TDP / cores),
+# so 0.1/W prices a saturated core's energy like a second reservation of it. That is large enough
+# to prefer variants and batches with fewer joules per request when accuracy ties, and small
+# enough that accuracy (alpha = 2 on a score in [0, 1]) is still traded only for real savings.
+DEFAULT_ENERGY_DELTA = 0.1
+RIM_DEFAULT_REPLICAS = 3
+
+
+def make_problem(
+    policy: str,
+    spec: PipelineSpec,
+    profiles: ProfileTable,
+    weights: Weights | None = None,
+    *,
+    idle_power_w_per_core: float | None = None,
+    scaling_cap: int = 100,
+    batching_cap: int = 8,
+    freeze: Mapping[str, str] | None = None,
+    replicas: int | None = None,
+) -> Problem:
+    """The problem a policy solves. Explicit `freeze`/`replicas` override the policy's defaults."""
+    if policy not in POLICIES:
+        raise ConfigError(f"unknown policy '{policy}' (allowed: {', '.join(POLICIES)})")
+    if scaling_cap < 1 or batching_cap < 1:
+        raise ConfigError(f"scaling_cap and batching_cap must be >= 1, got {scaling_cap} and {batching_cap}")
+    if replicas is not None and not 1 <= replicas <= scaling_cap:
+        raise ConfigError(f"replicas must be in 1..scaling_cap ({scaling_cap}), got {replicas}")
+    weights = _policy_weights(policy, weights or Weights())
+    frozen = _check_freeze(spec, dict(freeze or {}))
+    idle = idle_power_w_per_core if idle_power_w_per_core is not None else (profiles.idle_power_w_per_core or 0.0)
+    base = Problem(spec, profiles, weights, idle, scaling_cap, batching_cap, frozen, replicas)
+    if policy == "fa2-low":
+        frozen = {s.name: s.least_accurate.name for s in spec.stages} | frozen
+    elif policy == "fa2-high":
+        frozen = most_accurate_within_sla(base) | frozen
+    elif policy == "rim-high":
+        replicas = replicas or RIM_DEFAULT_REPLICAS
+    return Problem(spec, profiles, weights, idle, scaling_cap, batching_cap, frozen, replicas)
+
+
+def _policy_weights(policy: str, w: Weights) -> Weights:
+    if policy == "ipa-energy":
+        return w if w.delta > 0 else w.model_copy(update={"delta": DEFAULT_ENERGY_DELTA})
+    if w.delta > 0:
+        raise ConfigError(f"delta (energy weight) applies to policy 'ipa-energy'; '{policy}' has delta 0")
+    return w
+
+
+def _check_freeze(spec: PipelineSpec, freeze: dict[str, str]) -> dict[str, str]:
+    for stage, variant in freeze.items():
+        spec.stage(stage).variant(variant)  # raises ConfigError naming the allowed values
+    return freeze
+
+
+def most_accurate_within_sla(problem: Problem) -> dict[str, str]:
+    """FA2-high's variants: the most accurate combination whose batch-1 latency meets the SLA.
+
+    The same exact solver answers it: only accuracy counts, batch 1, one request at a time.
+    """
+    from ipa.optimize.solvers import exact
+
+    accuracy_only = Problem(
+        problem.spec, problem.profiles, Weights(alpha=1, beta=0, gamma=0, delta=0),
+        0.0, problem.scaling_cap, 1, problem.frozen_variants, None,
+    )
+    chosen = exact(accuracy_only, 0.0)
+    if chosen is None:
+        return {s.name: s.least_accurate.name for s in problem.spec.stages}
+    return {o.stage: o.variant for o in chosen}

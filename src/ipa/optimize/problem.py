@@ -1,0 +1,174 @@
+"""The optimisation problem of DESIGN.md section 3: options per stage, objective, constraints."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import Field
+
+from ipa.profiles.table import Profile, ProfileTable
+from ipa.spec import PipelineConfig, PipelineSpec, StageConfig, Strict, aggregate_accuracy, config_as_dict
+
+EPS = 1e-9
+
+
+class Weights(Strict):
+    """Objective weights: alpha*A - beta*cores - gamma*sum(batch) - delta*power_w. IPA's defaults."""
+
+    alpha: float = Field(default=2.0, ge=0)
+    beta: float = Field(default=1.0, ge=0)
+    gamma: float = Field(default=1e-6, ge=0)
+    delta: float = Field(default=0.0, ge=0)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One stage's choice with everything the objective and constraints need, for one load."""
+
+    stage: str
+    variant: str
+    batch: int
+    cores: int
+    replicas: int
+    accuracy: float  # fraction
+    latency_s: float  # p99 of a batch plus the batch-fill wait
+    capacity_rps: float  # replicas * throughput of one replica
+    power_w: float  # idle power of reserved cores + dynamic power at this load
+    penalty: float  # beta*cores + gamma*batch + delta*power of this stage
+
+    @property
+    def config(self) -> StageConfig:
+        return StageConfig(self.variant, self.batch, self.replicas, self.cores)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything fixed between decisions; `options(load)` gives what each stage may choose."""
+
+    spec: PipelineSpec
+    profiles: ProfileTable
+    weights: Weights = Weights()
+    idle_power_w_per_core: float = 0.0
+    scaling_cap: int = 100
+    batching_cap: int = 8
+    frozen_variants: Mapping[str, str] = field(default_factory=dict)
+    frozen_replicas: int | None = None
+
+    def option(self, profile: Profile, load: float, replicas: int | None = None) -> Option:
+        """Score one profile row at `load`; replicas default to the fewest that sustain it."""
+        n = replicas or self.frozen_replicas or max(1, math.ceil(load / profile.throughput_rps - EPS))
+        fill = (profile.batch - 1) / load if load > 0 else 0.0
+        power = n * profile.cores * self.idle_power_w_per_core + load * profile.energy_j_per_batch / profile.batch
+        w = self.weights
+        acc = self.spec.stage(profile.stage).variant(profile.variant).accuracy_fraction
+        return Option(
+            stage=profile.stage,
+            variant=profile.variant,
+            batch=profile.batch,
+            cores=profile.cores,
+            replicas=n,
+            accuracy=acc,
+            latency_s=profile.latency_p99_s + fill,
+            capacity_rps=n * profile.throughput_rps,
+            power_w=power,
+            penalty=w.beta * n * profile.cores + w.gamma * profile.batch + w.delta * power,
+        )
+
+    def candidates(self, stage: str, load: float) -> list[Option]:
+        """Every allowed (variant, batch, cores) of a stage, replicas capped, sustaining the load or not."""
+        out = []
+        frozen = self.frozen_variants.get(stage)
+        for p in self.profiles.for_stage(stage):
+            if p.batch > self.batching_cap or (frozen and p.variant != frozen):
+                continue
+            o = self.option(p, load)
+            if o.replicas > self.scaling_cap:
+                o = self.option(p, load, replicas=self.scaling_cap)
+            out.append(o)
+        return out
+
+    def options(self, load: float) -> list[list[Option]]:
+        """Per stage, in pipeline order, the options that sustain `load` within the scaling cap."""
+        return [
+            [o for o in self.candidates(s, load) if o.capacity_rps >= load - EPS]
+            for s in self.spec.stage_names
+        ]
+
+    def objective(self, chosen: Sequence[Option]) -> float:
+        acc = aggregate_accuracy(self.spec.accuracy_method, [o.accuracy for o in chosen])
+        return self.weights.alpha * acc - sum(o.penalty for o in chosen)
+
+    def assess(self, chosen: Sequence[Option], load: float) -> Assessment:
+        latency = sum(o.latency_s for o in chosen)
+        short = [o.stage for o in chosen if o.capacity_rps < load - EPS]
+        return Assessment(
+            config={o.stage: o.config for o in chosen},
+            objective=self.objective(chosen),
+            accuracy=aggregate_accuracy(self.spec.accuracy_method, [o.accuracy for o in chosen]),
+            cores=sum(o.replicas * o.cores for o in chosen),
+            power_w=sum(o.power_w for o in chosen),
+            latency_s=latency,
+            feasible=not short and latency <= self.spec.sla_s + EPS,
+            short_stages=short,
+        )
+
+    def assess_config(self, config: PipelineConfig, load: float) -> Assessment:
+        """Score a given config (any replicas) at a load, e.g. the one a runtime is serving."""
+        chosen = []
+        for s in self.spec.stage_names:
+            sc = config[s]
+            p = self.profiles.lookup(s, sc.variant, sc.batch, sc.cores)
+            chosen.append(self.option(p, load, replicas=sc.replicas))
+        return self.assess(chosen, load)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    config: PipelineConfig
+    objective: float
+    accuracy: float
+    cores: int
+    power_w: float
+    latency_s: float
+    feasible: bool
+    short_stages: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A solver's answer at one load; `reason` says why it is infeasible when it is."""
+
+    policy: str
+    solver: str
+    load_rps: float
+    assessment: Assessment
+    solve_ms: float
+    reason: str = ""
+
+    @property
+    def feasible(self) -> bool:
+        return self.assessment.feasible
+
+    @property
+    def config(self) -> PipelineConfig:
+        return self.assessment.config
+
+    def to_json(self) -> dict[str, Any]:
+        a = self.assessment
+        return {
+            "feasible": a.feasible,
+            "config": config_as_dict(a.config),
+            "objective": a.objective,
+            "accuracy": a.accuracy,
+            "cores": a.cores,
+            "power_w": a.power_w,
+            "latency_s": a.latency_s,
+            "solve_ms": self.solve_ms,
+            "policy": self.policy,
+            "solver": self.solver,
+            "load_rps": self.load_rps,
+            "reason": self.reason,
+        }

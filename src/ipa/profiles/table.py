@@ -1,0 +1,169 @@
+"""The profile table: one row per (stage, variant, batch, cores), read from CSV plus a meta sidecar."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ipa._io import write_csv, write_json
+from ipa.errors import ProfileError
+from ipa.spec import PipelineSpec
+
+REQUIRED = ("stage", "variant", "batch", "cores", "latency_p99_s", "throughput_rps", "energy_j_per_batch")
+ENERGY_METHODS = ("rapl", "perf", "nvml", "estimate", "example")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Measured behaviour of one variant at one (batch, cores); latencies are of a whole batch."""
+
+    stage: str
+    variant: str
+    batch: int
+    cores: int
+    latency_p99_s: float
+    throughput_rps: float
+    energy_j_per_batch: float
+    latency_p50_s: float | None = None
+    energy_method: str = "estimate"
+    load_s: float | None = None
+    memory_mb: float | None = None
+
+    @property
+    def p50(self) -> float:
+        return self.latency_p50_s if self.latency_p50_s is not None else self.latency_p99_s
+
+
+_INT = {"batch", "cores"}
+_FLOAT = {f.name for f in fields(Profile)} - _INT - {"stage", "variant", "energy_method"}
+
+
+@dataclass
+class ProfileTable:
+    rows: list[Profile]
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        self._index = {(p.stage, p.variant, p.batch, p.cores): p for p in self.rows}
+        self._by_stage: dict[str, list[Profile]] = {}
+        for p in self.rows:
+            self._by_stage.setdefault(p.stage, []).append(p)
+
+    def for_stage(self, stage: str) -> list[Profile]:
+        return self._by_stage.get(stage, [])
+
+    def get(self, stage: str, variant: str, batch: int, cores: int) -> Profile | None:
+        return self._index.get((stage, variant, batch, cores))
+
+    def lookup(self, stage: str, variant: str, batch: int, cores: int) -> Profile:
+        p = self.get(stage, variant, batch, cores)
+        if p is None:
+            raise ProfileError(f"{self.source}: no profile for {stage}/{variant} at batch {batch}, {cores} cores")
+        return p
+
+    @property
+    def idle_power_w_per_core(self) -> float | None:
+        v = self.meta.get("idle_power_w_per_core")
+        return float(v) if v is not None else None
+
+    @property
+    def energy_methods(self) -> list[str]:
+        return sorted({p.energy_method for p in self.rows})
+
+    @property
+    def energy_label(self) -> str:
+        """One word for reports: the method, or `estimate` if any row is estimated."""
+        methods = self.energy_methods
+        if "estimate" in methods:
+            return "estimate"
+        return methods[0] if len(methods) == 1 else "+".join(methods)
+
+    def check_against(self, spec: PipelineSpec) -> None:
+        """Every row names a known stage and variant; every stage has at least one profiled variant."""
+        for i, p in enumerate(self.rows):
+            stage = next((s for s in spec.stages if s.name == p.stage), None)
+            if stage is None:
+                raise ProfileError(
+                    f"{self.source}: row {i + 2}: unknown stage '{p.stage}' "
+                    f"(pipeline '{spec.name}' has: {', '.join(spec.stage_names)})"
+                )
+            if p.variant not in {v.name for v in stage.variants}:
+                raise ProfileError(
+                    f"{self.source}: row {i + 2}: unknown variant '{p.variant}' for stage '{p.stage}' "
+                    f"(allowed: {', '.join(v.name for v in stage.variants)})"
+                )
+        for s in spec.stages:
+            if not self.for_stage(s.name):
+                raise ProfileError(f"{self.source}: no rows for stage '{s.name}' of pipeline '{spec.name}'")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the CSV and its `.meta.json` sidecar atomically."""
+        cols = [f.name for f in fields(Profile)]
+        write_csv(path, (asdict(p) for p in self.rows), cols)
+        write_json(meta_path(path), self.meta)
+        return Path(path)
+
+
+def meta_path(path: str | Path) -> Path:
+    return Path(f"{path}.meta.json")
+
+
+def load_profiles(path: str | Path, spec: PipelineSpec | None = None) -> ProfileTable:
+    """Read and validate a profile CSV; errors name the file, the row and the column."""
+    p = Path(path)
+    if not p.is_file():
+        raise ProfileError(f"{p}: profile file not found")
+    with p.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ProfileError(f"{p}: missing required column(s): {', '.join(missing)} (required: {', '.join(REQUIRED)})")
+        rows = [_parse_row(r, line, p) for line, r in enumerate(reader, start=2)]
+    if not rows:
+        raise ProfileError(f"{p}: no profile rows")
+    mp = meta_path(p)
+    meta = json.loads(mp.read_text()) if mp.is_file() else {}
+    table = ProfileTable(rows, meta, str(p))
+    if spec is not None:
+        table.check_against(spec)
+    return table
+
+
+def _parse_row(raw: dict[str, str | None], line: int, path: Path) -> Profile:
+    values: dict[str, Any] = {}
+    for name in [f.name for f in fields(Profile)]:
+        text = (raw.get(name) or "").strip()
+        if not text:
+            if name in REQUIRED:
+                raise ProfileError(f"{path}: row {line}: empty value in required column '{name}'")
+            continue
+        values[name] = _convert(name, text, line, path)
+    for name in ("latency_p99_s", "throughput_rps", "batch", "cores"):
+        if not values[name] > 0:
+            raise ProfileError(f"{path}: row {line}: '{name}' must be positive, got {values[name]}")
+    if values["energy_j_per_batch"] < 0:
+        raise ProfileError(f"{path}: row {line}: 'energy_j_per_batch' must be >= 0, got {values['energy_j_per_batch']}")
+    method = values.get("energy_method", "estimate")
+    if method not in ENERGY_METHODS:
+        raise ProfileError(f"{path}: row {line}: 'energy_method' is '{method}' (allowed: {', '.join(ENERGY_METHODS)})")
+    return Profile(**values)
+
+
+def _convert(name: str, text: str, line: int, path: Path) -> Any:
+    try:
+        if name in _INT:
+            return int(text)
+        if name in _FLOAT:
+            v = float(text)
+            if not math.isfinite(v):
+                raise ValueError
+            return v
+        return text
+    except ValueError:
+        kind = "an integer" if name in _INT else "a finite number"
+        raise ProfileError(f"{path}: row {line}: column '{name}' must be {kind}, got '{text}'") from None

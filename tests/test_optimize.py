@@ -1,0 +1,154 @@
+import random
+
+import pytest
+
+from ipa.errors import ConfigError
+from ipa.optimize import POLICIES, Weights, make_problem, solve
+from ipa.optimize.solvers import brute_force, combinations, exact
+from ipa.spec import StageConfig
+from tests.conftest import random_instance
+
+
+def _random_problems(n, seed=7, max_combos=400_000):
+    rng = random.Random(seed)
+    made = 0
+    while made < n:
+        spec, table = random_instance(rng)
+        policy = POLICIES[made % len(POLICIES)]
+        weights = Weights(delta=rng.uniform(0.01, 0.5)) if policy == "ipa-energy" else Weights()
+        problem = make_problem(policy, spec, table, weights, scaling_cap=rng.choice([10, 50, 100]),
+                               batching_cap=rng.choice([2, 4, 8, 8]))
+        load = rng.uniform(1, 200)
+        if combinations(problem, load) > max_combos:
+            continue
+        made += 1
+        yield problem, load
+
+
+def test_exact_matches_brute_force_on_random_instances():
+    seen_feasible = seen_infeasible = 0
+    for problem, load in _random_problems(240):
+        ex, bf = exact(problem, load), brute_force(problem, load)
+        assert (ex is None) == (bf is None)
+        if ex is None:
+            seen_infeasible += 1
+            continue
+        seen_feasible += 1
+        assert problem.objective(ex) == pytest.approx(problem.objective(bf), abs=1e-9)
+        a = problem.assess(ex, load)
+        assert a.feasible
+        assert a.latency_s <= problem.spec.sla_s + 1e-9
+        for o in ex:
+            assert o.capacity_rps >= load - 1e-9 and o.replicas <= problem.scaling_cap and o.batch <= problem.batching_cap
+    assert seen_feasible > 100 and seen_infeasible > 5  # both branches exercised
+
+
+def test_every_accuracy_method_and_policy_is_covered():
+    methods, policies = set(), set()
+    for problem, _ in _random_problems(60):
+        methods.add(problem.spec.accuracy_method)
+        policies.add("rim" if problem.frozen_replicas else ("frozen" if problem.frozen_variants else "free"))
+    assert methods == {"multiply", "sum", "average"} and policies == {"rim", "frozen", "free"}
+
+
+def test_fa2_low_freezes_least_accurate_variants(tiny):
+    spec, table = tiny
+    d = solve(make_problem("fa2-low", spec, table), 30, policy="fa2-low")
+    assert {s: c.variant for s, c in d.config.items()} == {"detect": "small", "classify": "r18"}
+
+
+def test_fa2_high_default_is_most_accurate_within_sla(tiny):
+    spec, table = tiny
+    problem = make_problem("fa2-high", spec, table)
+    assert dict(problem.frozen_variants) == {"detect": "big", "classify": "r50"}
+    d = solve(problem, 20, policy="fa2-high")
+    assert {s: c.variant for s, c in d.config.items()} == {"detect": "big", "classify": "r50"}
+
+
+def test_explicit_freeze_overrides_policy(tiny):
+    spec, table = tiny
+    d = solve(make_problem("ipa", spec, table, freeze={"classify": "r18"}), 5)
+    assert d.config["classify"].variant == "r18"
+
+
+def test_rim_high_keeps_replicas_frozen(tiny):
+    spec, table = tiny
+    for load in (1, 10, 40):
+        d = solve(make_problem("rim-high", spec, table), load, policy="rim-high")
+        assert all(c.replicas == 3 for c in d.config.values())
+
+
+def test_ipa_energy_spends_less_power_than_ipa(tiny):
+    spec, table = tiny
+    for load in (5, 20, 60):
+        ipa = solve(make_problem("ipa", spec, table), load).assessment
+        energy = solve(make_problem("ipa-energy", spec, table, Weights(delta=1.0)), load).assessment
+        assert energy.power_w <= ipa.power_w + 1e-9
+
+
+def test_infeasible_load_returns_best_effort_with_reason(tiny):
+    spec, table = tiny
+    d = solve(make_problem("ipa", spec, table, scaling_cap=2), 1000)
+    assert not d.feasible
+    assert "sustains at most" in d.reason
+    # the closest config: the most capacity the caps allow
+    assert all(c.replicas == 2 for c in d.config.values())
+
+
+def test_latency_infeasible_picks_fastest(tiny):
+    spec, table = tiny
+    tight = spec.model_copy(update={"sla_s": 0.01})
+    d = solve(make_problem("ipa", tight, table), 10)
+    assert not d.feasible and "SLA" in d.reason
+    assert d.config["detect"].variant == "small"
+
+
+def test_zero_load_has_no_batch_fill_and_one_replica(tiny):
+    spec, table = tiny
+    d = solve(make_problem("ipa", spec, table), 0)
+    assert d.feasible and all(c.replicas == 1 for c in d.config.values())
+
+
+def test_assess_config_matches_solver_assessment(tiny):
+    spec, table = tiny
+    problem = make_problem("ipa", spec, table)
+    d = solve(problem, 25)
+    again = problem.assess_config(d.config, 25)
+    assert again.objective == pytest.approx(d.assessment.objective)
+
+
+def test_more_replicas_never_improve_objective(tiny):
+    spec, table = tiny
+    problem = make_problem("ipa", spec, table)
+    d = solve(problem, 25)
+    bigger = {s: StageConfig(c.variant, c.batch, c.replicas + 1, c.cores) for s, c in d.config.items()}
+    assert problem.assess_config(bigger, 25).objective < d.assessment.objective
+
+
+def test_bad_inputs_name_what_is_allowed(tiny):
+    spec, table = tiny
+    with pytest.raises(ConfigError, match="allowed: ipa, ipa-energy"):
+        make_problem("fastest", spec, table)
+    with pytest.raises(ConfigError, match="allowed: small, big"):
+        make_problem("ipa", spec, table, freeze={"detect": "yolo"})
+    with pytest.raises(ConfigError, match="ipa-energy"):
+        make_problem("ipa", spec, table, Weights(delta=0.5))
+    with pytest.raises(ConfigError, match="load"):
+        solve(make_problem("ipa", spec, table), -3)
+
+
+def test_q_learning_returns_feasible_configs_near_the_optimum(tiny):
+    spec, table = tiny
+    problem = make_problem("ipa", spec, table, scaling_cap=20)
+    for load in (2, 15, 40):
+        q = solve(problem, load, solver="q-learning")
+        best = solve(problem, load).assessment
+        assert q.feasible
+        assert q.assessment.objective <= best.objective + 1e-9
+        assert q.assessment.objective >= best.objective - 1.0  # within one core of the optimum
+
+
+def test_q_learning_respects_frozen_replicas(tiny):
+    spec, table = tiny
+    d = solve(make_problem("rim-high", spec, table), 10, solver="q-learning")
+    assert all(c.replicas == 3 for c in d.config.values())
