@@ -1,0 +1,211 @@
+"""Measure every variant x batch x cores: latency p50/p99, throughput, energy above idle, load time, memory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ipa.energy.common import EnergyMeter
+from ipa.profiles.table import Profile, ProfileTable, load_profiles, meta_path
+from ipa.profiles.zoo import build, photos_hwc
+from ipa.spec import PipelineSpec
+
+
+@dataclass
+class Plan:
+    stage: str
+    variant: str
+    batches: Sequence[int]
+    cores: Sequence[int]
+
+
+@dataclass
+class ProfilerSettings:
+    repeats: int = 10
+    warmup: int = 2
+    idle_s: float = 2.0
+    device: str = "cpu"
+    weights: str | None = None
+    meta_extra: dict = field(default_factory=dict)
+
+
+def plans(spec: PipelineSpec, stage: str | None, variants: Sequence[str] | None, batches: Sequence[int],
+          cores: Sequence[int]) -> list[Plan]:
+    stages = [spec.stage(stage)] if stage else spec.stages
+    out = []
+    for s in stages:
+        names = [s.variant(v).name for v in variants] if variants else [v.name for v in s.variants]
+        out += [Plan(s.name, n, batches, cores) for n in names]
+    return out
+
+
+@contextmanager
+def pinned(cores: int, device: str) -> Iterator[None]:
+    """Run on `cores` CPUs only: torch's thread pool and the process affinity both."""
+    import torch
+
+    prev_threads = torch.get_num_threads()
+    prev_aff = os.sched_getaffinity(0)
+    allowed = sorted(prev_aff)[:cores]
+    torch.set_num_threads(cores)
+    os.sched_setaffinity(0, allowed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev_threads)
+        os.sched_setaffinity(0, prev_aff)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def idle_power_w(meter: EnergyMeter, seconds: float) -> float:
+    with meter.window() as m:
+        time.sleep(seconds)
+    return m.watts
+
+
+def measure(model, batch: int, settings: ProfilerSettings, meter: EnergyMeter, idle_w: float) -> dict:
+    """Latency of each batch; energy of the timed runs minus the idle baseline, per batch."""
+    sync = _sync(settings.device)
+    x = model.inputs(batch, settings.device)
+    for _ in range(settings.warmup):
+        model(x)
+    sync()
+    times = []
+    with meter.window() as w:
+        for _ in range(settings.repeats):
+            t0 = time.perf_counter()
+            model(x)
+            sync()
+            times.append(time.perf_counter() - t0)
+    dynamic = max(0.0, w.total - idle_w * w.seconds)
+    mean = float(np.mean(times))
+    return {
+        "latency_p50_s": float(np.percentile(times, 50)),
+        "latency_p99_s": float(np.percentile(times, 99)),
+        "throughput_rps": batch / mean,
+        "energy_j_per_batch": dynamic / settings.repeats,
+        "energy_method": meter.method,
+    }
+
+
+def _sync(device: str) -> Callable[[], None]:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def run(
+    plan_list: list[Plan],
+    out: Path,
+    meter: EnergyMeter,
+    meter_description: str,
+    settings: ProfilerSettings,
+    progress: Callable[[str], None] = lambda s: None,
+) -> ProfileTable:
+    """Profile every plan, writing the CSV after each row so an interrupted run resumes where it stopped."""
+    import torch
+
+    done = load_profiles(out).rows if out.is_file() else []
+    have = {(p.stage, p.variant, p.batch, p.cores) for p in done}
+    rows = list(done)
+    photos_hwc()  # read the photos once, outside every timed window
+    meter.start()
+    idle_w = idle_power_w(meter, settings.idle_s)
+    meta = _meta(meter, meter_description, idle_w, settings)
+    try:
+        for plan in plan_list:
+            for c in plan.cores:
+                todo = [b for b in plan.batches if (plan.stage, plan.variant, b, c) not in have]
+                if not todo:
+                    progress(f"{plan.variant} {c} cores: done before")
+                    continue
+                with pinned(c, settings.device):
+                    rss0 = rss_mb()
+                    t0 = time.perf_counter()
+                    model = build(plan.variant, settings.weights, settings.device)
+                    model(model.inputs(1, settings.device))
+                    _sync(settings.device)()
+                    load_s = time.perf_counter() - t0
+                    for b in todo:
+                        if settings.device.startswith("cuda"):
+                            torch.cuda.reset_peak_memory_stats()
+                        m = measure(model, b, settings, meter, idle_w)
+                        mem = (torch.cuda.max_memory_allocated() / 2**20 if settings.device.startswith("cuda")
+                               else rss_mb() - rss0)
+                        rows.append(Profile(plan.stage, plan.variant, b, c, load_s=load_s, memory_mb=mem, **m))
+                        ProfileTable(rows, meta, str(out)).save(out)
+                        progress(f"{plan.variant} b={b} c={c}: p99 {m['latency_p99_s']:.3f} s, "
+                                 f"{m['energy_j_per_batch']:.2f} J/batch")
+                    del model
+    finally:
+        meter.stop()
+    table = ProfileTable(rows, meta, str(out))
+    table.save(out)
+    return table
+
+
+def _meta(meter: EnergyMeter, description: str, idle_w: float, settings: ProfilerSettings) -> dict:
+    import torch
+
+    cpus = len(os.sched_getaffinity(0))
+    meta = {
+        "machine": platform.node(),
+        "cpu_model": _cpu_model(),
+        "cpus": cpus,
+        "device": settings.device,
+        "torch": torch.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "meter": description,
+        "energy_method": meter.method,
+        "idle_power_w": idle_w,
+        "idle_power_w_per_core": _idle_per_core(meter, idle_w, cpus),
+        "repeats": settings.repeats,
+        "warmup": settings.warmup,
+        "inputs": "scikit-learn sample photos (china.jpg, flower.jpg), 427x640; classifier crops resized to 224",
+        "weights": settings.weights or "random (torchvision weights=None): latency and energy are real, "
+                                        "accuracy is the published figure",
+    }
+    if settings.device.startswith("cuda"):
+        meta["gpu"] = torch.cuda.get_device_name(0)
+    return meta | settings.meta_extra
+
+
+def _idle_per_core(meter: EnergyMeter, idle_w: float, cpus: int) -> float:
+    """Idle watts per core: measured for a CPU meter; the estimate's constant when the meter is a GPU's."""
+    from ipa.energy.estimate import IDLE_W_PER_CORE, EstimateMeter
+
+    if isinstance(meter, EstimateMeter):
+        return meter.idle_w
+    if meter.method == "nvml":
+        return IDLE_W_PER_CORE
+    return idle_w / max(1, os.cpu_count() or cpus)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+__all__ = ["Plan", "ProfilerSettings", "meta_path", "plans", "run"]
