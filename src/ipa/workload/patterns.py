@@ -1,0 +1,132 @@
+"""Workloads by name: the IPA paper's four trace windows, any trace window, a file, synthetic patterns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ipa.errors import ConfigError
+from ipa.workload.trace import find_trace, read_trace
+
+DAMPING = 8
+# IPA's experiment configs (data/configs/final/video-mul-*.yaml): [start, end) windows, damped by 8.
+PATTERNS: dict[str, list[tuple[int, int]]] = {
+    "bursty": [(1301160, 1302360)],
+    "steady-low": [(1299600, 1300800)],
+    "steady-high": [(1768800, 1769400), (1768800, 1769400)],
+    "fluctuating": [(1301400, 1302000), (1308600, 1309200)],
+}
+FORMS = (
+    "a pattern name (bursty, steady-low, steady-high, fluctuating), trace:START-END[/DAMPING], file:PATH, "
+    "static:RPS:SECONDS, step:LOW:HIGH:SECONDS[:AT], sine:MEAN:AMPLITUDE:PERIOD:SECONDS, "
+    "spike:BASE:PEAK:SECONDS[:AT:WIDTH]"
+)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Requests per second, one value per second."""
+
+    name: str
+    rps: np.ndarray
+    source: str
+
+    @property
+    def seconds(self) -> int:
+        return len(self.rps)
+
+    def stats(self) -> dict[str, float]:
+        r = self.rps.astype(float)
+        mean = float(r.mean()) if len(r) else 0.0
+        std = float(r.std()) if len(r) else 0.0
+        return {
+            "seconds": self.seconds,
+            "min": float(r.min()),
+            "mean": round(mean, 4),
+            "max": float(r.max()),
+            "p99": float(np.percentile(r, 99)),
+            "cv": round(std / mean, 4) if mean else 0.0,  # burstiness: std / mean
+            "peak_to_mean": round(float(r.max()) / mean, 4) if mean else 0.0,
+            "total_requests": float(r.sum()),
+        }
+
+
+def damp(values: np.ndarray, factor: int) -> np.ndarray:
+    """IPA's damping: int(x / factor), truncating."""
+    return (values // factor).astype(np.int64)
+
+
+def trace_window(trace: np.ndarray, windows: list[tuple[int, int]], damping: int = DAMPING) -> np.ndarray:
+    for start, end in windows:
+        if not 0 <= start < end <= len(trace):
+            raise ConfigError(f"trace window {start}-{end} is outside the trace (0-{len(trace)})")
+    return damp(np.concatenate([trace[s:e] for s, e in windows]), damping)
+
+
+def load_workload(text: str, trace: str | Path | None = None) -> Workload:
+    """Parse any workload form (see FORMS); trace-based forms find the trace as `find_trace` does."""
+    if text in PATTERNS:
+        path = find_trace(trace)
+        return Workload(text, trace_window(read_trace(path), PATTERNS[text]), f"{path} {PATTERNS[text]} /{DAMPING}")
+    kind, _, rest = text.partition(":")
+    parsers = {"trace": _trace, "file": _file, "static": _static, "step": _step, "sine": _sine, "spike": _spike}
+    if kind not in parsers or not rest:
+        raise ConfigError(f"unknown workload '{text}' (allowed: {FORMS})")
+    try:
+        return parsers[kind](text, rest, trace)
+    except (ValueError, IndexError):
+        raise ConfigError(f"workload '{text}' is malformed (allowed: {FORMS})") from None
+
+
+def _nums(rest: str, n_min: int, n_max: int) -> list[float]:
+    parts = rest.split(":")
+    if not n_min <= len(parts) <= n_max:
+        raise ValueError
+    values = [float(p) for p in parts]
+    if any(v < 0 for v in values):
+        raise ValueError
+    return values
+
+
+def _trace(text: str, rest: str, trace) -> Workload:
+    window, _, damping = rest.partition("/")
+    start, end = (int(x) for x in window.split("-"))
+    factor = int(damping) if damping else DAMPING
+    if factor < 1:
+        raise ValueError
+    path = find_trace(trace)
+    return Workload(text, trace_window(read_trace(path), [(start, end)], factor), f"{path} [{start}, {end}) /{factor}")
+
+
+def _file(text: str, rest: str, trace) -> Workload:
+    path = Path(rest)
+    return Workload(text, read_trace(path), str(path))
+
+
+def _static(text: str, rest: str, trace) -> Workload:
+    rps, seconds = _nums(rest, 2, 2)
+    return Workload(text, np.full(int(seconds), rps), "synthetic")
+
+
+def _step(text: str, rest: str, trace) -> Workload:
+    v = _nums(rest, 3, 4)
+    low, high, seconds = v[0], v[1], int(v[2])
+    at = int(v[3]) if len(v) == 4 else seconds // 2
+    return Workload(text, np.where(np.arange(seconds) < at, low, high).astype(float), "synthetic")
+
+
+def _sine(text: str, rest: str, trace) -> Workload:
+    mean, amp, period, seconds = _nums(rest, 4, 4)
+    t = np.arange(int(seconds))
+    return Workload(text, np.maximum(0.0, mean + amp * np.sin(2 * np.pi * t / period)).round(), "synthetic")
+
+
+def _spike(text: str, rest: str, trace) -> Workload:
+    v = _nums(rest, 3, 5)
+    base, peak, seconds = v[0], v[1], int(v[2])
+    at = int(v[3]) if len(v) > 3 else seconds // 2
+    width = int(v[4]) if len(v) > 4 else max(1, seconds // 20)
+    t = np.arange(seconds)
+    return Workload(text, np.where((t >= at) & (t < at + width), peak, base).astype(float), "synthetic")

@@ -1,0 +1,91 @@
+"""The Twitter trace: found from --trace, IPA_TRACE or ../shared, read from plain, .bz2 or .gz files."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ipa.errors import ConfigError, TraceNotFoundError
+
+ENV = "IPA_TRACE"
+SHARED = Path("shared/data/twitter-trace/twitter-rps.txt.bz2")
+GET_IT = (
+    "Get it from the IPA artifact repository (github.com/reconfigurable-ml-pipeline/ipa, file "
+    "load_tester/barazmoon/twitter/workload.txt), then pass --trace PATH or set IPA_TRACE=PATH. "
+    "Without it, use a synthetic workload: static:RPS:SECONDS, step:LOW:HIGH:SECONDS, "
+    "sine:MEAN:AMPLITUDE:PERIOD:SECONDS or spike:BASE:PEAK:SECONDS."
+)
+
+
+def default_locations() -> list[Path]:
+    """`../shared/...` next to the working directory and next to the checkout that holds this package."""
+    repo = Path(__file__).resolve().parents[3]
+    seen: list[Path] = []
+    for base in (Path.cwd().parent, repo.parent):
+        p = (base / SHARED).resolve()
+        if p not in seen:
+            seen.append(p)
+    return seen
+
+
+def find_trace(explicit: str | Path | None = None) -> Path:
+    """The first of --trace, IPA_TRACE, ../shared that exists; a clear error listing what was tried."""
+    tried = []
+    if explicit:
+        p = Path(explicit)
+        if p.is_file():
+            return p
+        tried.append(f"--trace {p} (no such file)")
+    env = os.environ.get(ENV)
+    if env:
+        if Path(env).is_file():
+            return Path(env)
+        tried.append(f"{ENV}={env} (no such file)")
+    else:
+        tried.append(f"{ENV} (not set)")
+    for p in default_locations():
+        if p.is_file():
+            return p
+        tried.append(f"{p} (absent)")
+    raise TraceNotFoundError("no Twitter trace found; looked at: " + "; ".join(tried) + ". " + GET_IT)
+
+
+def _open_text(path: Path):
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rt")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt")
+    return path.open()
+
+
+@lru_cache(maxsize=4)
+def _read_cached(path: str, mtime: float) -> np.ndarray:
+    with _open_text(Path(path)) as f:
+        text = f.read()
+    try:
+        return np.array(text.split(), dtype=np.int64)
+    except ValueError:
+        _raise_bad_token(Path(path), text)
+        raise
+
+
+def _raise_bad_token(path: Path, text: str) -> None:
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        for token in line.split():
+            if not token.isdigit():
+                raise ConfigError(
+                    f"{path}: line {line_no}: '{token}' is not a non-negative integer count of requests per second"
+                )
+
+
+def read_trace(path: str | Path) -> np.ndarray:
+    """Per-second request counts as int64; read once per process and file version."""
+    p = Path(path)
+    if not p.is_file():
+        raise TraceNotFoundError(f"{p}: no such trace file. {GET_IT}")
+    return _read_cached(str(p.resolve()), p.stat().st_mtime)
