@@ -1,0 +1,89 @@
+"""The control loop: monitor -> predict -> optimize -> apply, every adaptation interval.
+
+It sees a runtime only through `Runtime` (apply a config, read the observed rates, advance time),
+so the simulator and Ray Serve run the same loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ipa.optimize.problem import Problem
+from ipa.optimize.solvers import solve
+from ipa.predict.base import Predictor
+from ipa.spec import PipelineConfig, config_as_dict
+
+log = logging.getLogger(__name__)
+
+
+class Runtime(Protocol):
+    def start(self, config: PipelineConfig) -> None: ...
+
+    def apply(self, config: PipelineConfig) -> None: ...
+
+    def observed_rates(self) -> np.ndarray: ...
+
+    def run_until(self, t: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    interval_s: float = 10.0  # IPA's adaptation interval
+    history_s: int = 120  # IPA: 2 minutes of monitored load
+    solver: str = "exact"
+
+
+def adapt(
+    runtime: Runtime,
+    problem: Problem,
+    predictor: Predictor | None,
+    duration_s: float,
+    settings: LoopSettings = LoopSettings(),
+    policy: str = "ipa",
+    oracle: Callable[[float], float] | None = None,
+    initial_rate: float = 0.0,
+    on_decision: Callable[[dict[str, Any]], None] = lambda d: None,
+) -> list[dict[str, Any]]:
+    """Run the loop for `duration_s`; returns one record per decision.
+
+    `oracle(t)` replaces the predictor with the true peak of [t, t + interval). The first decision
+    sees `initial_rate` as its only history, so every policy starts sized for the same load.
+    A failing predictor or solver is logged and the current config kept.
+    """
+    records: list[dict[str, Any]] = []
+    config: PipelineConfig | None = None
+    t = 0.0
+    while t < duration_s:
+        observed = runtime.observed_rates()
+        history = observed[-settings.history_s:] if len(observed) else np.array([initial_rate])
+        record: dict[str, Any] = {"t": t}
+        try:
+            load = oracle(t) if oracle else float(predictor.predict(history))  # type: ignore[union-attr]
+            decision = solve(problem, load, settings.solver, policy)
+        except Exception as e:  # keep serving: a bad prediction or solve must not stop the pipeline
+            log.warning("decision at t=%.0f s failed (%s); keeping the current config", t, e)
+            record |= {"error": str(e)}
+            if config is None:
+                raise
+        else:
+            a = decision.assessment
+            record |= {
+                "predicted_rps": load, "feasible": a.feasible, "objective": a.objective, "accuracy": a.accuracy,
+                "cores": a.cores, "power_w": a.power_w, "latency_s": a.latency_s, "solve_ms": decision.solve_ms,
+                "reason": decision.reason, "config": config_as_dict(a.config),
+            }
+            if config is None:
+                runtime.start(decision.config)
+            elif decision.config != config:
+                runtime.apply(decision.config)
+            config = decision.config
+        records.append(record)
+        on_decision(record)
+        t = min(t + settings.interval_s, duration_s)
+        runtime.run_until(t)
+    return records

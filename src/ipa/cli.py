@@ -1,0 +1,372 @@
+"""`ipa ...`: one subcommand per job. Errors the user can fix print as one message, no traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ipa.errors import IpaError
+
+console = Console() if sys.stdout.isatty() else Console(width=200)  # pipes and CI logs get whole tables
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Energy-aware inference pipeline adaptation."""
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except IpaError as e:
+        err_console.print(f"[red]error:[/] {e}", markup=True, highlight=False)
+        sys.exit(2)
+
+
+def problem_options(f):
+    """Options shared by every command that builds an optimisation problem."""
+    opts = [
+        click.option("--alpha", type=float, default=2.0, show_default=True, help="accuracy weight"),
+        click.option("--beta", type=float, default=1.0, show_default=True, help="cost (cores) weight"),
+        click.option("--gamma", type=float, default=1e-6, show_default=True, help="batch weight"),
+        click.option("--delta", type=float, default=None, help="energy weight per watt (ipa-energy; default 0.1)"),
+        click.option("--idle-power-w", type=float, default=None, help="idle watts per reserved core (default: profile meta)"),
+        click.option("--scaling-cap", type=int, default=100, show_default=True),
+        click.option("--batching-cap", type=int, default=8, show_default=True),
+        click.option("--freeze", multiple=True, metavar="STAGE=VARIANT", help="freeze a stage's variant"),
+        click.option("--replicas", type=int, default=None, help="freeze replicas of every stage"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def parse_freeze(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        stage, sep, variant = item.partition("=")
+        if not sep or not stage or not variant:
+            raise click.BadParameter(f"'{item}' is not STAGE=VARIANT", param_hint="--freeze")
+        out[stage] = variant
+    return out
+
+
+def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_power_w, scaling_cap,
+                  batching_cap, freeze, replicas):
+    from ipa.optimize import Weights, make_problem
+    from ipa.profiles import load_profiles
+    from ipa.spec import load_model, load_pipeline
+
+    spec = load_pipeline(pipeline)
+    table = load_profiles(profiles, spec)
+    weights = load_model(Weights, {"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta or 0.0}, "options")
+    return make_problem(
+        policy, spec, table, weights, idle_power_w_per_core=idle_power_w, scaling_cap=scaling_cap,
+        batching_cap=batching_cap, freeze=parse_freeze(freeze), replicas=replicas,
+    )
+
+
+@cli.command()
+@click.option("--pipeline", type=click.Path(), default="configs/pipelines/video.yaml", show_default=True)
+@click.option("--profiles", type=click.Path(), default="profiles/video-cpu-2core.csv", show_default=True)
+@click.option("--load", "load", type=float, required=True, help="requests per second to sustain")
+@click.option("--policy", type=click.Choice(["ipa", "ipa-energy", "fa2-low", "fa2-high", "rim-high"]), default="ipa")
+@click.option("--solver", type=click.Choice(["exact", "brute-force", "q-learning"]), default="exact", show_default=True)
+@problem_options
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def optimize(pipeline, profiles, load, policy, solver, as_json, **problem_kw):
+    """Choose the best pipeline config for one load."""
+    from ipa.optimize import solve
+
+    problem = build_problem(policy, pipeline, profiles, **problem_kw)
+    decision = solve(problem, load, solver=solver, policy=policy)
+    if decision.reason:
+        err_console.print(f"[yellow]infeasible:[/] {decision.reason}", highlight=False)
+    if as_json:
+        click.echo(json.dumps(decision.to_json(), indent=2))
+        return
+    a = decision.assessment
+    t = Table(title=f"{problem.spec.name} @ {load:g} rps, policy {policy}, solver {solver}")
+    for col in ("stage", "variant", "batch", "replicas", "cores/replica"):
+        t.add_column(col)
+    for stage, sc in a.config.items():
+        t.add_row(stage, sc.variant, str(sc.batch), str(sc.replicas), str(sc.cores))
+    console.print(t)
+    console.print(
+        f"feasible={a.feasible}  objective={a.objective:.4f}  accuracy={a.accuracy:.4f}  cores={a.cores}  "
+        f"power={a.power_w:.1f} W ({problem.profiles.energy_label})  latency={a.latency_s:.3f} s  "
+        f"(SLA {problem.spec.sla_s} s)  solve={decision.solve_ms:.2f} ms"
+    )
+
+
+@cli.group()
+def energy() -> None:
+    """Energy meters: what this machine can measure, and live readings."""
+
+
+@energy.command("watch", context_settings={"ignore_unknown_options": True})
+@click.option("--interval", type=float, default=1.0, show_default=True, help="seconds between lines")
+@click.option("--duration", type=float, default=None, help="stop after S seconds (default: until the command ends or Ctrl-C)")
+@click.option("--meter", type=click.Choice(["auto", "rapl", "perf", "nvml", "estimate"]), default="auto", show_default=True)
+@click.option("--csv", "csv_path", type=click.Path(), default=None, help="also write the lines to this CSV")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def energy_watch(interval, duration, meter, csv_path, command):
+    """Print joules per interval, then the total; with `-- COMMAND ...` measure that command's run."""
+    from dataclasses import asdict
+
+    from ipa._io import write_csv
+    from ipa.energy import open_meter
+    from ipa.energy.watch import watch
+
+    if duration is None and not command:
+        duration = float("inf")
+    detection = open_meter(meter)
+    err_console.print(detection.explain(), highlight=False)
+    m = detection.meter
+    m.start()
+    try:
+        rows, elapsed = watch(m, interval, None if duration == float("inf") else duration, command,
+                              on_row=lambda r: click.echo(f"{r.t:10.3f} s {r.joules:10.3f} Joules {r.domain:<10} {r.method}"))
+    finally:
+        m.stop()
+    total = sum(r.joules for r in rows)
+    click.echo(f"total {total:.3f} Joules in {elapsed:.3f} s, average {total / elapsed if elapsed else 0:.2f} W, "
+               f"method {m.method}")
+    if csv_path:
+        write_csv(csv_path, [asdict(r) for r in rows])
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"'{text}': values must be positive integers")
+    return values
+
+
+@cli.command()
+@click.option("--pipeline", type=click.Path(), default="configs/pipelines/video.yaml", show_default=True)
+@click.option("--stage", default=None, help="profile one stage only")
+@click.option("--variants", default=None, help="comma-separated variants (default: all of the stage)")
+@click.option("--batches", default="1,2,4,8", show_default=True)
+@click.option("--cores", default="1,2", show_default=True)
+@click.option("--repeats", type=int, default=10, show_default=True, help="timed batches per (batch, cores)")
+@click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--meter", type=click.Choice(["auto", "rapl", "perf", "nvml", "estimate"]), default="auto", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (GPU energy through NVML)")
+@click.option("--weights", type=click.Path(), default=None, help="folder of <variant>.pth checkpoints")
+@click.option("--out", type=click.Path(), required=True, help="profile CSV (resumed if it exists)")
+def profile(pipeline, stage, variants, batches, cores, repeats, warmup, meter, device, weights, out):
+    """Measure latency, throughput and energy of real models; writes a profile CSV + meta sidecar."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from ipa.energy import open_meter
+    from ipa.profiles import profiler
+    from ipa.spec import load_pipeline
+
+    spec = load_pipeline(pipeline)
+    cores_list = int_list(cores)
+    if max(cores_list) > len(__import__("os").sched_getaffinity(0)):
+        raise click.BadParameter(f"{cores}: this machine lets us use {len(__import__('os').sched_getaffinity(0))} CPUs",
+                                 param_hint="--cores")
+    plan_list = profiler.plans(spec, stage, variants.split(",") if variants else None, int_list(batches), cores_list)
+    if device.startswith("cuda") and meter == "auto":
+        meter = "nvml"
+    detection = open_meter(meter, gpu=False)
+    err_console.print(detection.explain(), highlight=False)
+    settings = profiler.ProfilerSettings(repeats=repeats, warmup=warmup, device=device, weights=weights)
+    total = sum(len(p.batches) * len(p.cores) for p in plan_list)
+    with Progress(console=err_console) as bar:
+        task = bar.add_task("profiling", total=total)
+
+        def step(msg: str) -> None:
+            bar.console.print(msg, highlight=False)
+            bar.advance(task, 1 if "done before" not in msg else len(int_list(batches)))
+
+        table = profiler.run(plan_list, Path(out), detection.meter, detection.meter.description, settings, step)
+    console.print(f"wrote {len(table.rows)} rows to {out} (+ {profiler.meta_path(out).name}), energy: {table.energy_label}")
+
+
+def print_table(rows: list[dict], title: str = "", floatfmt: str = "{:.4g}") -> None:
+    if not rows:
+        console.print(f"{title}: (no rows)")
+        return
+    t = Table(title=title or None)
+    for col in rows[0]:
+        t.add_column(str(col))
+    for r in rows:
+        t.add_row(*[floatfmt.format(v) if isinstance(v, float) else str(v) for v in r.values()])
+    console.print(t)
+
+
+trace_option = click.option("--trace", type=click.Path(), default=None,
+                            help="Twitter trace file (else $IPA_TRACE, else ../shared/data/twitter-trace/)")
+
+
+@cli.group()
+def workload() -> None:
+    """Workloads: the Twitter trace's patterns, any window, files, synthetic patterns."""
+
+
+@workload.command("show")
+@click.argument("name")
+@trace_option
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--plot", type=click.Path(), default=None, help="write a PNG of the rate over time")
+def workload_show(name, trace, as_json, plot):
+    """Seconds, min, mean, max, p99 and burstiness of a workload."""
+    from ipa.workload import load_workload
+
+    w = load_workload(name, trace)
+    stats = w.stats()
+    if plot:
+        from ipa.experiment.plots import plot_workload
+
+        plot_workload(w, plot)
+    if as_json:
+        click.echo(json.dumps(stats | {"name": w.name, "source": w.source}))
+        return
+    print_table([{"workload": w.name} | stats], f"workload {w.name} ({w.source})")
+
+
+@cli.group()
+def predictor() -> None:
+    """Load predictors: train the LSTM, compare them all."""
+
+
+@predictor.command("train")
+@click.argument("name", type=click.Choice(["lstm"]))
+@trace_option
+@click.option("--epochs", type=int, default=4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(), default=None, help="weights JSON (default: the packaged file)")
+def predictor_train(name, trace, epochs, seed, out):
+    """Train IPA's LSTM on the first 14 days of the trace and write its weights."""
+    from pathlib import Path
+
+    from ipa.predict import lstm
+    from ipa.workload import find_trace, read_trace
+
+    data = read_trace(find_trace(trace))
+    meta = lstm.train(data, Path(out) if out else lstm.WEIGHTS, epochs=epochs, seed=seed,
+                      log=lambda m: err_console.print(m, highlight=False))
+    console.print(f"wrote {out or lstm.WEIGHTS}: {meta['samples']} samples, seed {seed}")
+
+
+@predictor.command("eval")
+@trace_option
+@click.option("--predictors", default="reactive,max,avg,arima,lstm", show_default=True)
+@click.option("--stride", type=int, default=300, show_default=True, help="seconds between evaluated points")
+@click.option("--json", "as_json", is_flag=True)
+def predictor_eval(trace, predictors, stride, as_json):
+    """RMSE, MAE and under-prediction of every predictor on the test days (15-21)."""
+    from ipa.predict.evaluate import evaluate
+    from ipa.workload import find_trace, read_trace
+
+    data = read_trace(find_trace(trace))
+    rows = evaluate(data, predictors.split(","), stride,
+                    progress=lambda n: err_console.print(f"evaluated {n}", highlight=False))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, f"predictors on test days, one point every {stride} s")
+
+
+@cli.command()
+@click.argument("config", required=False, type=click.Path())
+@click.option("--workload", "workloads", multiple=True, help="any workload form; repeat for several")
+@click.option("--policy", "policies", multiple=True, help="ipa, ipa-energy, fa2-low, fa2-high, rim-high, oracle")
+@click.option("--predictor", default=None, help="reactive, max, avg, arima, lstm")
+@click.option("--runtime", type=click.Choice(["sim", "ray"]), default=None)
+@click.option("--profiles", default=None, help="profile CSV (default: the shipped 2-core CPU profiles)")
+@click.option("--pipeline", default=None)
+@click.option("--seed", type=int, default=None)
+@trace_option
+@click.option("--out", type=click.Path(), default=None, help="result folder (default results/<timestamp>); resumed if it exists")
+def experiment(config, workloads, policies, predictor, runtime, profiles, pipeline, seed, trace, out):
+    """Compare policies on workloads: summary table, CSVs, plots and report.html."""
+    import datetime as dt
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from ipa.experiment.config import load_experiment
+    from ipa.experiment.report import build_report
+    from ipa.experiment.runner import run_experiment
+
+    cfg = load_experiment(config, workloads=list(workloads), policies=list(policies), predictor=predictor,
+                          runtime=runtime, profiles=profiles, pipeline=pipeline, seed=seed, trace=trace)
+    if cfg.runtime == "ray":
+        raise click.UsageError("--runtime ray is not available yet (issue: real serving on Ray Serve); use --runtime sim")
+    out_dir = Path(out or f"results/{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    cells = len(cfg.workloads) * len(cfg.policies)
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("simulating", total=cells)
+
+        def step(msg, summary):
+            bar.console.print(f"  {msg}: PAS {summary['pas']:.4f}, cost {summary['cost_cores']:.1f} cores, "
+                              f"energy {summary['energy_j'] / 1000:.1f} kJ ({summary['energy_method']}), "
+                              f"SLA violations {summary['sla_violation_pct']:.2f}%", highlight=False)
+            bar.advance(task)
+
+        summaries = run_experiment(cfg, out_dir, step)
+    report = build_report(out_dir, summaries)
+    cols = ["workload", "policy", "pas", "cost_cores", "energy_j", "energy_method", "sla_violation_pct",
+            "dropped_pct", "p99_latency_s", "objective", "solve_ms_mean"]
+    print_table([{c: s[c] for c in cols} for s in summaries], "summary")
+    console.print(f"results in {out_dir}/ (summary.csv, cells/*/timeseries.csv, decisions.csv, *.png); "
+                  f"report: {report}")
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of numbers") from None
+    if not values or min(values) < 0:
+        raise click.BadParameter(f"'{text}': values must be >= 0")
+    return values
+
+
+@cli.command()
+@click.argument("config", required=False, type=click.Path())
+@click.option("--workload", default="bursty", show_default=True)
+@click.option("--deltas", default="0,0.02,0.05,0.1,0.2,0.5,1,2", show_default=True, help="energy weights per watt")
+@click.option("--betas", default="1", show_default=True, help="cost weights (one curve each)")
+@click.option("--profiles", default=None)
+@trace_option
+@click.option("--out", type=click.Path(), default=None, help="default results/frontier-<timestamp>")
+def frontier(config, workload, deltas, betas, profiles, trace, out):
+    """Sweep ipa-energy's energy weight: PAS vs energy vs cost, with the baselines as points."""
+    import datetime as dt
+    from pathlib import Path
+
+    from ipa.experiment.config import load_experiment
+    from ipa.experiment.frontier import COLUMNS
+    from ipa.experiment.frontier import frontier as run_frontier
+
+    cfg = load_experiment(config, profiles=profiles, trace=trace)
+    out_dir = Path(out or f"results/frontier-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    points = run_frontier(cfg, workload, float_list(deltas), float_list(betas), out_dir,
+                          progress=lambda m: err_console.print(m, highlight=False))
+    print_table([{c: p[c] for c in COLUMNS} for p in points], f"frontier on {workload}")
+    console.print(f"wrote {out_dir}/frontier.csv and frontier.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Experiment config: everything a run needs, saved into its result folder as it ran."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from ipa.errors import ConfigError
+from ipa.optimize.policies import DEFAULT_ENERGY_DELTA, POLICIES, RIM_DEFAULT_REPLICAS
+from ipa.optimize.problem import Weights
+from ipa.predict import PREDICTORS
+from ipa.runtime.sim import SimSettings
+from ipa.spec import Strict, load_model, read_yaml
+
+EXPERIMENT_POLICIES = (*POLICIES, "oracle")
+PAPER_WORKLOADS = ["bursty", "steady-low", "steady-high", "fluctuating"]
+REPO = Path(__file__).resolve().parents[3]
+
+
+class ExperimentConfig(Strict):
+    pipeline: str = "configs/pipelines/video.yaml"
+    profiles: str = "profiles/video-cpu-2core.csv"
+    workloads: list[str] = Field(default_factory=lambda: list(PAPER_WORKLOADS), min_length=1)
+    policies: list[str] = Field(default_factory=lambda: list(EXPERIMENT_POLICIES), min_length=1)
+    predictor: str = "lstm"
+    runtime: Literal["sim", "ray"] = "sim"
+    solver: str = "exact"
+    seed: int = 0
+    interval_s: float = Field(default=10.0, gt=0)
+    history_s: int = Field(default=120, ge=10)
+    weights: Weights = Weights()
+    energy_delta: float = Field(default=DEFAULT_ENERGY_DELTA, gt=0, description="delta of ipa-energy")
+    scaling_cap: int = Field(default=100, ge=1)
+    batching_cap: int = Field(default=8, ge=1)
+    rim_replicas: int = Field(default=RIM_DEFAULT_REPLICAS, ge=1)
+    sim: SimSettings = SimSettings()
+    trace: str | None = None
+
+    @field_validator("policies")
+    @classmethod
+    def _known_policies(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if p not in EXPERIMENT_POLICIES]
+        if bad:
+            raise ValueError(f"unknown policy {bad[0]!r} (allowed: {', '.join(EXPERIMENT_POLICIES)})")
+        return v
+
+    @field_validator("predictor")
+    @classmethod
+    def _known_predictor(cls, v: str) -> str:
+        if v not in PREDICTORS:
+            raise ValueError(f"unknown predictor {v!r} (allowed: {', '.join(PREDICTORS)})")
+        return v
+
+
+def load_experiment(path: str | Path | None, **overrides) -> ExperimentConfig:
+    data = read_yaml(path) if path else {}
+    data = (data or {}) | {k: v for k, v in overrides.items() if v not in (None, (), [])}
+    return load_model(ExperimentConfig, data, str(path or "options"))
+
+
+def resolve(path: str) -> Path:
+    """A relative path from the working directory if it exists there, else from the checkout."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    alt = REPO / p
+    if alt.exists():
+        return alt
+    raise ConfigError(f"{path}: file not found (looked in {Path.cwd()} and {REPO})")

@@ -1,0 +1,38 @@
+"""The trade-off curve: ipa-energy swept along the energy weight (and cost weight), baselines as points."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ipa._io import write_csv
+from ipa.experiment.config import ExperimentConfig
+from ipa.experiment.plots import frontier_plot
+from ipa.experiment.runner import Setup, run_cell
+from ipa.workload import load_workload
+
+BASELINES = ("ipa", "fa2-low", "fa2-high", "rim-high")
+COLUMNS = ["workload", "policy", "delta", "beta", "pas", "cost_cores", "energy_j", "energy_method",
+           "sla_violation_pct", "dropped_pct", "p99_latency_s"]
+
+
+def frontier(cfg: ExperimentConfig, workload: str, deltas: Sequence[float], betas: Sequence[float], out: Path,
+             progress: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
+    setup = Setup.load(cfg)
+    w = load_workload(workload, cfg.trace)
+    points = []
+    for beta in betas:
+        for delta in deltas:
+            policy = "ipa-energy" if delta > 0 else "ipa"
+            s = run_cell(setup, w, policy, {"delta": delta, "beta": beta})["summary"]
+            points.append(s | {"policy": "ipa-energy", "delta": delta, "beta": beta})
+            progress(f"delta={delta:g} beta={beta:g}: PAS {s['pas']:.4f}, energy {s['energy_j'] / 1000:.1f} kJ")
+    for policy in BASELINES:
+        s = run_cell(setup, w, policy)["summary"]
+        points.append(s | {"delta": 0.0, "beta": cfg.weights.beta})
+        progress(f"{policy}: PAS {s['pas']:.4f}, energy {s['energy_j'] / 1000:.1f} kJ")
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "frontier.csv", points, COLUMNS)
+    frontier_plot(points, out / "frontier.png", setup.profiles.energy_label)
+    return points

@@ -1,0 +1,37 @@
+"""Summary figures of one (workload, policy) cell from the runtime's per-second series and decisions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ipa.runtime.sim import SimResult
+
+
+def summarize(result: SimResult, decisions: list[dict[str, Any]], energy_method: str) -> dict[str, Any]:
+    s = result.series
+    arrivals = max(result.arrivals, 1)
+    seconds = max(result.seconds, 1)
+    energy = float(s["energy_j"].sum())
+    solve = [d["solve_ms"] for d in decisions if "solve_ms" in d]
+    realized = [d for d in decisions if "realized_objective" in d]
+    return {
+        "pas": float(result.completed_pas.mean()) if len(result.completed_pas) else float("nan"),
+        "cost_cores": float(s["core_seconds"].sum() / seconds),
+        "energy_j": energy,
+        "energy_method": energy_method,
+        "avg_power_w": energy / seconds,
+        "energy_per_request_j": energy / max(result.completed, 1),
+        "sla_violation_pct": 100 * float(s["violations"].sum()) / arrivals,
+        "dropped_pct": 100 * result.dropped / arrivals,
+        "p99_latency_s": float(np.percentile(result.latencies, 99)) if len(result.latencies) else float("nan"),
+        "decisions": len(decisions),
+        "solve_ms_mean": float(np.mean(solve)) if solve else float("nan"),
+        "objective": float(np.mean([d["realized_objective"] for d in realized])) if realized else float("nan"),
+        "sized_for_true_peak_pct": 100 * float(np.mean([d["realized_feasible"] for d in realized])) if realized else 0.0,
+        "reconfigurations": result.reconfigurations,
+        "arrivals": result.arrivals,
+        "completed": result.completed,
+        "in_flight": result.in_flight,
+    }

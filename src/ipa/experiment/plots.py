@@ -1,0 +1,124 @@
+"""Figures: the IPA paper's comparison grid, the energy study's energy per minute, energy vs PAS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ipa._io import atomic_write_bytes  # noqa: E402
+
+COLORS = {"ipa": "tab:blue", "ipa-energy": "tab:green", "fa2-low": "tab:orange", "fa2-high": "tab:red",
+          "rim-high": "tab:purple", "oracle": "black"}
+
+
+def _save(fig, path: str | Path) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def smooth(x: np.ndarray, window: int) -> np.ndarray:
+    """Moving average that ignores gaps (NaN seconds with no completions)."""
+    x = np.asarray(x, dtype=float)
+    ok = ~np.isnan(x)
+    k = np.ones(window)
+    num = np.convolve(np.where(ok, x, 0.0), k, mode="same")
+    den = np.convolve(ok.astype(float), k, mode="same")
+    return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
+
+
+def comparison_grid(cells: dict[tuple[str, str], dict[str, np.ndarray]], workloads: list[str], policies: list[str],
+                    path: Path, window: int = 30) -> Path:
+    """Rows: PAS, cost (cores), SLA violations per second; one column per workload, one line per policy."""
+    rows = [("pas", "PAS"), ("core_seconds", "cost (cores)"), ("violations", "SLA violations / s")]
+    fig, axes = plt.subplots(len(rows), len(workloads), figsize=(4 * len(workloads), 8), squeeze=False, sharex="col")
+    for j, w in enumerate(workloads):
+        for i, (key, label) in enumerate(rows):
+            ax = axes[i][j]
+            for p in policies:
+                if (w, p) in cells:
+                    ax.plot(smooth(cells[(w, p)][key], window), label=p, color=COLORS.get(p), lw=1.2)
+            if i == 0:
+                ax.set_title(w)
+            if j == 0:
+                ax.set_ylabel(label)
+            if i == len(rows) - 1:
+                ax.set_xlabel("time (s)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"policies over time ({window} s moving average)")
+    return _save(fig, path)
+
+
+def energy_per_minute(cells: dict[tuple[str, str], dict[str, np.ndarray]], workload: str, policies: list[str],
+                      path: Path, energy_method: str) -> Path:
+    """The energy study's Figures 4-7: joules per minute, smoothed, one line per policy."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for p in policies:
+        if (workload, p) in cells:
+            e = cells[(workload, p)]["energy_j"]
+            minutes = len(e) // 60
+            per_min = e[: minutes * 60].reshape(minutes, 60).sum(axis=1) if minutes else e
+            ax.plot(np.arange(1, len(per_min) + 1), smooth(per_min, 3), marker="o", ms=3, label=p, color=COLORS.get(p))
+    ax.set_xlabel("minute")
+    ax.set_ylabel(f"energy per minute (J, {energy_method})")
+    ax.set_title(f"{workload}: energy per minute (3-minute moving average)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def energy_vs_pas(summaries: list[dict], path: Path, energy_method: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    markers = "osD^v<>"
+    workloads = sorted({s["workload"] for s in summaries})
+    for s in summaries:
+        ax.scatter(float(s["energy_j"]) / 1000, float(s["pas"]), color=COLORS.get(s["policy"]),
+                   marker=markers[workloads.index(s["workload"]) % len(markers)])
+    for p, c in COLORS.items():
+        ax.scatter([], [], color=c, label=p)
+    for i, w in enumerate(workloads):
+        ax.scatter([], [], color="gray", marker=markers[i % len(markers)], label=w)
+    ax.set_xlabel(f"energy (kJ, {energy_method})")
+    ax.set_ylabel("PAS")
+    ax.set_title("energy vs accuracy, every (workload, policy)")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def plot_workload(workload, path: str | Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(workload.rps, lw=0.8)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("requests / s")
+    ax.set_title(f"{workload.name}")
+    return _save(fig, path)
+
+
+def frontier_plot(points: list[dict], path: Path, energy_method: str) -> Path:
+    """PAS vs energy (colour: cost) along the energy weight, with the baselines as labelled points."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    sweep = [p for p in points if p["policy"] == "ipa-energy"]
+    base = [p for p in points if p["policy"] != "ipa-energy"]
+    xs = [p["energy_j"] / 1000 for p in sweep]
+    ys = [p["pas"] for p in sweep]
+    ax.plot(xs, ys, color="tab:green", lw=1, zorder=1)
+    sc = ax.scatter(xs, ys, c=[p["cost_cores"] for p in sweep], cmap="viridis", zorder=2)
+    for p in sweep:
+        ax.annotate(f"δ={p['delta']:g}", (p["energy_j"] / 1000, p["pas"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    for p in base:
+        ax.scatter(p["energy_j"] / 1000, p["pas"], color=COLORS.get(p["policy"]), marker="X", s=60, zorder=3)
+        ax.annotate(p["policy"], (p["energy_j"] / 1000, p["pas"]), fontsize=7, xytext=(4, -8),
+                    textcoords="offset points")
+    fig.colorbar(sc, ax=ax, label="cost (mean cores)")
+    ax.set_xlabel(f"energy (kJ, {energy_method})")
+    ax.set_ylabel("PAS")
+    ax.set_title("ipa-energy trade-off along the energy weight δ")
+    return _save(fig, path)

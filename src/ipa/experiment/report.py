@@ -1,0 +1,74 @@
+"""The report: plots from the cells' files and one HTML page that opens offline."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from ipa._io import atomic_write_text
+from ipa.experiment import plots
+from ipa.experiment.runner import SUMMARY_COLUMNS, load_cell, slug
+
+SHOWN = ["workload", "policy", "pas", "cost_cores", "energy_j", "energy_method", "avg_power_w", "sla_violation_pct",
+         "dropped_pct", "p99_latency_s", "objective", "sized_for_true_peak_pct", "decisions", "solve_ms_mean"]
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def build_report(out: Path, summaries: list[dict], title: str = "ipa experiment") -> Path:
+    workloads = list(dict.fromkeys(s["workload"] for s in summaries))
+    policies = list(dict.fromkeys(s["policy"] for s in summaries))
+    method = summaries[0]["energy_method"] if summaries else "estimate"
+    cells = {}
+    for s in summaries:
+        series, _ = load_cell(out, s["workload"], s["policy"])
+        cells[(s["workload"], s["policy"])] = series
+    images = [plots.comparison_grid(cells, workloads, policies, out / "comparison.png").name]
+    for w in workloads:
+        images.append(plots.energy_per_minute(cells, w, policies, out / f"energy_{slug(w)}.png", method).name)
+    images.append(plots.energy_vs_pas(summaries, out / "energy_vs_pas.png", method).name)
+    config = (out / "config.yaml").read_text() if (out / "config.yaml").exists() else ""
+    page = _page(title, summaries, images, config, method)
+    return atomic_write_text(out / "report.html", page)
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _page(title: str, summaries: list[dict], images: list[str], config: str, method: str) -> str:
+    note = ("Energy figures are <b>estimates</b> (no energy counter on the profiling machine: CPU time x per-core "
+            "power model, see ipa.energy.estimate)." if "estimate" in method else
+            f"Energy figures come from the profiles' measured method: <b>{html.escape(method)}</b>.")
+    imgs = "".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(i)}"><figcaption>{html.escape(i)}'
+                   "</figcaption></figure>" for i in images)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 13px; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 7px; text-align: right; }}
+th {{ background: #f3f3f3; }}
+td:nth-child(1), td:nth-child(2) {{ text-align: left; }}
+img {{ max-width: 100%; }}
+figure {{ margin: 1em 0; }}
+pre {{ background: #f7f7f7; padding: 1em; font-size: 12px; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{note} PAS: mean accuracy score of completed requests; cost: mean reserved cores; SLA violations: late or
+dropped requests over arrivals; objective: IPA's objective of each decision scored at the interval's true peak
+load; sized_for_true_peak_pct: decisions whose config sustained that peak within the SLA.</p>
+<h2>Summary</h2>
+{_table(summaries, [c for c in SHOWN if c in SUMMARY_COLUMNS])}
+<h2>Figures</h2>
+{imgs}
+<h2>Configuration</h2>
+<pre>{html.escape(config)}</pre>
+</body></html>
+"""

@@ -1,0 +1,146 @@
+"""Run (workload x policy) cells, each written atomically into its own folder; finished cells are kept."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ipa._io import atomic_write_text, write_csv, write_json
+from ipa.adapt import LoopSettings, adapt
+from ipa.experiment.config import ExperimentConfig, resolve
+from ipa.experiment.metrics import summarize
+from ipa.optimize.policies import make_problem
+from ipa.optimize.problem import Problem
+from ipa.predict import make_predictor
+from ipa.profiles.table import ProfileTable, load_profiles
+from ipa.runtime.sim import Simulator
+from ipa.spec import PipelineSpec, load_pipeline
+from ipa.workload import Workload, load_workload
+
+SUMMARY_COLUMNS = [
+    "workload", "policy", "pas", "cost_cores", "energy_j", "energy_method", "sla_violation_pct", "dropped_pct",
+    "p99_latency_s", "decisions", "solve_ms_mean", "avg_power_w", "energy_per_request_j", "objective",
+    "sized_for_true_peak_pct", "reconfigurations", "arrivals", "completed", "in_flight",
+]
+
+
+@dataclass
+class Setup:
+    """What every cell of one experiment shares, loaded and validated once."""
+
+    cfg: ExperimentConfig
+    spec: PipelineSpec
+    profiles: ProfileTable
+
+    @classmethod
+    def load(cls, cfg: ExperimentConfig) -> Setup:
+        spec = load_pipeline(resolve(cfg.pipeline))
+        return cls(cfg, spec, load_profiles(resolve(cfg.profiles), spec))
+
+    def problem(self, policy: str, weights: dict[str, float] | None = None) -> Problem:
+        """The policy's problem; `weights` overrides some of the configured weights (the frontier's sweep)."""
+        c = self.cfg
+        base = "ipa" if policy == "oracle" else policy
+        update = dict(weights or {})
+        if base == "ipa-energy":
+            update.setdefault("delta", c.energy_delta)
+        weights = c.weights.model_copy(update=update)
+        return make_problem(base, self.spec, self.profiles, weights, scaling_cap=c.scaling_cap,
+                            batching_cap=c.batching_cap, replicas=c.rim_replicas if base == "rim-high" else None)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def true_peak(rps: np.ndarray, interval_s: float) -> Callable[[float], float]:
+    def peak(t: float) -> float:
+        window = rps[int(t) : int(t + interval_s)]
+        return float(window.max()) if len(window) else 0.0
+
+    return peak
+
+
+def run_cell(setup: Setup, workload: Workload, policy: str, weights: dict[str, float] | None = None) -> dict[str, Any]:
+    """Simulate one policy on one workload; returns the series, decisions and summary."""
+    c = setup.cfg
+    problem = setup.problem(policy, weights)
+    scorer = setup.problem("ipa")  # every policy's decisions scored with the same (IPA) objective
+    peak = true_peak(workload.rps, c.interval_s)
+    sim = Simulator(setup.spec, setup.profiles, problem.idle_power_w_per_core, workload.rps, c.sim, c.seed)
+    predictor = None if policy == "oracle" else make_predictor(c.predictor)
+    decisions = adapt(
+        sim, problem, predictor, workload.seconds, LoopSettings(c.interval_s, c.history_s, c.solver), policy,
+        oracle=peak if policy == "oracle" else None, initial_rate=float(workload.rps[0]) if workload.seconds else 0.0,
+    )
+    for d in decisions:
+        if "config" in d:
+            real = peak(d["t"])
+            a = scorer.assess_config(_config(d["config"]), real)
+            d |= {"true_peak_rps": real, "realized_objective": a.objective, "realized_feasible": a.feasible}
+    result = sim.result()
+    summary = {"workload": workload.name, "policy": policy} | summarize(result, decisions, setup.profiles.energy_label)
+    return {"series": result.series, "decisions": decisions, "summary": summary}
+
+
+def _config(d: dict) -> dict:
+    from ipa.spec import StageConfig
+
+    return {s: StageConfig(**c) for s, c in d.items()}
+
+
+def write_cell(cell_dir: Path, cell: dict[str, Any]) -> None:
+    """Series and decisions first, summary.json last: its presence marks the cell finished."""
+    series = cell["series"]
+    n = len(series["arrivals"])
+    cols = ["arrivals", "completions", "drops", "violations", "pas", "p50_latency_s", "p99_latency_s",
+            "core_seconds", "energy_idle_j", "energy_dynamic_j", "energy_j"]
+    write_csv(cell_dir / "timeseries.csv", ({"second": i} | {k: series[k][i] for k in cols} for i in range(n)),
+              ["second", *cols])
+    rows = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in d.items()} for d in cell["decisions"]]
+    write_csv(cell_dir / "decisions.csv", rows)
+    write_json(cell_dir / "summary.json", cell["summary"])
+
+
+def run_experiment(cfg: ExperimentConfig, out: Path, progress: Callable[[str, dict | None], None] = lambda m, s: None
+                   ) -> list[dict[str, Any]]:
+    """All cells; a cell whose summary.json exists (an earlier, interrupted run) is not run again."""
+    setup = Setup.load(cfg)
+    workloads = [load_workload(w, cfg.trace) for w in cfg.workloads]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    summaries = []
+    for w in workloads:
+        for policy in cfg.policies:
+            cell_dir = out / "cells" / f"{slug(w.name)}__{policy}"
+            done = cell_dir / "summary.json"
+            if done.is_file():
+                summary = json.loads(done.read_text())
+                progress(f"{w.name} / {policy}: kept from the earlier run", summary)
+            else:
+                cell = run_cell(setup, w, policy)
+                write_cell(cell_dir, cell)
+                summary = cell["summary"]
+                progress(f"{w.name} / {policy}", summary)
+            summaries.append(summary)
+            write_csv(out / "summary.csv", summaries, SUMMARY_COLUMNS)
+    return summaries
+
+
+def load_cell(out: Path, workload: str, policy: str) -> tuple[dict[str, np.ndarray], list[dict]]:
+    import csv
+
+    cell_dir = out / "cells" / f"{slug(workload)}__{policy}"
+    with (cell_dir / "timeseries.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    series = {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in rows[0]} if rows else {}
+    with (cell_dir / "decisions.csv").open() as f:
+        decisions = list(csv.DictReader(f))
+    return series, decisions

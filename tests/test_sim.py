@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+
+from ipa.adapt import LoopSettings, adapt
+from ipa.optimize import make_problem, solve
+from ipa.predict.simple import WindowMax
+from ipa.runtime.sim import SimSettings, Simulator
+from ipa.spec import StageConfig
+
+
+def config(detect=("small", 1, 1, 1), classify=("r18", 1, 1, 1)):
+    return {"detect": StageConfig(*detect), "classify": StageConfig(*classify)}
+
+
+def run(tiny, rps, cfg=None, seed=0, settings=None, until=None):
+    spec, table = tiny
+    sim = Simulator(spec, table, 3.0, np.asarray(rps, dtype=float), settings, seed)
+    sim.start(cfg or config())
+    sim.run_until(until or len(rps))
+    return sim
+
+
+def test_every_arrival_is_completed_dropped_or_in_flight(tiny):
+    sim = run(tiny, [5, 40, 80, 3, 0, 12] * 10)
+    r = sim.result()
+    assert r.arrivals == int(np.sum([5, 40, 80, 3, 0, 12] * 10))
+    assert r.completed + r.dropped + r.in_flight == r.arrivals
+    assert r.series["arrivals"].sum() == r.arrivals and r.series["completions"].sum() == r.completed
+
+
+def test_zero_load_costs_only_idle_energy(tiny):
+    r = run(tiny, [0] * 30, cfg=config(("small", 1, 2, 1), ("r18", 1, 1, 2))).result()
+    assert r.series["energy_dynamic_j"].sum() == 0
+    # 2 replicas x 1 core + 1 replica x 2 cores = 4 cores at 3 W for 30 s
+    assert r.series["energy_j"].sum() == pytest.approx(4 * 3.0 * 30)
+    assert r.series["core_seconds"].sum() == pytest.approx(4 * 30)
+
+
+def test_load_beyond_capacity_drops_and_violates_instead_of_hanging(tiny):
+    r = run(tiny, [500] * 20).result()
+    assert r.dropped > 0 and r.series["violations"].sum() >= r.dropped
+    assert r.completed + r.dropped + r.in_flight == r.arrivals
+
+
+def test_light_load_meets_the_sla(tiny):
+    r = run(tiny, [2] * 60).result()
+    assert r.dropped == 0 and r.series["violations"].sum() == 0
+    assert np.all(r.latencies < tiny[0].sla_s)
+
+
+def test_fixed_seed_gives_identical_results_and_other_seeds_differ(tiny):
+    a, b, c = (run(tiny, [15] * 60, seed=s).result() for s in (1, 1, 2))
+    assert np.array_equal(a.latencies, b.latencies) and a.series["energy_j"].sum() == b.series["energy_j"].sum()
+    assert not np.array_equal(a.latencies, c.latencies)
+
+
+def test_config_change_takes_effect_after_the_load_delay(tiny):
+    spec, table = tiny
+    sim = Simulator(spec, table, 3.0, np.full(20, 4.0), seed=0)
+    sim.start(config())
+    sim.run_until(5)
+    sim.apply(config(("big", 1, 1, 1)))  # the big detector's profiled load time is 1.5 s
+    sim.run_until(6)
+    assert sim.stages[0].cfg.variant == "small" and sim.stages[0].pending is not None
+    sim.run_until(7)
+    assert sim.stages[0].cfg.variant == "big" and sim.stages[0].pending is None
+
+
+def test_old_and_new_config_are_both_reserved_during_the_switch(tiny):
+    spec, table = tiny
+    sim = Simulator(spec, table, 3.0, np.zeros(10), seed=0)
+    sim.start(config())
+    sim.run_until(2)
+    sim.apply(config(("big", 1, 1, 1)))
+    sim.run_until(10)
+    cores = sim.result().series["core_seconds"]
+    assert cores[1] == pytest.approx(2) and cores[2] == pytest.approx(3) and cores[4] == pytest.approx(2)
+
+
+def test_batch_change_is_immediate(tiny):
+    spec, table = tiny
+    sim = Simulator(spec, table, 3.0, np.full(10, 4.0), seed=0)
+    sim.start(config())
+    sim.run_until(3)
+    sim.apply(config(("small", 4, 1, 1)))
+    assert sim.stages[0].cfg.batch == 4
+
+
+def test_batch_timeout_sends_partial_batches(tiny):
+    # one request per second, batch 8: without the timeout nothing would complete for 8 s
+    r = run(tiny, [1] * 10, cfg=config(("small", 8, 1, 1)), settings=SimSettings(batch_timeout_s=0.2)).result()
+    assert r.completed >= 8 and r.latencies.max() < 1.0
+
+
+def test_pas_is_the_product_of_serving_variants(tiny):
+    r = run(tiny, [3] * 10, cfg=config(("big", 1, 1, 1), ("r50", 1, 1, 1))).result()
+    assert r.completed_pas == pytest.approx(np.full(r.completed, 0.40 * 0.76))
+
+
+def test_adapt_loop_follows_the_load_and_records_decisions(tiny):
+    spec, table = tiny
+    rps = np.concatenate([np.full(60, 2.0), np.full(60, 60.0)])
+    sim = Simulator(spec, table, 3.0, rps, seed=0)
+    problem = make_problem("ipa", spec, table)
+    records = adapt(sim, problem, WindowMax(30), len(rps), LoopSettings(interval_s=10), initial_rate=2)
+    assert len(records) == 12 and all("config" in r for r in records)
+    early = sum(c["replicas"] * c["cores"] for c in records[2]["config"].values())
+    late = sum(c["replicas"] * c["cores"] for c in records[-1]["config"].values())
+    assert late > early
+
+
+def test_adapt_loop_keeps_config_when_the_predictor_fails(tiny):
+    spec, table = tiny
+
+    class Flaky(WindowMax):
+        calls = 0
+
+        def predict(self, history):
+            Flaky.calls += 1
+            if Flaky.calls == 3:
+                raise RuntimeError("model server down")
+            return super().predict(history)
+
+    sim = Simulator(spec, table, 3.0, np.full(60, 5.0), seed=0)
+    records = adapt(sim, make_problem("ipa", spec, table), Flaky(), 60, LoopSettings(interval_s=10), initial_rate=5)
+    assert "error" in records[2] and len(records) == 6
+    assert sim.result().completed > 0
+
+
+def test_oracle_objective_bounds_feasible_policies(tiny):
+    spec, table = tiny
+    for load in (3, 17, 44):
+        best = solve(make_problem("ipa", spec, table), load).assessment.objective
+        for policy in ("fa2-low", "fa2-high", "rim-high"):
+            d = solve(make_problem(policy, spec, table), load)
+            scored = make_problem("ipa", spec, table).assess_config(d.config, load)
+            if scored.feasible:
+                assert scored.objective <= best + 1e-9
