@@ -152,3 +152,36 @@ def test_watch_prints_one_row_per_interval_and_stops_at_duration():
 def test_watch_measures_a_command_until_it_exits():
     rows, elapsed = watch(EstimateMeter(), interval_s=0.2, command=["python3", "-c", "import time; time.sleep(0.5)"])
     assert 0.4 < elapsed < 2 and rows
+
+
+def fake_pmu(root: Path, with_events: bool = True) -> Path:
+    """The power PMU's sysfs folder as Linux lays it out (type, cpumask, events/energy-*)."""
+    (root / "events").mkdir(parents=True)
+    (root / "type").write_text("9\n")
+    (root / "cpumask").write_text("0,28\n")
+    if with_events:
+        (root / "events" / "energy-pkg").write_text("event=0x02\n")
+        (root / "events" / "energy-pkg.scale").write_text("2.3283064365386962890625e-10\n")
+        (root / "events" / "energy-pkg.unit").write_text("Joules\n")
+    return root
+
+
+def test_pmu_event_and_cpumask_parsing():
+    from ipa.energy.perf import _cpulist, parse_event
+
+    assert parse_event("event=0x02\n") == 2 and parse_event("event=0x19,umask=0x1") == 25
+    assert _cpulist("0,28\n") == [0, 28] and _cpulist("0-3,8") == [0, 1, 2, 3, 8]
+
+
+def test_power_pmu_without_energy_events_is_unavailable(tmp_path):
+    """Seen on the H100 VM: a `power` PMU with no energy-* events, so no RAPL."""
+    from ipa.energy.perf import PerfEventMeter
+
+    with pytest.raises(MeterUnavailable, match="no energy events"):
+        PerfEventMeter(pmu=fake_pmu(tmp_path / "power", with_events=False))
+
+
+def test_power_pmu_lists_its_energy_events(tmp_path):
+    from ipa.energy.perf import available_events
+
+    assert available_events(fake_pmu(tmp_path / "power"), need_tool=False) == ["energy-pkg"]

@@ -165,11 +165,13 @@ def int_list(text: str) -> list[int]:
 @click.option("--cores", default="1,2", show_default=True)
 @click.option("--repeats", type=int, default=10, show_default=True, help="timed batches per (batch, cores)")
 @click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--min-window", type=float, default=1.0, show_default=True,
+              help="measure each (batch, cores) for at least this many seconds (energy counter resolution)")
 @click.option("--meter", type=click.Choice(["auto", "rapl", "perf", "nvml", "estimate"]), default="auto", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (GPU energy through NVML)")
 @click.option("--weights", type=click.Path(), default=None, help="folder of <variant>.pth checkpoints")
 @click.option("--out", type=click.Path(), required=True, help="profile CSV (resumed if it exists)")
-def profile(pipeline, stage, variants, batches, cores, repeats, warmup, meter, device, weights, out):
+def profile(pipeline, stage, variants, batches, cores, repeats, warmup, min_window, meter, device, weights, out):
     """Measure latency, throughput and energy of real models; writes a profile CSV + meta sidecar."""
     from pathlib import Path
 
@@ -189,7 +191,8 @@ def profile(pipeline, stage, variants, batches, cores, repeats, warmup, meter, d
         meter = "nvml"
     detection = open_meter(meter, gpu=False)
     err_console.print(detection.explain(), highlight=False)
-    settings = profiler.ProfilerSettings(repeats=repeats, warmup=warmup, device=device, weights=weights)
+    settings = profiler.ProfilerSettings(repeats=repeats, warmup=warmup, min_window_s=min_window, device=device,
+                                         weights=weights)
     total = sum(len(p.batches) * len(p.cores) for p in plan_list)
     with Progress(console=err_console) as bar:
         task = bar.add_task("profiling", total=total)

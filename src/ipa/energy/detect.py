@@ -27,9 +27,16 @@ def _build(name: str) -> EnergyMeter:
 
         return RaplMeter()
     if name == "perf":
-        from ipa.energy.perf import PerfMeter
+        from ipa.energy.perf import PerfEventMeter, PerfMeter
 
-        return PerfMeter()
+        try:
+            return PerfEventMeter()  # same counters, no subprocess
+        except MeterUnavailable as direct:
+            try:
+                return PerfMeter()
+            except MeterUnavailable as tool:
+                reasons = dict.fromkeys([direct.reason, tool.reason])  # the same cause is said once
+                raise MeterUnavailable("perf", "; ".join(reasons)) from None
     if name == "nvml":
         from ipa.energy.nvml import NvmlMeter
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 import shutil
 import subprocess
@@ -56,9 +58,9 @@ def parse_human(text: str) -> list[PerfSample]:
     return out
 
 
-def available_events(pmu: Path = PMU) -> list[str]:
+def available_events(pmu: Path = PMU, need_tool: bool = True) -> list[str]:
     """The power PMU's energy events; raises MeterUnavailable with the reason when there is none."""
-    if shutil.which("perf") is None:
+    if need_tool and shutil.which("perf") is None:
         raise MeterUnavailable("perf", "the perf tool is not installed (Debian: apt-get install linux-perf)")
     events = pmu / "events"
     if not events.is_dir():
@@ -67,6 +69,88 @@ def available_events(pmu: Path = PMU) -> list[str]:
     if not found:
         raise MeterUnavailable("perf", f"the power PMU has no energy events in {events}")
     return found
+
+
+def parse_event(text: str) -> int:
+    """`event=0x02` (a PMU event file) -> 2; umask and others are not used by the power PMU."""
+    for part in text.strip().split(","):
+        key, _, value = part.partition("=")
+        if key == "event":
+            return int(value, 0)
+    raise ValueError(f"no event= in {text!r}")
+
+
+class PerfEventMeter(EnergyMeter):
+    """The power PMU read directly through perf_event_open(2): the counters `perf stat` reads, no tool needed.
+
+    One counter per event and package (the PMU's cpumask names one CPU per package).
+    """
+
+    method = "perf"
+    SYSCALL_X86_64 = 298
+
+    def __init__(self, pmu: Path = PMU):
+        events = available_events(pmu, need_tool=False)
+        pmu_type = int((pmu / "type").read_text())
+        cpus = _cpulist((pmu / "cpumask").read_text()) if (pmu / "cpumask").exists() else [0]
+        self._fds: list[tuple[str, int, float]] = []
+        self._base: dict[int, int] = {}
+        for ev in events:
+            config = parse_event((pmu / "events" / ev).read_text())
+            scale_file = pmu / "events" / f"{ev}.scale"
+            scale = float(scale_file.read_text()) if scale_file.exists() else 2.0**-32
+            for pkg, cpu in enumerate(cpus):
+                fd = _perf_event_open(pmu_type, config, cpu)
+                self._fds.append((f"{EVENTS[ev]}-{pkg}", fd, scale))
+
+    def _raw(self, fd: int) -> int:
+        return int.from_bytes(os.pread(fd, 8, 0), "little")
+
+    def start(self) -> None:
+        self._base = {fd: self._raw(fd) for _, fd, _ in self._fds}
+
+    def read(self) -> Reading:
+        if not self._base:
+            self.start()
+        return Reading(now(), {d: (self._raw(fd) - self._base[fd]) * s for d, fd, s in self._fds}, self.method)
+
+    def stop(self) -> None:
+        for _, fd, _ in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = []
+
+    @property
+    def description(self) -> str:
+        return f"perf (power PMU through perf_event_open: {', '.join(d for d, _, _ in self._fds)})"
+
+
+def _cpulist(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.strip().split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _perf_event_open(pmu_type: int, config: int, cpu: int) -> int:
+    import ctypes
+    import struct
+
+    if platform.machine() != "x86_64":
+        raise MeterUnavailable("perf", f"perf_event_open is wired for x86_64 only, not {platform.machine()}")
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("IIQ", attr, 0, pmu_type, 128, config)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(PerfEventMeter.SYSCALL_X86_64, attr, -1, cpu, -1, 0)
+    if fd < 0:
+        err = ctypes.get_errno()
+        if err in (1, 13):  # EPERM, EACCES
+            raise MeterPermissionError("perf", "perf_event_open refused: run as root or set kernel.perf_event_paranoid <= 0")
+        raise MeterUnavailable("perf", f"perf_event_open failed: {os.strerror(err)}")
+    return fd
 
 
 class PerfMeter(EnergyMeter):

@@ -31,6 +31,7 @@ class Plan:
 class ProfilerSettings:
     repeats: int = 10
     warmup: int = 2
+    min_window_s: float = 1.0  # energy counters tick every 1-100 ms: measure at least this long
     idle_s: float = 2.0
     device: str = "cpu"
     weights: str | None = None
@@ -85,9 +86,10 @@ def measure(model, batch: int, settings: ProfilerSettings, meter: EnergyMeter, i
     for _ in range(settings.warmup):
         model(x)
     sync()
-    times = []
+    times: list[float] = []
     with meter.window() as w:
-        for _ in range(settings.repeats):
+        start = time.perf_counter()
+        while len(times) < settings.repeats or time.perf_counter() - start < settings.min_window_s:
             t0 = time.perf_counter()
             model(x)
             sync()
@@ -98,7 +100,7 @@ def measure(model, batch: int, settings: ProfilerSettings, meter: EnergyMeter, i
         "latency_p50_s": float(np.percentile(times, 50)),
         "latency_p99_s": float(np.percentile(times, 99)),
         "throughput_rps": batch / mean,
-        "energy_j_per_batch": dynamic / settings.repeats,
+        "energy_j_per_batch": dynamic / len(times),
         "energy_method": meter.method,
     }
 
@@ -177,6 +179,7 @@ def _meta(meter: EnergyMeter, description: str, idle_w: float, settings: Profile
         "idle_power_w": idle_w,
         "idle_power_w_per_core": _idle_per_core(meter, idle_w, cpus),
         "repeats": settings.repeats,
+        "min_window_s": settings.min_window_s,
         "warmup": settings.warmup,
         "inputs": "scikit-learn sample photos (china.jpg, flower.jpg), 427x640; classifier crops resized to 224",
         "weights": settings.weights or "random (torchvision weights=None): latency and energy are real, "
