@@ -1,0 +1,115 @@
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ipa.cli import cli
+from ipa.experiment.config import ExperimentConfig, load_experiment
+from ipa.experiment.frontier import frontier
+from ipa.experiment.report import build_report
+from ipa.experiment.runner import run_experiment
+from ipa.errors import ConfigError
+from tests.test_workload import _have_trace
+
+WORKLOADS = ["sine:12:10:120:240", "step:2:30:240"]
+POLICIES = ["ipa", "ipa-energy", "fa2-low", "oracle"]
+
+
+@pytest.fixture
+def small_cfg(tmp_path, tiny):
+    spec, table = tiny
+    pipeline = tmp_path / "tiny.yaml"
+    import yaml
+
+    pipeline.write_text(yaml.safe_dump(spec.model_dump()))
+    table.save(tmp_path / "tiny.csv")
+    return ExperimentConfig(pipeline=str(pipeline), profiles=str(tmp_path / "tiny.csv"), workloads=WORKLOADS,
+                            policies=POLICIES, predictor="max")
+
+
+def read_summary(out):
+    with (out / "summary.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_experiment_writes_every_cell_and_the_report(tmp_path, small_cfg):
+    out = tmp_path / "run"
+    summaries = run_experiment(small_cfg, out)
+    build_report(out, summaries)
+    rows = read_summary(out)
+    assert {(r["workload"], r["policy"]) for r in rows} == {(w, p) for w in WORKLOADS for p in POLICIES}
+    assert all(r["energy_method"] == "estimate" for r in rows)
+    for name in ("report.html", "comparison.png", "energy_vs_pas.png", "config.yaml"):
+        assert (out / name).is_file()
+    cell = out / "cells" / "sine_12_10_120_240__ipa"
+    assert (cell / "timeseries.csv").is_file() and (cell / "decisions.csv").is_file()
+    assert "estimate" in (out / "report.html").read_text()
+    assert load_experiment(out / "config.yaml") == small_cfg  # the folder holds the exact config it ran
+
+
+def test_interrupted_experiment_keeps_finished_cells(tmp_path, small_cfg):
+    out = tmp_path / "run"
+    run_experiment(small_cfg, out)
+    (out / "cells" / "step_2_30_240__fa2-low" / "summary.json").unlink()  # as if killed during that cell
+    messages = []
+    run_experiment(small_cfg, out, lambda m, s: messages.append(m))
+    kept = [m for m in messages if "kept" in m]
+    assert len(kept) == len(WORKLOADS) * len(POLICIES) - 1
+    assert not any("fa2-low" in m and "step" in m for m in kept)
+
+
+def test_same_seed_same_summary(tmp_path, small_cfg):
+    def measured(out):  # everything but the solver's wall-clock time
+        return [{k: v for k, v in s.items() if k != "solve_ms_mean"} for s in run_experiment(small_cfg, out)]
+
+    assert measured(tmp_path / "a") == measured(tmp_path / "b")
+
+
+def test_bad_experiment_config_names_the_field(tmp_path):
+    p = tmp_path / "e.yaml"
+    p.write_text("policies: [ipa, greedy]\n")
+    with pytest.raises(ConfigError, match="policies.*greedy.*allowed: ipa, ipa-energy"):
+        load_experiment(p)
+
+
+def test_frontier_sweeps_delta_and_adds_baselines(tmp_path, small_cfg):
+    points = frontier(small_cfg, "sine:12:10:120:240", [0, 0.5, 5], [1], tmp_path / "f")
+    sweep = [p for p in points if p["policy"] == "ipa-energy"]
+    assert [p["delta"] for p in sweep] == [0, 0.5, 5]
+    assert sweep[-1]["energy_j"] <= sweep[0]["energy_j"]
+    assert {p["policy"] for p in points} >= {"ipa", "fa2-low", "fa2-high", "rim-high"}
+    assert (tmp_path / "f" / "frontier.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _have_trace(), reason="the shared Twitter trace is not beside this checkout")
+def test_default_paper_comparison_holds_the_papers_claims(tmp_path):
+    out = tmp_path / "paper"
+    result = CliRunner().invoke(cli, ["experiment", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {(r["workload"], r["policy"]): r for r in read_summary(out)}
+    assert len(rows) == 24 and (out / "report.html").is_file()
+    for w in ("bursty", "steady-low", "steady-high", "fluctuating"):
+        ipa, low, high, energy = (rows[(w, p)] for p in ("ipa", "fa2-low", "fa2-high", "ipa-energy"))
+        assert float(ipa["pas"]) >= float(low["pas"]) - 1e-9
+        assert float(ipa["cost_cores"]) <= float(high["cost_cores"])
+        assert float(energy["energy_j"]) < float(ipa["energy_j"])
+        oracle = {d["t"]: float(d["realized_objective"]) for d in _decisions(out, w, "oracle")}
+        for p in ("ipa", "ipa-energy", "fa2-low", "fa2-high", "rim-high"):
+            for d in _decisions(out, w, p):
+                if d["realized_feasible"] == "True":
+                    assert float(d["realized_objective"]) <= oracle[d["t"]] + 1e-9
+
+
+def _decisions(out, workload, policy):
+    with (out / "cells" / f"{workload}__{policy}" / "decisions.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_optimize_json_on_shipped_profiles():
+    result = CliRunner().invoke(cli, ["optimize", "--load", "20", "--policy", "ipa-energy", "--json"])
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.output[result.output.index("{"):])
+    assert d["feasible"] and set(d["config"]) == {"detect", "classify"}
+    assert {"objective", "accuracy", "cores", "power_w", "latency_s", "solve_ms"} <= set(d)

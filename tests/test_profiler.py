@@ -1,0 +1,39 @@
+import pytest
+
+from ipa.energy.estimate import EstimateMeter
+from ipa.profiles import load_profiles
+from ipa.profiles.profiler import Plan, ProfilerSettings, run
+from ipa.profiles.zoo import build, kind_of
+from ipa.errors import ConfigError
+
+
+@pytest.mark.slow
+def test_profiler_measures_a_real_model_and_resumes(tmp_path):
+    out = tmp_path / "p.csv"
+    meter = EstimateMeter()
+    settings = ProfilerSettings(repeats=3, warmup=1, idle_s=0.3, min_window_s=0.2)
+    run([Plan("classify", "resnet18", [1, 2], [1])], out, meter, meter.description, settings)
+    table = load_profiles(out)
+    assert [(p.batch, p.cores) for p in table.rows] == [(1, 1), (2, 1)]
+    for p in table.rows:
+        assert p.latency_p99_s > 0 and p.throughput_rps > 0 and p.energy_j_per_batch > 0
+        assert p.energy_method == "estimate" and p.load_s > 0
+    assert table.meta["energy_method"] == "estimate" and table.meta["cpus"] >= 1
+    # a second run with one more batch measures only the missing point
+    messages = []
+    run([Plan("classify", "resnet18", [1, 2, 4], [1])], out, meter, meter.description, settings, messages.append)
+    assert len(messages) == 1 and "b=4" in messages[0]
+    assert len(load_profiles(out).rows) == 3
+
+
+def test_zoo_builds_detectors_and_classifiers_without_downloads():
+    det = build("ssdlite320_mobilenet_v3_large")
+    out = det(det.inputs(1))
+    assert det.kind == "detection" and {"boxes", "labels", "scores"} <= set(out[0])
+    cls = build("resnet18")
+    assert cls.kind == "classification" and tuple(cls(cls.inputs(2)).shape) == (2, 1000)
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(ConfigError, match="not a torchvision"):
+        kind_of("yolov5n")
