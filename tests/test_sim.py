@@ -3,7 +3,7 @@ import pytest
 
 from ipa.adapt import LoopSettings, adapt
 from ipa.optimize import make_problem, solve
-from ipa.predict.simple import WindowMax
+from ipa.predict.simple import Window, WindowMax
 from ipa.runtime.sim import SimSettings, Simulator
 from ipa.spec import StageConfig
 
@@ -112,8 +112,11 @@ def test_adapt_loop_follows_the_load_and_records_decisions(tiny):
 def test_adapt_loop_keeps_config_when_the_predictor_fails(tiny):
     spec, table = tiny
 
-    class Flaky(WindowMax):
+    class Flaky(Window):
         calls = 0
+
+        def __init__(self):
+            super().__init__("max", np.max)
 
         def predict(self, history):
             Flaky.calls += 1

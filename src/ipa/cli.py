@@ -147,14 +147,19 @@ def energy_watch(interval, duration, meter, csv_path, command):
         write_csv(csv_path, [asdict(r) for r in rows])
 
 
-def int_list(text: str) -> list[int]:
+def number_list(text: str, kind: type = int, minimum: float = 1) -> list:
+    """`1,2,4` -> [1, 2, 4]; a clear error for anything else."""
     try:
-        values = [int(x) for x in text.split(",") if x.strip()]
+        values = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers") from None
-    if not values or min(values) < 1:
-        raise click.BadParameter(f"'{text}': values must be positive integers")
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of {kind.__name__}s") from None
+    if not values or min(values) < minimum:
+        raise click.BadParameter(f"'{text}': values must be >= {minimum}")
     return values
+
+
+def int_list(text: str) -> list[int]:
+    return number_list(text, int, 1)
 
 
 @cli.command()
@@ -337,13 +342,7 @@ def experiment(config, workloads, policies, predictor, runtime, profiles, pipeli
 
 
 def float_list(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"'{text}' is not a comma-separated list of numbers") from None
-    if not values or min(values) < 0:
-        raise click.BadParameter(f"'{text}': values must be >= 0")
-    return values
+    return number_list(text, float, 0)
 
 
 @cli.command()

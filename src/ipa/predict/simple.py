@@ -19,27 +19,22 @@ class Reactive(Predictor):
         return histories[:, -1].astype(float)
 
 
-class WindowMax(Predictor):
-    name = "max"
+class Window(Predictor):
+    """A statistic of the last `window_s` seconds: `max` (IPA's conservative choice) or `avg`."""
 
-    def __init__(self, window_s: int = HISTORY_S):
-        self.window_s = window_s
-
-    def predict(self, history: np.ndarray) -> float:
-        return float(np.max(history[-self.window_s:])) if len(history) else 0.0
-
-    def predict_many(self, histories: np.ndarray) -> np.ndarray:
-        return histories[:, -self.window_s:].max(axis=1).astype(float)
-
-
-class WindowAvg(Predictor):
-    name = "avg"
-
-    def __init__(self, window_s: int = HISTORY_S):
-        self.window_s = window_s
+    def __init__(self, name: str, reduce, window_s: int = HISTORY_S):
+        self.name, self.reduce, self.window_s = name, reduce, window_s
 
     def predict(self, history: np.ndarray) -> float:
-        return float(np.mean(history[-self.window_s:])) if len(history) else 0.0
+        return float(self.reduce(history[-self.window_s:])) if len(history) else 0.0
 
     def predict_many(self, histories: np.ndarray) -> np.ndarray:
-        return histories[:, -self.window_s:].mean(axis=1)
+        return self.reduce(histories[:, -self.window_s:], axis=1).astype(float)
+
+
+def WindowMax(window_s: int = HISTORY_S) -> Window:  # noqa: N802 - reads like the class it builds
+    return Window("max", np.max, window_s)
+
+
+def WindowAvg(window_s: int = HISTORY_S) -> Window:  # noqa: N802
+    return Window("avg", np.mean, window_s)
