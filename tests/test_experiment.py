@@ -113,3 +113,18 @@ def test_cli_optimize_json_on_shipped_profiles():
     d = json.loads(result.output[result.output.index("{"):])
     assert d["feasible"] and set(d["config"]) == {"detect", "classify"}
     assert {"objective", "accuracy", "cores", "power_w", "latency_s", "solve_ms"} <= set(d)
+
+
+def test_short_workloads_still_get_their_report(tmp_path, small_cfg):
+    """Two minutes of load give two points per energy chart, fewer than the smoothing window."""
+    cfg = small_cfg.model_copy(update={"workloads": ["static:5:120"], "policies": ["ipa"]})
+    out = tmp_path / "short"
+    build_report(out, run_experiment(cfg, out))
+    assert (out / "energy_static_5_120.png").is_file()
+
+
+def test_smooth_keeps_length_and_skips_gaps():
+    from ipa.experiment.plots import smooth
+
+    assert len(smooth([1.0, 2.0], 3)) == 2 and len(smooth([], 3)) == 0
+    assert smooth([1.0, float("nan"), 3.0], 3).tolist() == [1.0, 2.0, 3.0]

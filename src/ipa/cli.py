@@ -68,8 +68,10 @@ def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_po
     from ipa.profiles import load_profiles
     from ipa.spec import load_model, load_pipeline
 
-    spec = load_pipeline(pipeline)
-    table = load_profiles(profiles, spec)
+    from ipa.experiment.config import resolve
+
+    spec = load_pipeline(resolve(pipeline))
+    table = load_profiles(resolve(profiles), spec)
     weights = load_model(Weights, {"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta or 0.0}, "options")
     return make_problem(
         policy, spec, table, weights, idle_power_w_per_core=idle_power_w, scaling_cap=scaling_cap,

@@ -28,8 +28,10 @@ def _save(fig, path: str | Path) -> Path:
 def smooth(x: np.ndarray, window: int) -> np.ndarray:
     """Moving average that ignores gaps (NaN seconds with no completions)."""
     x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return x
     ok = ~np.isnan(x)
-    k = np.ones(window)
+    k = np.ones(max(1, min(window, len(x))))  # "same" mode returns the longer of the two
     num = np.convolve(np.where(ok, x, 0.0), k, mode="same")
     den = np.convolve(ok.astype(float), k, mode="same")
     return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
