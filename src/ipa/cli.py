@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -190,9 +191,9 @@ def profile(pipeline, stage, variants, batches, cores, repeats, warmup, min_wind
 
     spec = load_pipeline(pipeline)
     cores_list = int_list(cores)
-    if max(cores_list) > len(__import__("os").sched_getaffinity(0)):
-        raise click.BadParameter(f"{cores}: this machine lets us use {len(__import__('os').sched_getaffinity(0))} CPUs",
-                                 param_hint="--cores")
+    usable = len(os.sched_getaffinity(0))
+    if max(cores_list) > usable:
+        raise click.BadParameter(f"{cores}: this machine lets us use {usable} CPUs", param_hint="--cores")
     plan_list = profiler.plans(spec, stage, variants.split(",") if variants else None, int_list(batches), cores_list)
     if device.startswith("cuda") and meter == "auto":
         meter = "nvml"

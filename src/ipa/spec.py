@@ -114,7 +114,7 @@ def config_as_dict(config: PipelineConfig) -> dict[str, dict[str, typing.Any]]:
     return {stage: sc.as_dict() for stage, sc in config.items()}
 
 
-def describe_validation_error(err: ValidationError, source: str) -> str:
+def describe_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
     """Turn pydantic's report into lines that name the file, the field and what is allowed."""
     lines = [f"{source}: invalid configuration"]
     for e in err.errors():
@@ -124,20 +124,13 @@ def describe_validation_error(err: ValidationError, source: str) -> str:
             msg = "unknown field"
         lines.append(f"  field '{loc}': {msg}")
         if e["type"] in ("extra_forbidden", "missing"):
-            lines.append(f"    allowed fields here: {_allowed_fields(err.title, e['loc'])}")
+            lines.append(f"    allowed fields here: {_allowed_fields(model, e['loc'])}")
     return "\n".join(lines)
 
 
-_MODELS: dict[str, type[BaseModel]] = {}
-
-
-def _register(*models: type[BaseModel]) -> None:
-    for m in models:
-        _MODELS[m.__name__] = m
-
-
-def _allowed_fields(title: str, loc: tuple) -> str:
-    model: type[BaseModel] | None = _MODELS.get(title)
+def _allowed_fields(top: type[BaseModel], loc: tuple) -> str:
+    """Walk the error's location down the model's fields to the model that holds the bad field."""
+    model: type[BaseModel] | None = top
     for part in loc[:-1]:
         if model is None or isinstance(part, int):
             continue
@@ -158,13 +151,12 @@ def _inner_model(annotation: typing.Any) -> type[BaseModel] | None:
 
 def load_model(model: type[M], data: typing.Any, source: str) -> M:
     """Validate `data` as `model`; raise ConfigError naming `source` and the field."""
-    _register(model)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, source)) from None
+        raise ConfigError(describe_validation_error(err, source, model)) from None
 
 
 def read_yaml(path: str | Path) -> typing.Any:

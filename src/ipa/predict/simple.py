@@ -15,9 +15,6 @@ class Reactive(Predictor):
     def predict(self, history: np.ndarray) -> float:
         return float(history[-1]) if len(history) else 0.0
 
-    def predict_many(self, histories: np.ndarray) -> np.ndarray:
-        return histories[:, -1].astype(float)
-
 
 class Window(Predictor):
     """A statistic of the last `window_s` seconds: `max` (IPA's conservative choice) or `avg`."""
@@ -27,9 +24,6 @@ class Window(Predictor):
 
     def predict(self, history: np.ndarray) -> float:
         return float(self.reduce(history[-self.window_s:])) if len(history) else 0.0
-
-    def predict_many(self, histories: np.ndarray) -> np.ndarray:
-        return self.reduce(histories[:, -self.window_s:], axis=1).astype(float)
 
 
 def WindowMax(window_s: int = HISTORY_S) -> Window:  # noqa: N802 - reads like the class it builds
