@@ -53,6 +53,18 @@ def problem_options(f):
     return f
 
 
+def ray_options(f):
+    """Where the Ray runtime runs: a local cluster by default, or an existing one."""
+    opts = [
+        click.option("--address", default=None, help="join this Ray cluster (ray://... or HOST:PORT); default: a local one"),
+        click.option("--port", type=int, default=None, help="HTTP port of the pipeline on 127.0.0.1 (default 8000)"),
+        click.option("--ray-cpus", type=int, default=None, help="logical CPUs of the local cluster (default: this machine's)"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 def parse_freeze(items: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -307,9 +319,13 @@ def predictor_eval(trace, predictors, stride, as_json):
 @click.option("--profiles", default=None, help="profile CSV (default: the shipped 2-core CPU profiles)")
 @click.option("--pipeline", default=None)
 @click.option("--seed", type=int, default=None)
+@click.option("--duration", type=int, default=None, help="serve only the first S seconds of each workload")
+@click.option("--load-scale", type=float, default=None, help="multiply the workload's rate (fit it to the machine)")
+@ray_options
 @trace_option
 @click.option("--out", type=click.Path(), default=None, help="result folder (default results/<timestamp>); resumed if it exists")
-def experiment(config, workloads, policies, predictor, runtime, profiles, pipeline, seed, trace, out):
+def experiment(config, workloads, policies, predictor, runtime, profiles, pipeline, seed, duration, load_scale,
+               address, port, ray_cpus, trace, out):
     """Compare policies on workloads: summary table, CSVs, plots and report.html."""
     import datetime as dt
     from pathlib import Path
@@ -321,15 +337,21 @@ def experiment(config, workloads, policies, predictor, runtime, profiles, pipeli
     from ipa.experiment.runner import run_experiment
 
     cfg = load_experiment(config, workloads=list(workloads), policies=list(policies), predictor=predictor,
-                          runtime=runtime, profiles=profiles, pipeline=pipeline, seed=seed, trace=trace)
+                          runtime=runtime, profiles=profiles, pipeline=pipeline, seed=seed, trace=trace,
+                          duration_s=duration, load_scale=load_scale,
+                          ray={"address": address, "port": port, "cpus": ray_cpus})
     if cfg.runtime == "ray":
-        raise click.UsageError("--runtime ray is not available yet (issue: real serving on Ray Serve); use --runtime sim")
+        _log_to(err_console)
     out_dir = Path(out or f"results/{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     cells = len(cfg.workloads) * len(cfg.policies)
     with Progress(console=err_console, transient=True) as bar:
-        task = bar.add_task("simulating", total=cells)
+        task = bar.add_task("simulating" if cfg.runtime == "sim" else "serving on Ray", total=cells)
 
         def step(msg, summary):
+            if summary is None:
+                bar.console.print(f"  {msg}", highlight=False)
+                bar.advance(task)
+                return
             bar.console.print(f"  {msg}: PAS {summary['pas']:.4f}, cost {summary['cost_cores']:.1f} cores, "
                               f"energy {summary['energy_j'] / 1000:.1f} kJ ({summary['energy_method']}), "
                               f"SLA violations {summary['sla_violation_pct']:.2f}%", highlight=False)
@@ -342,6 +364,18 @@ def experiment(config, workloads, policies, predictor, runtime, profiles, pipeli
     print_table([{c: s[c] for c in cols} for s in summaries], "summary")
     console.print(f"results in {out_dir}/ (summary.csv, cells/*/timeseries.csv, decisions.csv, *.png); "
                   f"report: {report}")
+
+
+def _log_to(con: Console) -> None:
+    """Warnings and progress of the serving runtime on stderr (replica down, failed reconfiguration, meter)."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=con, show_path=False, show_time=True)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
+    for noisy in ("ray", "ray.serve", "filelock", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def float_list(text: str) -> list[float]:

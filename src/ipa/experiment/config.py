@@ -11,6 +11,7 @@ from ipa.errors import ConfigError
 from ipa.optimize.policies import DEFAULT_ENERGY_DELTA, POLICIES, RIM_DEFAULT_REPLICAS
 from ipa.optimize.problem import Weights
 from ipa.predict import PREDICTORS
+from ipa.runtime.ray_runtime import RaySettings
 from ipa.runtime.sim import SimSettings
 from ipa.spec import Strict, load_model, read_yaml
 
@@ -36,6 +37,9 @@ class ExperimentConfig(Strict):
     batching_cap: int = Field(default=8, ge=1)
     rim_replicas: int = Field(default=RIM_DEFAULT_REPLICAS, ge=1)
     sim: SimSettings = SimSettings()
+    ray: RaySettings = RaySettings()
+    duration_s: int | None = Field(default=None, ge=1, description="serve only the first S seconds of each workload")
+    load_scale: float = Field(default=1.0, gt=0, description="multiply every workload's rate (fit it to the machine)")
     trace: str | None = None
 
     @field_validator("policies")
@@ -54,9 +58,13 @@ class ExperimentConfig(Strict):
         return v
 
 
-def load_experiment(path: str | Path | None, **overrides) -> ExperimentConfig:
+def load_experiment(path: str | Path | None, ray: dict | None = None, **overrides) -> ExperimentConfig:
+    """The YAML file (if any) with command-line overrides; `ray` overrides single fields of its `ray` section."""
     data = read_yaml(path) if path else {}
     data = (data or {}) | {k: v for k, v in overrides.items() if v not in (None, (), [])}
+    given = {k: v for k, v in (ray or {}).items() if v is not None}
+    if given:
+        data["ray"] = dict(data.get("ray") or {}) | given
     return load_model(ExperimentConfig, data, str(path or "options"))
 
 

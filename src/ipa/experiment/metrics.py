@@ -31,6 +31,7 @@ def summarize(result: SimResult, decisions: list[dict[str, Any]], energy_method:
         "objective": float(np.mean([d["realized_objective"] for d in realized])) if realized else float("nan"),
         "sized_for_true_peak_pct": 100 * float(np.mean([d["realized_feasible"] for d in realized])) if realized else 0.0,
         "reconfigurations": result.reconfigurations,
+        "throughput_rps": result.completed / seconds,
         "arrivals": result.arrivals,
         "completed": result.completed,
         "in_flight": result.in_flight,

@@ -32,8 +32,47 @@ def build_report(out: Path, summaries: list[dict], title: str = "ipa experiment"
         images.append(plots.energy_per_minute(cells, w, policies, out / f"energy_{slug(w)}.png", method).name)
     images.append(plots.energy_vs_pas(summaries, out / "energy_vs_pas.png", method).name)
     config = (out / "config.yaml").read_text() if (out / "config.yaml").exists() else ""
-    page = _page(title, summaries, images, config, method)
+    page = _page(title, summaries, images, config, method, _real_sections(out, summaries))
     return atomic_write_text(out / "report.html", page)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _num(v: str):
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+
+def _real_sections(out: Path, summaries: list[dict]) -> str:
+    """For Ray runs: the fidelity table (sim vs real), reconfiguration timings, and fault events."""
+    fidelity = _read_csv(out / "fidelity.csv")
+    if not fidelity:
+        return ""
+    reconf, events = [], []
+    for s in summaries:
+        cell = out / "cells" / f"{slug(s['workload'])}__{s['policy']}"
+        reconf += [{"workload": s["workload"], "policy": s["policy"]} | r for r in _read_csv(cell / "reconfigurations.csv")]
+        events += [{"workload": s["workload"], "policy": s["policy"]} | r for r in _read_csv(cell / "events.csv")]
+    parts = [
+        "<h2>Fidelity: simulator vs Ray Serve</h2><p>The same workload and policy, simulated with the "
+        "reconfiguration delays measured in the real run. Real energy is what the run-time meter read for the whole "
+        "machine (Ray, HTTP and the load generator included); the simulator's comes from the profiles.</p>",
+        _table(fidelity, ["workload", "policy", "metric", "sim", "real", "real_vs_sim_pct", "note"]),
+        "<h2>Reconfigurations (measured)</h2>",
+        _table(reconf, ["workload", "policy", "t_s", "kinds", "seconds", "ok", "error"]) if reconf else "<p>none</p>",
+        "<h2>Fault events</h2>",
+        _table(events, ["workload", "policy", "t_s", "event", "detail"]) if events else "<p>none</p>",
+    ]
+    return "\n".join(parts)
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:
@@ -42,8 +81,11 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _page(title: str, summaries: list[dict], images: list[str], config: str, method: str) -> str:
-    note = ("Energy figures are <b>estimates</b> (no energy counter on the profiling machine: CPU time x per-core "
+def _page(title: str, summaries: list[dict], images: list[str], config: str, method: str, extra: str = "") -> str:
+    real = any(s.get("runtime") == "ray" for s in summaries)
+    note = (f"Served on Ray Serve; energy read every second by the run-time meter (<b>{html.escape(method)}</b>"
+            f"{', an estimate: no energy counter on this machine' if 'estimate' in method else ''})." if real else
+            "Energy figures are <b>estimates</b> (no energy counter on the profiling machine: CPU time x per-core "
             "power model, see ipa.energy.estimate)." if "estimate" in method else
             f"Energy figures come from the profiles' measured method: <b>{html.escape(method)}</b>.")
     imgs = "".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(i)}"><figcaption>{html.escape(i)}'
@@ -66,6 +108,7 @@ dropped requests over arrivals; objective: IPA's objective of each decision scor
 load; sized_for_true_peak_pct: decisions whose config sustained that peak within the SLA.</p>
 <h2>Summary</h2>
 {_table(summaries, [c for c in SHOWN if c in SUMMARY_COLUMNS])}
+{extra}
 <h2>Figures</h2>
 {imgs}
 <h2>Configuration</h2>

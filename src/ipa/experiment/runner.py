@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from ipa.workload import Workload, load_workload
 SUMMARY_COLUMNS = [
     "workload", "policy", "pas", "cost_cores", "energy_j", "energy_method", "sla_violation_pct", "dropped_pct",
     "p99_latency_s", "decisions", "solve_ms_mean", "avg_power_w", "energy_per_request_j", "objective",
-    "sized_for_true_peak_pct", "reconfigurations", "arrivals", "completed", "in_flight",
+    "sized_for_true_peak_pct", "reconfigurations", "throughput_rps", "arrivals", "completed", "in_flight", "runtime",
 ]
 
 
@@ -72,7 +73,6 @@ def run_cell(setup: Setup, workload: Workload, policy: str, weights: dict[str, f
     """Simulate one policy on one workload; returns the series, decisions and summary."""
     c = setup.cfg
     problem = setup.problem(policy, weights)
-    scorer = setup.problem("ipa")  # every policy's decisions scored with the same (IPA) objective
     peak = true_peak(workload.rps, c.interval_s)
     sim = Simulator(setup.spec, setup.profiles, problem.idle_power_w_per_core, workload.rps, c.sim, c.seed)
     predictor = None if policy == "oracle" else make_predictor(c.predictor)
@@ -80,14 +80,21 @@ def run_cell(setup: Setup, workload: Workload, policy: str, weights: dict[str, f
         sim, problem, predictor, workload.seconds, LoopSettings(c.interval_s, c.history_s, c.solver), policy,
         oracle=peak if policy == "oracle" else None, initial_rate=float(workload.rps[0]) if workload.seconds else 0.0,
     )
+    score_decisions(setup, decisions, peak)
+    result = sim.result()
+    summary = {"workload": workload.name, "policy": policy, "runtime": "sim"}
+    summary |= summarize(result, decisions, setup.profiles.energy_label)
+    return {"series": result.series, "decisions": decisions, "summary": summary}
+
+
+def score_decisions(setup: Setup, decisions: list[dict[str, Any]], peak: Callable[[float], float]) -> None:
+    """Each decision's config scored at its interval's true peak with IPA's objective, whatever the policy."""
+    scorer = setup.problem("ipa")
     for d in decisions:
         if "config" in d:
             real = peak(d["t"])
             a = scorer.assess_config(_config(d["config"]), real)
             d |= {"true_peak_rps": real, "realized_objective": a.objective, "realized_feasible": a.feasible}
-    result = sim.result()
-    summary = {"workload": workload.name, "policy": policy} | summarize(result, decisions, setup.profiles.energy_label)
-    return {"series": result.series, "decisions": decisions, "summary": summary}
 
 
 def _config(d: dict) -> dict:
@@ -109,29 +116,59 @@ def write_cell(cell_dir: Path, cell: dict[str, Any]) -> None:
     write_json(cell_dir / "summary.json", cell["summary"])
 
 
+def shape(w: Workload, duration_s: int | None, scale: float) -> Workload:
+    """The first `duration_s` seconds, rates times `scale` (a 2-core machine cannot serve the trace's peaks)."""
+    if duration_s is None and scale == 1.0:
+        return w
+    rps = w.rps[:duration_s] * scale
+    return Workload(w.name, rps, f"{w.source}, first {len(rps)} s, x{scale:g}")
+
+
 def run_experiment(cfg: ExperimentConfig, out: Path, progress: Callable[[str, dict | None], None] = lambda m, s: None
                    ) -> list[dict[str, Any]]:
     """All cells; a cell whose summary.json exists (an earlier, interrupted run) is not run again."""
     setup = Setup.load(cfg)
-    workloads = [load_workload(w, cfg.trace) for w in cfg.workloads]
+    workloads = [shape(load_workload(w, cfg.trace), cfg.duration_s, cfg.load_scale) for w in cfg.workloads]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    cells = [(w, p, out / "cells" / f"{slug(w.name)}__{p}") for w in workloads for p in cfg.policies]
+    todo = [c for c in cells if not (c[2] / "summary.json").is_file()]
     summaries = []
-    for w in workloads:
-        for policy in cfg.policies:
-            cell_dir = out / "cells" / f"{slug(w.name)}__{policy}"
+    with _serving(cfg, setup.spec, bool(todo)) as serve_cell:
+        for w, policy, cell_dir in cells:
             done = cell_dir / "summary.json"
             if done.is_file():
                 summary = json.loads(done.read_text())
                 progress(f"{w.name} / {policy}: kept from the earlier run", summary)
             else:
-                cell = run_cell(setup, w, policy)
-                write_cell(cell_dir, cell)
-                summary = cell["summary"]
+                summary = serve_cell(setup, w, policy, cell_dir, out) if serve_cell else None
+                if summary is None and serve_cell:
+                    progress(f"{w.name} / {policy}: skipped (see the warning above)", None)
+                    continue
+                if summary is None:
+                    cell = run_cell(setup, w, policy)
+                    write_cell(cell_dir, cell)
+                    summary = cell["summary"]
                 progress(f"{w.name} / {policy}", summary)
             summaries.append(summary)
             write_csv(out / "summary.csv", summaries, SUMMARY_COLUMNS)
     return summaries
+
+
+@contextmanager
+def _serving(cfg: ExperimentConfig, spec: PipelineSpec, needed: bool):
+    """For --runtime ray: one Ray cluster for every cell, shut down however the run ends (Ctrl-C too)."""
+    if cfg.runtime != "ray" or not needed:
+        yield None
+        return
+    from ipa.experiment.real import serve_cell
+    from ipa.runtime.ray_runtime import connect, shutdown
+
+    started = connect(cfg.ray, spec)
+    try:
+        yield serve_cell
+    finally:
+        shutdown(started)
 
 
 def load_cell(out: Path, workload: str, policy: str) -> tuple[dict[str, np.ndarray], list[dict]]:

@@ -13,11 +13,13 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from ipa.profiles.table import Profile, ProfileTable
+from ipa.runtime.loadgen import arrival_times
 from ipa.spec import PipelineConfig, PipelineSpec, StageConfig, Strict
 
 Z99 = 2.326  # standard normal 99th percentile
@@ -27,6 +29,9 @@ DEFAULT_LOAD_S = 1.0  # reconfiguration delay when a profile has no load time
 class SimSettings(Strict):
     drop_limit_s: float | None = Field(default=None, gt=0, description="default: 2 x SLA")
     batch_timeout_s: float | None = Field(default=None, ge=0, description="default: SLA / (2 x stages)")
+    reconfig_s: dict[Literal["variant", "batch", "replicas", "cores"], float] | None = Field(
+        default=None, description="measured delay per kind of change (ipa experiment --runtime ray writes them); "
+                                  "default: the profiled model load time, batch changes instant")
 
 
 @dataclass
@@ -72,9 +77,10 @@ class Simulator:
         self.drop_limit = settings.drop_limit_s or 2 * spec.sla_s
         self.batch_timeout = (settings.batch_timeout_s if settings.batch_timeout_s is not None
                               else spec.sla_s / (2 * len(spec.stages)))
+        self.reconfig_s = settings.reconfig_s
         self.rng = np.random.default_rng(seed)
         self.duration = len(rps)
-        self.arrival_t = self._arrivals(np.asarray(rps))
+        self.arrival_t = arrival_times(rps, self.rng)
         self.multiply = spec.accuracy_method == "multiply"
         self.acc = np.full(len(self.arrival_t), 1.0 if self.multiply else 0.0)
         self.now = 0.0
@@ -92,12 +98,6 @@ class Simulator:
         self.dropped = self.completed = self.reconfigurations = 0
 
     # -- setup -----------------------------------------------------------------------------
-    def _arrivals(self, rps: np.ndarray) -> np.ndarray:
-        """Arrivals spread uniformly at random inside each second, one draw per request."""
-        counts = np.maximum(0, np.round(rps)).astype(np.int64)
-        base = np.repeat(np.arange(len(counts), dtype=float), counts)
-        return np.sort(base + self.rng.random(len(base))) if len(base) else base
-
     def start(self, config: PipelineConfig) -> None:
         """The initial config, serving from t = 0 with no delay."""
         self.stages = [self._stage(i, s.name, config[s.name]) for i, s in enumerate(self.spec.stages)]
@@ -135,8 +135,15 @@ class Simulator:
                 self._push(self.now + delay, 2, (st.idx, new))
 
     def _delay(self, st: _Stage, new: StageConfig) -> float:
-        """Loading a model (other variant, other cores, new replicas) takes its load time; a batch change is instant."""
+        """Loading a model (other variant, other cores, new replicas) takes its load time; a batch change is instant.
+
+        With measured delays (`reconfig_s`), the slowest of the changed knobs' delays.
+        """
         old = st.cfg
+        if self.reconfig_s:
+            changed = [k for k in ("variant", "batch", "cores") if getattr(old, k) != getattr(new, k)]
+            changed += ["replicas"] if new.replicas > old.replicas else []  # removing a replica is immediate
+            return max((self.reconfig_s.get(k, 0.0) for k in changed), default=0.0)
         if (new.variant, new.cores) == (old.variant, old.cores) and new.replicas <= old.replicas:
             return 0.0
         rows = [p for p in self.profiles.for_stage(st.name) if p.variant == new.variant

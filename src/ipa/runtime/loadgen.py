@@ -1,0 +1,119 @@
+"""Open-loop load: requests leave at the workload's arrival times whether or not earlier ones came back.
+
+Closed-loop clients slow down when the server does and hide its queueing; open loop is how the
+load monitor, the simulator and a real user population see the rate. Every request's send time,
+latency, HTTP status and serving variants are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def arrival_times(rps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """round(rps[s]) arrivals spread uniformly at random inside each second s (the simulator's too)."""
+    counts = np.maximum(0, np.round(np.asarray(rps, dtype=float))).astype(np.int64)
+    base = np.repeat(np.arange(len(counts), dtype=float), counts)
+    return np.sort(base + rng.random(len(base))) if len(base) else base
+
+
+def photo_jpegs(width: int | None = None) -> list[bytes]:
+    """The shipped photos as JPEG bodies, optionally resized to `width` pixels wide."""
+    from PIL import Image
+
+    from ipa.profiles.zoo import photos_hwc
+
+    out = []
+    for p in photos_hwc():
+        img = Image.fromarray(p)
+        if width:
+            img = img.resize((width, round(p.shape[0] * width / p.shape[1])))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+@dataclass
+class RequestRecord:
+    sent_s: float  # since the load started
+    latency_s: float
+    status: int  # HTTP status; 0 when no answer came (connection error, client timeout)
+    variants: dict[str, str] | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+@dataclass
+class LoadGenerator:
+    """Replays arrival times against `url` from a background thread; `records` fills as answers come."""
+
+    url: str
+    arrivals_s: np.ndarray
+    images: list[bytes]
+    timeout_s: float
+    records: list[RequestRecord] = field(default_factory=list)
+    sent: int = 0
+    _thread: threading.Thread | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _start: float = 0.0
+
+    def start(self, at: float | None = None) -> None:
+        """Start sending; arrival 0 s is `at` (a time.monotonic() value, default now)."""
+        self._start = at if at is not None else time.monotonic()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="ipa-loadgen", daemon=True)
+        self._thread.start()
+
+    def stop(self, wait_s: float = 0.0) -> None:
+        """Stop sending new requests; give those in flight up to `wait_s` to come back."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(wait_s + 1.0)
+
+    def join(self, timeout_s: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout_s)
+
+    async def _run(self) -> None:
+        import aiohttp
+
+        conn = aiohttp.TCPConnector(limit=0, force_close=False)
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+            tasks = set()
+            for i, t in enumerate(self.arrivals_s):
+                while (delay := self._start + t - time.monotonic()) > 0 and not self._stop.is_set():
+                    await asyncio.sleep(min(delay, 0.2))
+                if self._stop.is_set():
+                    break
+                task = asyncio.create_task(self._send(session, self.images[i % len(self.images)]))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                self.sent += 1
+            if tasks:
+                await asyncio.wait(tasks, timeout=self.timeout_s + 1)
+
+    async def _send(self, session, body: bytes) -> None:
+        import aiohttp
+
+        t0 = time.monotonic()
+        sent = t0 - self._start
+        try:
+            async with session.post(self.url, data=body, headers={"content-type": "image/jpeg"}) as r:
+                payload: dict[str, Any] = await r.json(content_type=None)
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            self.records.append(RequestRecord(sent, time.monotonic() - t0, 0, None, f"{type(e).__name__}: {e}"))
+            return
+        latency = time.monotonic() - t0
+        self.records.append(RequestRecord(sent, latency, status, payload.get("variants"), payload.get("error", "")))

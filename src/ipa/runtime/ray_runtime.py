@@ -1,0 +1,305 @@
+"""The real runtime: the pipeline on Ray Serve behind `adapt.Runtime`, so the simulator's loop drives it unchanged.
+
+Wall-clock time: `run_until(t)` sleeps until t seconds after `start`. Each second a sampler thread
+reads the energy meter, the CPUs Ray has reserved and the deployments' health; `observed_rates`
+is what the ingress counted. Every reconfiguration is timed per kind of change (variant, batch,
+replicas, cores) so the simulator can use the measured delays.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from ipa.energy.common import EnergyMeter
+from ipa.errors import ConfigError, IpaError
+from ipa.spec import PipelineConfig, PipelineSpec, Strict, config_as_dict
+
+log = logging.getLogger(__name__)
+APP = "ipa"
+CHANGE_KINDS = ("variant", "batch", "replicas", "cores")
+
+
+class RaySettings(Strict):
+    address: str | None = Field(default=None, description="join this Ray cluster; default: start a local one")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    cpus: int | None = Field(default=None, ge=1, description="logical CPUs of the local cluster (default: this machine's)")
+    batch_wait_s: float | None = Field(default=None, ge=0, description="default: the simulator's batch timeout")
+    drop_limit_s: float | None = Field(default=None, gt=0, description="default: 2 x SLA, as the simulator")
+    max_in_flight: int = Field(default=256, ge=1, description="more requests in the pipeline are shed with 503")
+    deploy_timeout_s: float = Field(default=180.0, gt=0)
+    weights: str | None = Field(default=None, description="folder of <variant>.pth checkpoints; default random weights")
+    meter: str = "auto"
+
+
+class ReconfigurationError(IpaError):
+    pass
+
+
+@dataclass
+class Reconfiguration:
+    t_s: float  # when it was asked for, since start
+    seconds: float  # until every stage served the new config
+    kinds: list[str]  # which knobs changed, over all stages
+    ok: bool
+    error: str = ""
+
+
+@dataclass
+class Sample:
+    """One second of the run, from the sampler thread."""
+
+    t_s: float
+    joules: dict[str, float]  # per domain, over the last interval
+    method: str
+    reserved_cpus: float
+    replicas: dict[str, int]  # running replicas per deployment
+
+
+def change_kinds(old: PipelineConfig, new: PipelineConfig) -> list[str]:
+    return [k for k in CHANGE_KINDS if any(getattr(old[s], k) != getattr(new[s], k) for s in new)]
+
+
+@dataclass
+class RayRuntime:
+    spec: PipelineSpec
+    settings: RaySettings = field(default_factory=RaySettings)
+    meter: EnergyMeter | None = None
+    reconfigurations: list[Reconfiguration] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    config: PipelineConfig | None = None
+    _t0: float = 0.0  # monotonic
+    _epoch0: int = 0
+    _handle: Any = None
+    _sampler: threading.Thread | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    on_start: Callable[[float], None] = lambda t0: None  # called with the monotonic time of t = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}/"
+
+    @property
+    def drop_limit_s(self) -> float:
+        return self.settings.drop_limit_s or 2 * self.spec.sla_s
+
+    def stop(self) -> None:
+        """Stop sampling and metering; the app keeps running until the next deploy or `shutdown`."""
+        self._stop.set()
+        if self._sampler:
+            self._sampler.join(5)
+        if self.meter:
+            self.meter.stop()
+
+    # -- adapt.Runtime ---------------------------------------------------------------------
+    def start(self, config: PipelineConfig) -> None:
+        t = time.monotonic()
+        self._deploy(config)
+        log.info("pipeline deployed in %.1f s: %s", time.monotonic() - t, config_as_dict(config))
+        self.config = config
+        self._t0 = time.monotonic()
+        self._epoch0 = int(time.time())
+        self._handle = _ingress_handle()
+        self._report(config=config)
+        if self.meter:
+            self.meter.start()
+        self._sampler = threading.Thread(target=self._sample_loop, name="ipa-sampler", daemon=True)
+        self._sampler.start()
+        self.on_start(self._t0)
+
+    def apply(self, config: PipelineConfig) -> None:
+        """Deploy the new config and time it; if it fails, the old config is deployed again and keeps serving."""
+        old = self.config
+        assert old is not None, "start() first"
+        kinds = change_kinds(old, config)
+        t_s, t = self.now(), time.monotonic()
+        try:
+            self._deploy(config)
+        except Exception as e:  # keep serving: a failed placement or model load must not stop the pipeline
+            log.warning("reconfiguration %s failed (%s); the old config keeps serving", kinds, e)
+            self.reconfigurations.append(Reconfiguration(t_s, time.monotonic() - t, kinds, False, str(e)))
+            self.events.append({"t_s": t_s, "event": "reconfiguration failed", "detail": str(e)})
+            try:
+                self._deploy(old)
+            except Exception as again:
+                log.error("redeploying the old config failed too (%s)", again)
+            return
+        self.reconfigurations.append(Reconfiguration(t_s, time.monotonic() - t, kinds, True))
+        self.config = config
+        self._report(config=config)
+
+    def observed_rates(self) -> np.ndarray:
+        """Requests per second that reached the ingress, for every whole second since start."""
+        if self._handle is None:
+            return np.zeros(0)
+        counts = self._handle.arrivals_since.remote(self._epoch0).result()
+        n = max(0, int(time.time()) - self._epoch0)
+        out = np.zeros(n)
+        for sec, c in counts.items():
+            if 0 <= int(sec) - self._epoch0 < n:
+                out[int(sec) - self._epoch0] = c
+        return out
+
+    def run_until(self, t: float) -> None:
+        delay = self._t0 + t - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def now(self) -> float:
+        return time.monotonic() - self._t0 if self._t0 else 0.0
+
+    # -- internals -------------------------------------------------------------------------
+    def _deploy(self, config: PipelineConfig) -> None:
+        import ray
+        from ray import serve
+
+        from ipa.runtime.serving import build_app
+
+        need = sum(c.replicas * c.cores for c in config.values())
+        have = ray.cluster_resources().get("CPU", 0.0)
+        if need > have:
+            raise ReconfigurationError(f"the config needs {need} CPUs and the Ray cluster has {have:.0f} "
+                                       "(join a bigger cluster with --address, or lower --load-scale)")
+
+        app = build_app(self.spec, config, batch_wait_s=self.batch_wait_s, drop_limit_s=self.drop_limit_s,
+                        max_in_flight=self.settings.max_in_flight, weights=self.settings.weights)
+        serve._run(app, name=APP, route_prefix="/", _blocking=False)
+        _wait_running(self.settings.deploy_timeout_s)
+
+    @property
+    def batch_wait_s(self) -> float:
+        s = self.settings.batch_wait_s
+        return s if s is not None else self.spec.sla_s / (2 * len(self.spec.stages))
+
+    def _report(self, **kw) -> None:
+        if self._handle is None:
+            return
+        if "config" in kw:
+            kw["config"] = config_as_dict(kw["config"])
+        try:
+            self._handle.observe.remote(**kw).result(timeout_s=10)
+        except Exception as e:  # metrics are best effort; serving goes on
+            log.warning("could not update the ingress metrics: %s", e)
+
+    def _sample_loop(self) -> None:
+        """Once a second: energy, reserved CPUs, replica health. A failing meter is logged once and dropped."""
+        import ray
+
+        last = self.meter.read() if self.meter else None
+        total = ray.cluster_resources().get("CPU", 0.0)
+        down: set[str] = set()
+        next_t = time.monotonic() + 1.0
+        while not self._stop.wait(max(0.0, next_t - time.monotonic())):
+            next_t += 1.0
+            joules: dict[str, float] = {}
+            method = "none"
+            if self.meter and last:
+                try:
+                    cur = self.meter.read()
+                    joules, method, last = cur.minus(last), cur.method, cur
+                    self._report(energy={"joules": cur.joules, "method": cur.method,
+                                         "watts": sum(joules.values())})
+                except Exception as e:
+                    log.warning("energy meter failed (%s); the run goes on without energy", e)
+                    self.events.append({"t_s": self.now(), "event": "meter failed", "detail": str(e)})
+                    self.meter = None
+            try:
+                reserved = total - ray.available_resources().get("CPU", 0.0)
+                replicas = _running_replicas()
+            except Exception as e:
+                log.warning("could not read the cluster state: %s", e)
+                continue
+            self._note_health(replicas, down)
+            self.samples.append(Sample(self.now(), joules, method, reserved, replicas))
+
+    def _note_health(self, replicas: dict[str, int], down: set[str]) -> None:
+        """Log a stage whose running replicas fell below its target, and when Ray has it back."""
+        if self.config is None:
+            return
+        for stage, c in self.config.items():
+            n = replicas.get(stage, 0)
+            if n < c.replicas and stage not in down:
+                down.add(stage)
+                log.warning("stage %s: %d of %d replicas running; Ray is restarting the rest", stage, n, c.replicas)
+                self.events.append({"t_s": self.now(), "event": "replica down", "detail": f"{stage}: {n}/{c.replicas}"})
+            elif n >= c.replicas and stage in down:
+                down.discard(stage)
+                self.events.append({"t_s": self.now(), "event": "replica back", "detail": f"{stage}: {n}/{c.replicas}"})
+
+
+def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
+    """Start a local Ray cluster (or join `address`) and Serve's HTTP proxy; True if Ray was started here."""
+    import ray
+    from ray import serve
+
+    _check_stage_kinds(spec)
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if settings.address:
+            ray.init(address=settings.address, **kwargs)
+        else:
+            ray.init(num_cpus=settings.cpus or os.cpu_count(), **kwargs)
+        started = True
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    return started
+
+
+def shutdown(started_ray: bool) -> None:
+    """Delete the app and Serve; stop Ray if `connect` started it (a joined cluster keeps running)."""
+    import ray
+    from ray import serve
+
+    try:
+        if ray.is_initialized():
+            serve.shutdown()
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _check_stage_kinds(spec: PipelineSpec) -> None:
+    """A stage's variants must all detect or all classify: the ingress chains stages by kind."""
+    from ipa.profiles.zoo import kind_of
+
+    for stage in spec.stages:
+        kinds = {v.name: kind_of(v.name) for v in stage.variants}
+        if len(set(kinds.values())) > 1:
+            raise ConfigError(f"stage '{stage.name}' mixes detection and classification variants ({kinds}); "
+                              "Ray serving needs one kind per stage")
+
+
+def _ingress_handle():
+    from ray import serve
+
+    return serve.get_app_handle(APP)
+
+
+def _wait_running(timeout_s: float) -> None:
+    """Wait until the app is RUNNING (every replica on the new config). Serve's own wait, with a timeout."""
+    from ray.serve.context import _get_global_client
+
+    try:
+        _get_global_client()._wait_for_application_running(APP, timeout_s=int(timeout_s))
+    except TimeoutError:
+        raise ReconfigurationError(f"the pipeline did not become ready within {timeout_s:.0f} s "
+                                   "(not enough CPUs in the cluster for this config?)") from None
+
+
+def _running_replicas() -> dict[str, int]:
+    from ray import serve
+
+    status = serve.status().applications.get(APP)
+    if status is None:
+        return {}
+    return {name: d.replica_states.get("RUNNING", 0) for name, d in status.deployments.items()}
