@@ -378,6 +378,57 @@ def _log_to(con: Console) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+@cli.command()
+@click.option("--pipeline", type=click.Path(), default="configs/pipelines/video.yaml", show_default=True)
+@click.option("--profiles", type=click.Path(), default="profiles/video-cpu-2core.csv", show_default=True)
+@click.option("--policy", type=click.Choice(["ipa", "ipa-energy", "fa2-low", "fa2-high", "rim-high"]), default="ipa")
+@click.option("--predictor", default="lstm", show_default=True, help="reactive, max, avg, arima, lstm")
+@click.option("--interval", type=float, default=10.0, show_default=True, help="adaptation interval, seconds")
+@click.option("--load", "initial_load", type=float, default=1.0, show_default=True,
+              help="requests per second to size the first config for (before any traffic is seen)")
+@click.option("--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
+@click.option("--weights", type=click.Path(), default=None, help="folder of <variant>.pth checkpoints (default: random weights)")
+@click.option("--meter", default="auto", show_default=True, help="auto, rapl, perf, nvml, estimate")
+@ray_options
+@problem_options
+def serve(pipeline, profiles, policy, predictor, interval, initial_load, duration, weights, meter, address, port,
+          ray_cpus, **problem_kw):
+    """Serve the pipeline on Ray Serve at http://127.0.0.1:PORT/ and adapt it to the traffic it sees."""
+    from ipa.adapt import LoopSettings, adapt
+    from ipa.energy.detect import open_meter
+    from ipa.predict import make_predictor
+    from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, shutdown
+    from ipa.spec import load_model
+
+    problem = build_problem(policy, pipeline, profiles, **problem_kw)
+    settings = load_model(RaySettings, {k: v for k, v in {"address": address, "port": port, "cpus": ray_cpus,
+                                                         "weights": weights, "meter": meter}.items() if v is not None},
+                          "options")
+    _log_to(err_console)
+    detection = open_meter(settings.meter, gpu=True)
+    err_console.print(detection.explain(), highlight=False)
+    started = connect(settings, problem.spec)
+    runtime = RayRuntime(problem.spec, settings, detection.meter)
+
+    def show(d):
+        if "config" not in d:
+            return
+        cfg = ", ".join(f"{s}: {c['variant']} b{c['batch']} x{c['replicas']} ({c['cores']} cores)" for s, c in d["config"].items())
+        err_console.print(f"t={d['t']:.0f} s  predicted {d['predicted_rps']:.1f} rps -> {cfg}"
+                          f"{'' if d['feasible'] else '  [infeasible: ' + d['reason'] + ']'}", highlight=False)
+
+    runtime.on_start = lambda t0: err_console.print(
+        f"serving on {runtime.url} (POST a JPEG/PNG; GET {runtime.url}metrics for Prometheus); Ctrl-C stops", highlight=False)
+    try:
+        adapt(runtime, problem, make_predictor(predictor), duration if duration else float("inf"),
+              LoopSettings(interval_s=interval), policy, initial_rate=initial_load, on_decision=show)
+    except KeyboardInterrupt:
+        err_console.print("stopping", highlight=False)
+    finally:
+        runtime.stop()
+        shutdown(started)
+
+
 def float_list(text: str) -> list[float]:
     return number_list(text, float, 0)
 

@@ -80,14 +80,15 @@ def collect(spec: PipelineSpec, seconds: int, records: list[RequestRecord], sent
         else:
             s["drops"][sec] += 1
             s["violations"][sec] += 1
-    energy = np.full(n, np.nan)
+    energy, metered = np.zeros(n), np.zeros(n, dtype=bool)
     for sample in samples:
         i = int(round(sample.t_s)) - 1  # the sample at the end of second i covers [i, i + 1)
         if 0 <= i < n:
             s["core_seconds"][i] = sample.reserved_cpus
             if sample.joules:
-                energy[i] = sum(sample.joules.values())
-    s["energy_j"] = energy
+                energy[i] += sum(sample.joules.values())
+                metered[i] = True
+    s["energy_j"] = np.where(metered, energy, np.nan)  # a second the meter missed stays unknown, not zero
     s["energy_idle_j"] = np.full(n, np.nan)  # a meter measures the whole; no idle/dynamic split
     s["energy_dynamic_j"] = np.full(n, np.nan)
     lat_a, sec_a = np.array(lat), np.array(lat_sec, dtype=np.int64)

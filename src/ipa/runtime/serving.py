@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import io
 import json
 import time
@@ -263,16 +264,18 @@ def build_app(spec: PipelineSpec, config: PipelineConfig, *, batch_wait_s: float
         kinds.append((stage.name, kind_of(c.variant)))
         settings = StageSettings(c.variant, c.batch, c.cores, batch_wait_s, weights)
         dep = StageReplica.options(name=stage.name, num_replicas=c.replicas, user_config=settings.user_config(),
-                                   ray_actor_options={"num_cpus": c.cores}, **_STABLE(stage.name))
+                                   ray_actor_options={"num_cpus": c.cores}, **_stable(stage.name))
         handles.append(dep.bind(stage.name))
-    return Ingress.options(**_STABLE("ingress")).bind(kinds, handles, spec.sla_s, drop_limit_s, max_in_flight)
+    ingress_args = (kinds, spec.sla_s, drop_limit_s, max_in_flight)
+    return Ingress.options(**_stable("ingress", ingress_args)).bind(kinds, handles, *ingress_args[1:])
 
 
-def _STABLE(name: str) -> dict[str, Any]:
-    """A fixed code version, so that redeploying changes replicas in place instead of restarting them.
+def _stable(name: str, init_args: Any = ()) -> dict[str, Any]:
+    """A code version that changes only with the constructor's arguments, so redeploys update replicas in place.
 
     `serve.run` gives every deployment a random version, which makes each new config a rolling restart
-    of every replica, ingress included. With a fixed version Serve does what its config files do:
-    `user_config` and `num_replicas` update live replicas; only `num_cpus` restarts them.
+    of every replica, ingress included. With this version Serve does what its config files do:
+    `user_config` and `num_replicas` update live replicas; `num_cpus` or new constructor arguments restart them.
     """
-    return {"version": f"ipa-{name}", "_internal": True}
+    digest = hashlib.sha1(repr(init_args).encode()).hexdigest()[:12]
+    return {"version": f"ipa-{name}-{digest}", "_internal": True}

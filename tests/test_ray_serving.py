@@ -1,0 +1,180 @@
+"""The real pipeline on a local Ray cluster: real torchvision models, real HTTP, live reconfiguration under load."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from ipa.runtime.loadgen import LoadGenerator, arrival_times, photo_jpegs
+from ipa.runtime.ray_runtime import RayRuntime, RaySettings, change_kinds, connect, shutdown
+from ipa.spec import PipelineSpec, StageConfig
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+DET, DET2 = "ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn"
+CLS, CLS2 = "resnet18", "mobilenet_v3_small"
+
+
+def small_spec() -> PipelineSpec:
+    return PipelineSpec.model_validate({
+        "name": "small", "sla_s": 4.0,
+        "stages": [
+            {"name": "detect", "variants": [{"name": DET, "accuracy": 21.3}, {"name": DET2, "accuracy": 22.8}]},
+            {"name": "classify", "variants": [{"name": CLS2, "accuracy": 67.668}, {"name": CLS, "accuracy": 69.758}]},
+        ],
+    })
+
+
+def config(det=DET, det_batch=1, cls=CLS, cls_batch=1, cls_replicas=1) -> dict[str, StageConfig]:
+    return {"detect": StageConfig(det, det_batch, 1, 1), "classify": StageConfig(cls, cls_batch, cls_replicas, 1)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # 4 logical CPUs on a 2-core CI machine: enough to place 2 classifier replicas next to the detector.
+    settings = RaySettings(port=free_port(), cpus=4, deploy_timeout_s=240)
+    spec = small_spec()
+    started = connect(settings, spec)
+    yield spec, settings
+    shutdown(started)
+
+
+def post(url: str, body: bytes, ctype: str) -> requests.Response:
+    return requests.post(url, data=body, headers={"content-type": ctype}, timeout=60)
+
+
+def wait_for(cond, timeout_s: float = 60.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_reconfigures_under_load_without_losing_a_request(cluster):
+    spec, settings = cluster
+    rt = RayRuntime(spec, settings)
+    rt.start(config())
+    jpeg = photo_jpegs()[0]
+    first = post(rt.url, jpeg, "image/jpeg").json()
+    assert first["variants"] == {"detect": DET, "classify": CLS}
+    assert first["detections"] and "label" in first["detections"][0]
+
+    gen = LoadGenerator(rt.url, arrival_times(np.full(60, 3.0), np.random.default_rng(0)), photo_jpegs(),
+                        timeout_s=60)
+    gen.start()
+    steps = [config(cls=CLS2), config(cls=CLS2, det_batch=2), config(cls=CLS2, det_batch=2, cls_replicas=2)]
+    for new in steps:
+        time.sleep(4)
+        rt.apply(new)
+    time.sleep(4)
+    gen.stop(wait_s=60)
+    rt.stop()
+
+    assert gen.sent >= 30
+    assert len(gen.records) == gen.sent, "every request sent got an answer"
+    bad = [r for r in gen.records if not r.ok]
+    assert not bad, f"requests failed during reconfiguration: {bad[:3]}"
+    last = max(gen.records, key=lambda r: r.sent_s)
+    assert last.variants == {"detect": DET, "classify": CLS2}
+    assert [r.kinds for r in rt.reconfigurations] == [["variant"], ["batch"], ["replicas"]]
+    assert all(r.ok for r in rt.reconfigurations)
+    assert wait_for(lambda: rt_replicas() == {"detect": 1, "classify": 2, "Ingress": 1})
+    assert rt.samples and all(s.reserved_cpus >= 2 for s in rt.samples[-2:])
+    assert rt.observed_rates().sum() >= gen.sent
+
+
+def rt_replicas() -> dict[str, int]:
+    from ipa.runtime.ray_runtime import _running_replicas
+
+    return _running_replicas()
+
+
+def test_bad_input_gets_4xx_and_the_pipeline_keeps_serving(cluster):
+    spec, settings = cluster
+    rt = RayRuntime(spec, settings)
+    rt.start(config())
+    try:
+        jpeg = photo_jpegs(width=320)[0]
+        assert post(rt.url, b"not an image", "image/jpeg").status_code == 400
+        r = post(rt.url, b"hello", "text/plain")
+        assert r.status_code == 415 and "allowed" in r.json()["error"]
+        assert post(rt.url, b"{not json", "application/json").status_code == 400
+        assert post(rt.url, json.dumps({"image": "%%%"}).encode(), "application/json").status_code == 400
+        assert post(rt.url, b"", "image/png").status_code == 400
+        ok = post(rt.url, json.dumps({"image": base64.b64encode(jpeg).decode()}).encode(), "application/json")
+        assert ok.status_code == 200 and ok.json()["variants"]["classify"] == CLS
+        metrics = requests.get(rt.url + "metrics", timeout=30).text
+        assert 'ipa_requests_total{code="400"}' in metrics and 'ipa_requests_total{code="415"}' in metrics
+        assert 'ipa_stage_config{knob="replicas",stage="classify",variant="resnet18"} 1.0' in metrics
+        assert "ipa_request_latency_seconds_bucket" in metrics
+    finally:
+        rt.stop()
+
+
+def test_a_reconfiguration_that_cannot_be_placed_keeps_the_old_config(cluster):
+    spec, settings = cluster
+    rt = RayRuntime(spec, settings)
+    rt.start(config())
+    try:
+        rt.apply(config(cls=CLS2, cls_replicas=8))  # 9 CPUs on a 4-CPU cluster
+        assert not rt.reconfigurations[-1].ok and "CPUs" in rt.reconfigurations[-1].error
+        assert rt.config == config()
+        r = post(rt.url, photo_jpegs(width=320)[0], "image/jpeg")
+        assert r.status_code == 200 and r.json()["variants"]["classify"] == CLS
+    finally:
+        rt.stop()
+
+
+def test_a_killed_replica_is_restarted_and_reported(cluster):
+    import ray
+
+    spec, settings = cluster
+    rt = RayRuntime(spec, settings)
+    rt.start(config(cls_replicas=2))
+    try:
+        assert wait_for(lambda: rt_replicas().get("classify") == 2)
+        actor = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                     if "classify" in a["name"] and "REPLICA" in a["name"])
+        ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+        codes = [post(rt.url, photo_jpegs(width=320)[0], "image/jpeg").status_code for _ in range(3)]
+        assert 200 in codes, codes  # the other replica serves meanwhile
+        assert wait_for(lambda: any(e["event"] == "replica back" for e in rt.events), 120), rt.events
+        assert any(e["event"] == "replica down" for e in rt.events)
+    finally:
+        rt.stop()
+
+
+def test_overload_is_shed_with_503_not_queued(cluster):
+    spec, _ = cluster
+    settings = cluster[1].model_copy(update={"max_in_flight": 2})
+    rt = RayRuntime(spec, settings)
+    rt.start(config())
+    try:
+        gen = LoadGenerator(rt.url, np.zeros(20), photo_jpegs(), timeout_s=60)  # 20 requests at once
+        gen.start()
+        gen.join(90)
+        codes = sorted(r.status for r in gen.records)
+        assert len(codes) == 20 and set(codes) <= {200, 503}
+        assert codes.count(503) >= 10 and codes.count(200) >= 2
+    finally:
+        rt.stop()
+
+
+def test_change_kinds_names_each_knob():
+    a, b = config(), config(cls=CLS2, det_batch=4, cls_replicas=3)
+    assert change_kinds(a, b) == ["variant", "batch", "replicas"]
+    assert change_kinds(a, a) == []
