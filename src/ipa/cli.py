@@ -342,6 +342,10 @@ def experiment(config, workloads, policies, predictor, runtime, profiles, pipeli
                           ray={"address": address, "port": port, "cpus": ray_cpus})
     if cfg.runtime == "ray":
         _log_to(err_console)
+        seconds = (cfg.duration_s or 1200) * len(cfg.workloads) * len(cfg.policies)
+        err_console.print(f"serving {len(cfg.workloads) * len(cfg.policies)} cells in real time: up to "
+                          f"{seconds / 60:.0f} min{'' if cfg.duration_s else ' (--duration S serves the first S seconds)'}",
+                          highlight=False)
     out_dir = Path(out or f"results/{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     cells = len(cfg.workloads) * len(cfg.policies)
     with Progress(console=err_console, transient=True) as bar:

@@ -251,7 +251,8 @@ def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
         else:
             ray.init(num_cpus=settings.cpus or os.cpu_count(), **kwargs)
         started = True
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    # One HTTP proxy, on the head node: the pipeline has one address however many nodes serve it.
+    serve.start(proxy_location="HeadOnly", http_options={"host": settings.host, "port": settings.port})
     return started
 
 

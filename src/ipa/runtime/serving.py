@@ -114,10 +114,13 @@ class StageReplica:
         return outputs
 
     def state(self) -> dict[str, Any]:
+        """What this replica runs, and where (the node), for tests and `ipa serve` diagnostics."""
+        import ray
         import torch
 
-        return {"stage": self.stage, "variant": self.variant, "batch": self.infer.get_max_batch_size(),
-                "threads": torch.get_num_threads(), "loads": self.loads}
+        return {"stage": self.stage, "variant": self.variant, "batch": self.infer._get_max_batch_size(),
+                "threads": torch.get_num_threads(), "loads": self.loads,
+                "node": ray.get_runtime_context().get_node_id()}
 
 
 def _load(variant: str, weights: str | None):

@@ -1,0 +1,120 @@
+"""The real runtime's pieces that need no cluster: input decoding, crops, the per-second series, measured delays."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+
+from ipa.experiment.real import collect, measured_delays, request_pas
+from ipa.runtime.loadgen import RequestRecord, arrival_times, photo_jpegs
+from ipa.runtime.ray_runtime import Reconfiguration, Sample
+from ipa.runtime.serving import BadInput, crops, decode_image
+from ipa.runtime.sim import SimSettings, Simulator
+from ipa.spec import StageConfig
+
+
+def test_decode_accepts_jpeg_png_and_base64_json():
+    from PIL import Image
+
+    jpeg = photo_jpegs(width=64)[0]
+    a = decode_image(jpeg, "image/jpeg")
+    assert a.shape[2] == 3 and a.shape[1] == 64 and a.dtype == np.uint8
+    buf = io.BytesIO()
+    Image.fromarray(a).convert("RGBA").save(buf, "PNG")  # alpha is dropped
+    assert decode_image(buf.getvalue(), "image/png").shape == a.shape
+    body = json.dumps({"image": base64.b64encode(jpeg).decode()}).encode()
+    assert decode_image(body, "application/json; charset=utf-8").shape == a.shape
+
+
+@pytest.mark.parametrize("body,ctype,status,words", [
+    (b"", "image/jpeg", 400, "empty"),
+    (b"\xff\xd8 truncated", "image/jpeg", 400, "decodable"),
+    (b"hello", "text/plain", 415, "allowed"),
+    (b"{\"img\": 1}", "application/json", 400, "base64"),
+    (b"{\"image\": \"@@@\"}", "application/json", 400, "base64"),
+])
+def test_bad_input_names_the_problem(body, ctype, status, words):
+    with pytest.raises(BadInput) as e:
+        decode_image(body, ctype)
+    assert e.value.status == status and words in str(e.value)
+
+
+def test_gif_is_refused_by_format_not_by_crash():
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "GIF")
+    with pytest.raises(BadInput) as e:
+        decode_image(buf.getvalue(), "application/octet-stream")
+    assert e.value.status == 415
+
+
+def test_crops_clip_boxes_and_fall_back_to_the_whole_image():
+    img = np.zeros((100, 200, 3), np.uint8)
+    got = crops(img, {"boxes": [[-5, 10, 50, 300], [0, 0, 1, 1]]}, limit=2)
+    assert [b for b, _ in got] == [[0, 10, 50, 100]]  # clipped; the 1-pixel box is skipped
+    assert got[0][1].shape == (90, 50, 3)
+    whole = crops(img, {"boxes": []})
+    assert whole[0][0] == [0, 0, 200, 100] and whole[0][1].shape == img.shape
+
+
+def spec_and_config(tiny):
+    spec, _ = tiny
+    return spec, {"detect": "small", "classify": "r50"}
+
+
+def test_collect_builds_the_simulators_series(tiny):
+    spec, variants = spec_and_config(tiny)
+    records = [
+        RequestRecord(0.2, 0.3, 200, variants),  # ok, in time
+        RequestRecord(0.5, 1.7, 200, variants),  # late (SLA 1 s): a violation, completes in second 2
+        RequestRecord(1.1, 0.1, 503, None, "overloaded"),  # shed: a drop
+        RequestRecord(2.5, 60.0, 0, None, "TimeoutError"),  # no answer: a drop, clipped to the last second
+    ]
+    samples = [Sample(1.0, {"package": 5.0}, "estimate", 2.0, {}), Sample(2.02, {"package": 6.0}, "estimate", 3.0, {})]
+    r = collect(spec, 3, records, sent=5, samples=samples, reconfigurations=[
+        Reconfiguration(1.0, 2.0, ["variant"], True), Reconfiguration(5.0, 1.0, ["cores"], False, "no CPUs")])
+    s = r.series
+    assert list(s["arrivals"]) == [2, 1, 1]
+    assert list(s["completions"]) == [1, 0, 1]
+    assert list(s["drops"]) == [0, 1, 1]
+    assert list(s["violations"]) == [0, 1, 2]
+    assert r.arrivals == 5 and r.completed == 2 and r.dropped == 2 and r.in_flight == 1
+    assert r.reconfigurations == 1
+    assert s["energy_j"][0] == 5.0 and s["energy_j"][1] == 6.0 and np.isnan(s["energy_j"][2])
+    assert list(s["core_seconds"]) == [2.0, 3.0, 0.0]
+    assert s["pas"][0] == pytest.approx(request_pas(spec, variants)) == pytest.approx(0.20 * 0.76)
+
+
+def test_measured_delays_prefer_changes_of_one_kind():
+    rs = [Reconfiguration(0, 1.0, ["variant"], True), Reconfiguration(0, 3.0, ["variant"], True),
+          Reconfiguration(0, 9.0, ["variant", "cores"], True), Reconfiguration(0, 50.0, ["replicas"], False)]
+    assert measured_delays(rs) == {"variant": 2.0, "cores": 9.0}
+
+
+def test_simulator_uses_measured_delays(tiny):
+    spec, table = tiny
+    start = {"detect": StageConfig("small", 1, 1, 1), "classify": StageConfig("r18", 1, 1, 1)}
+    bigger_batch = start | {"classify": StageConfig("r18", 4, 1, 1)}
+
+    def switch_time(settings):
+        sim = Simulator(spec, table, 3.0, np.full(20, 2.0), settings)
+        sim.start(start)
+        sim.run_until(5)
+        sim.apply(bigger_batch)
+        st = sim.stages[1]
+        return st.pending[0] - 5 if st.pending else 0.0
+
+    assert switch_time(SimSettings()) == 0.0  # profiles: a batch change is instant
+    assert switch_time(SimSettings(reconfig_s={"batch": 1.5})) == pytest.approx(1.5)
+
+
+def test_arrival_times_are_the_simulators():
+    rps = np.array([3.0, 0.0, 2.4])
+    t = arrival_times(rps, np.random.default_rng(1))
+    assert len(t) == 5 and np.all(np.diff(t) >= 0)
+    assert ((t >= 0) & (t < 1)).sum() == 3 and ((t >= 2) & (t < 3)).sum() == 2
