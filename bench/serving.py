@@ -1,11 +1,12 @@
 """Ray Serve's own overhead: the same pipeline through HTTP + Serve vs the same code called in-process.
 
-    python bench/serving.py [--requests 60] [--clients 4] [--seconds 20] [--config ipa|smallest]
+    python bench/serving.py [--requests 60] [--clients 4] [--seconds 20] [--config ipa|smallest] [--repeats 3]
 
 Per request: one client, one request at a time, p50/p99 end-to-end (JPEG bytes in, JSON-able result out).
 At saturation: `--clients` closed-loop clients for `--seconds`; in-process, as many threads each running
 the whole pipeline. Same models, same decode/crop/classify functions, one torch thread per stage replica.
 The default config is what `ipa` picks for the video pipeline at 1 rps on the shipped 2-core profiles.
+Last, the time each kind of reconfiguration takes (the figures `--runtime ray` feeds to the simulator).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--config", choices=["ipa", "smallest"], default="ipa")
+    ap.add_argument("--repeats", type=int, default=3, help="reconfigurations per kind of change")
     args = ap.parse_args()
 
     spec = load_pipeline(ROOT / "configs/pipelines/video.yaml")
@@ -96,7 +98,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = RaySettings(port=port)
+    settings = RaySettings(port=port, cpus=(os.cpu_count() or 1) + 1)  # room for one more replica
     started = connect(settings, spec)
     rt = RayRuntime(spec, settings)
     try:
@@ -116,6 +118,7 @@ def main() -> None:
             sessions.s.post(rt.url, data=jpeg, headers={"content-type": "image/jpeg"}, timeout=60).raise_for_status()
 
         n_served, lat_served = closed_loop(http_many, args.clients, args.seconds)
+        timings = reconfigure_each_knob(rt, config, args.repeats)
     finally:
         rt.stop()
         shutdown(started)
@@ -128,6 +131,32 @@ def main() -> None:
     print(f"\nsaturation ({args.clients} closed-loop clients, {args.seconds:g} s)")
     row("in-process threads", np.array(lat_local), f"  {n_local / args.seconds:6.2f} req/s")
     row("Ray Serve over HTTP", np.array(lat_served), f"  {n_served / args.seconds:6.2f} req/s")
+    print(f"\nreconfiguration, seconds until every replica serves the new config ({args.repeats} each, no load)")
+    for kind, secs in timings.items():
+        print(f"{kind:<34} median {np.median(secs):6.2f} s   max {max(secs):6.2f} s")
+
+
+def reconfigure_each_knob(rt: RayRuntime, base: dict, repeats: int) -> dict[str, list[float]]:
+    """Change one knob of the last stage and back, `repeats` times each; the runtime times every apply."""
+    last = list(base)[-1]
+    b = base[last]
+    other = next(v.name for v in rt.spec.stage(last).variants if v.name != b.variant)
+    changed = {
+        "variant": StageConfig(other, b.batch, b.replicas, b.cores),
+        "batch": StageConfig(b.variant, 4 if b.batch != 4 else 2, b.replicas, b.cores),
+        "replicas (+1)": StageConfig(b.variant, b.batch, b.replicas + 1, b.cores),
+        "cores (num_cpus)": StageConfig(b.variant, b.batch, b.replicas, b.cores + 1),
+    }
+    out: dict[str, list[float]] = {}
+    for kind, cfg in changed.items():
+        if sum(c.replicas * c.cores for c in (base | {last: cfg}).values()) > (os.cpu_count() or 1) + 1:
+            print(f"{kind}: skipped, needs more CPUs than this machine has")
+            continue
+        for _ in range(repeats):
+            rt.apply(base | {last: cfg})
+            out.setdefault(kind, []).append(rt.reconfigurations[-1].seconds)
+            rt.apply(base)
+    return out
 
 
 if __name__ == "__main__":

@@ -178,3 +178,27 @@ def test_change_kinds_names_each_knob():
     a, b = config(), config(cls=CLS2, det_batch=4, cls_replicas=3)
     assert change_kinds(a, b) == ["variant", "batch", "replicas"]
     assert change_kinds(a, a) == []
+
+
+def test_a_failed_model_load_keeps_the_old_config_serving(cluster, tmp_path):
+    """Checkpoints for the serving variants only: switching to a variant without one fails in the replica."""
+    import torch
+
+    from ipa.profiles.zoo import build
+
+    for name in (DET, CLS):
+        torch.save(build(name).module.state_dict(), tmp_path / f"{name}.pth")
+    spec, settings = cluster
+    rt = RayRuntime(spec, settings.model_copy(update={"weights": str(tmp_path), "deploy_timeout_s": 120}))
+    rt.start(config())
+    try:
+        rt.apply(config(cls=CLS2))
+        failed = rt.reconfigurations[-1]
+        assert not failed.ok and failed.error
+        assert rt.config == config()
+        assert any(e["event"] == "reconfiguration failed" for e in rt.events)
+        assert wait_for(lambda: post(rt.url, photo_jpegs(width=320)[0], "image/jpeg").status_code == 200, 120)
+        r = post(rt.url, photo_jpegs(width=320)[0], "image/jpeg")
+        assert r.json()["variants"]["classify"] == CLS
+    finally:
+        rt.stop()

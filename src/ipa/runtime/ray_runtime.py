@@ -83,6 +83,7 @@ class RayRuntime:
     _handle: Any = None
     _sampler: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    _reconfiguring: bool = False
     on_start: Callable[[float], None] = lambda t0: None  # called with the monotonic time of t = 0
 
     @property
@@ -123,6 +124,7 @@ class RayRuntime:
         assert old is not None, "start() first"
         kinds = change_kinds(old, config)
         t_s, t = self.now(), time.monotonic()
+        self._reconfiguring = True  # replicas come and go on purpose now: not a fault
         try:
             self._deploy(config)
         except Exception as e:  # keep serving: a failed placement or model load must not stop the pipeline
@@ -134,6 +136,8 @@ class RayRuntime:
             except Exception as again:
                 log.error("redeploying the old config failed too (%s)", again)
             return
+        finally:
+            self._reconfiguring = False
         self.reconfigurations.append(Reconfiguration(t_s, time.monotonic() - t, kinds, True))
         self.config = config
         self._report(config=config)
@@ -224,7 +228,7 @@ class RayRuntime:
 
     def _note_health(self, replicas: dict[str, int], down: set[str]) -> None:
         """Log a stage whose running replicas fell below its target, and when Ray has it back."""
-        if self.config is None:
+        if self.config is None or self._reconfiguring:
             return
         for stage, c in self.config.items():
             n = replicas.get(stage, 0)
@@ -298,9 +302,12 @@ def _wait_running(timeout_s: float) -> None:
 
 
 def _running_replicas() -> dict[str, int]:
+    """Serving replicas per deployment."""
     from ray import serve
 
     status = serve.status().applications.get(APP)
     if status is None:
         return {}
-    return {name: d.replica_states.get("RUNNING", 0) for name, d in status.deployments.items()}
+    # A replica being reconfigured in place (UPDATING) is alive, not down; STARTING or RECOVERING ones are not up yet.
+    return {name: d.replica_states.get("RUNNING", 0) + d.replica_states.get("UPDATING", 0)
+            for name, d in status.deployments.items()}
