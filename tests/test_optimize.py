@@ -43,6 +43,44 @@ def test_exact_matches_brute_force_on_random_instances():
     assert seen_feasible > 100 and seen_infeasible > 5  # both branches exercised
 
 
+def test_exact_matches_brute_force_under_a_core_budget():
+    """The cluster's core budget (a 4th constraint): the optimum among configs that fit, or None."""
+    import dataclasses
+
+    rng = random.Random(11)
+    seen_feasible = seen_binding = 0
+    for problem, load in _random_problems(300, seed=3):
+        # cores nearly free: the unbudgeted optimum buys accuracy with cores, so a budget binds
+        problem = dataclasses.replace(problem, weights=problem.weights.model_copy(update={"beta": 0.01}))
+        free = exact(problem, load)
+        if free is None:
+            continue
+        used = sum(o.total_cores for o in free)
+        budget = max(1, used - rng.choice([0, 1, 2, 4, 8]))
+        capped = dataclasses.replace(problem, max_cores=budget)
+        ex, bf = exact(capped, load), brute_force(capped, load)
+        assert (ex is None) == (bf is None)
+        if ex is None:
+            continue
+        seen_feasible += 1
+        seen_binding += budget < used
+        assert capped.objective(ex) == pytest.approx(capped.objective(bf), abs=1e-9)
+        assert sum(o.total_cores for o in ex) <= budget and capped.assess(ex, load).feasible
+    assert seen_feasible > 30 and seen_binding > 10
+
+
+def test_over_budget_load_serves_the_most_it_can_within_the_budget(tiny):
+    spec, table = tiny
+    problem = make_problem("ipa", spec, table, max_cores=3)
+    d = solve(problem, 400.0)
+    assert not d.feasible and "core budget (3)" in d.reason
+    assert d.assessment.cores <= 3
+    too_small = solve(make_problem("rim-high", spec, table, max_cores=3), 5.0, policy="rim-high")
+    assert "needs 6 cores" in too_small.reason
+    q = solve(make_problem("ipa", spec, table, max_cores=2), 40.0, solver="q-learning")
+    assert q.assessment.cores <= 2 or not q.feasible
+
+
 def test_every_accuracy_method_and_policy_is_covered():
     methods, policies = set(), set()
     for problem, _ in _random_problems(60):

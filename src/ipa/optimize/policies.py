@@ -31,6 +31,7 @@ def make_problem(
     batching_cap: int = 8,
     freeze: Mapping[str, str] | None = None,
     replicas: int | None = None,
+    max_cores: int | None = None,
 ) -> Problem:
     """The problem a policy solves. Explicit `freeze`/`replicas` override the policy's defaults."""
     if policy not in POLICIES:
@@ -39,17 +40,19 @@ def make_problem(
         raise ConfigError(f"scaling_cap and batching_cap must be >= 1, got {scaling_cap} and {batching_cap}")
     if replicas is not None and not 1 <= replicas <= scaling_cap:
         raise ConfigError(f"replicas must be in 1..scaling_cap ({scaling_cap}), got {replicas}")
+    if max_cores is not None and max_cores < 1:
+        raise ConfigError(f"max_cores (the core budget) must be >= 1, got {max_cores}")
     weights = _policy_weights(policy, weights or Weights())
     frozen = _check_freeze(spec, dict(freeze or {}))
     idle = idle_power_w_per_core if idle_power_w_per_core is not None else (profiles.idle_power_w_per_core or 0.0)
-    base = Problem(spec, profiles, weights, idle, scaling_cap, batching_cap, frozen, replicas)
+    base = Problem(spec, profiles, weights, idle, scaling_cap, batching_cap, frozen, replicas, max_cores)
     if policy == "fa2-low":
         frozen = {s.name: s.least_accurate.name for s in spec.stages} | frozen
     elif policy == "fa2-high":
         frozen = most_accurate_within_sla(base) | frozen
     elif policy == "rim-high":
         replicas = replicas or RIM_DEFAULT_REPLICAS
-    return Problem(spec, profiles, weights, idle, scaling_cap, batching_cap, frozen, replicas)
+    return Problem(spec, profiles, weights, idle, scaling_cap, batching_cap, frozen, replicas, max_cores)
 
 
 def _policy_weights(policy: str, w: Weights) -> Weights:

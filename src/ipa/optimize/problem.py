@@ -43,6 +43,10 @@ class Option:
     def config(self) -> StageConfig:
         return StageConfig(self.variant, self.batch, self.replicas, self.cores)
 
+    @property
+    def total_cores(self) -> int:
+        return self.replicas * self.cores
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -56,6 +60,10 @@ class Problem:
     batching_cap: int = 8
     frozen_variants: Mapping[str, str] = field(default_factory=dict)
     frozen_replicas: int | None = None
+    max_cores: int | None = None  # the cluster's core budget for the whole pipeline (None: unbounded)
+
+    def within_budget(self, cores: float) -> bool:
+        return self.max_cores is None or cores <= self.max_cores + EPS
 
     def option(self, profile: Profile, load: float, replicas: int | None = None) -> Option:
         """Score one profile row at `load`; replicas default to the fewest that sustain it."""
@@ -90,10 +98,19 @@ class Problem:
             out.append(o)
         return out
 
+    def fewer_replicas(self, stage: str, load: float) -> list[Option]:
+        """Every candidate also with fewer replicas: what a core budget too small for the load can still run."""
+        out = []
+        for o in self.candidates(stage, load):
+            p = self.profiles.lookup(stage, o.variant, o.batch, o.cores)
+            low = o.replicas if self.frozen_replicas else 1
+            out += [self.option(p, load, replicas=r) for r in range(low, o.replicas + 1)]
+        return out
+
     def options(self, load: float) -> list[list[Option]]:
-        """Per stage, in pipeline order, the options that sustain `load` within the scaling cap."""
+        """Per stage, in pipeline order, the options that sustain `load` within the scaling cap and core budget."""
         return [
-            [o for o in self.candidates(s, load) if o.capacity_rps >= load - EPS]
+            [o for o in self.candidates(s, load) if o.capacity_rps >= load - EPS and self.within_budget(o.total_cores)]
             for s in self.spec.stage_names
         ]
 
@@ -104,14 +121,15 @@ class Problem:
     def assess(self, chosen: Sequence[Option], load: float) -> Assessment:
         latency = sum(o.latency_s for o in chosen)
         short = [o.stage for o in chosen if o.capacity_rps < load - EPS]
+        cores = sum(o.total_cores for o in chosen)
         return Assessment(
             config={o.stage: o.config for o in chosen},
             objective=self.objective(chosen),
             accuracy=aggregate_accuracy(self.spec.accuracy_method, [o.accuracy for o in chosen]),
-            cores=sum(o.replicas * o.cores for o in chosen),
+            cores=cores,
             power_w=sum(o.power_w for o in chosen),
             latency_s=latency,
-            feasible=not short and latency <= self.spec.sla_s + EPS,
+            feasible=not short and latency <= self.spec.sla_s + EPS and self.within_budget(cores),
             short_stages=short,
         )
 
