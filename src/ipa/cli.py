@@ -47,6 +47,7 @@ def problem_options(f):
         click.option("--batching-cap", type=int, default=8, show_default=True),
         click.option("--freeze", multiple=True, metavar="STAGE=VARIANT", help="freeze a stage's variant"),
         click.option("--replicas", type=int, default=None, help="freeze replicas of every stage"),
+        click.option("--max-cores", type=int, default=None, help="core budget of the whole pipeline (ipa serve: the cluster's CPUs)"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -76,7 +77,7 @@ def parse_freeze(items: tuple[str, ...]) -> dict[str, str]:
 
 
 def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_power_w, scaling_cap,
-                  batching_cap, freeze, replicas):
+                  batching_cap, freeze, replicas, max_cores):
     from ipa.optimize import Weights, make_problem
     from ipa.profiles import load_profiles
     from ipa.spec import load_model, load_pipeline
@@ -88,7 +89,7 @@ def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_po
     weights = load_model(Weights, {"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta or 0.0}, "options")
     return make_problem(
         policy, spec, table, weights, idle_power_w_per_core=idle_power_w, scaling_cap=scaling_cap,
-        batching_cap=batching_cap, freeze=parse_freeze(freeze), replicas=replicas,
+        batching_cap=batching_cap, freeze=parse_freeze(freeze), replicas=replicas, max_cores=max_cores,
     )
 
 
@@ -321,11 +322,12 @@ def predictor_eval(trace, predictors, stride, as_json):
 @click.option("--seed", type=int, default=None)
 @click.option("--duration", type=int, default=None, help="serve only the first S seconds of each workload")
 @click.option("--load-scale", type=float, default=None, help="multiply the workload's rate (fit it to the machine)")
+@click.option("--max-cores", type=int, default=None, help="core budget of the pipeline (--runtime ray: the cluster's CPUs)")
 @ray_options
 @trace_option
 @click.option("--out", type=click.Path(), default=None, help="result folder (default results/<timestamp>); resumed if it exists")
 def experiment(config, workloads, policies, predictor, runtime, profiles, pipeline, seed, duration, load_scale,
-               address, port, ray_cpus, trace, out):
+               max_cores, address, port, ray_cpus, trace, out):
     """Compare policies on workloads: summary table, CSVs, plots and report.html."""
     import datetime as dt
     from pathlib import Path
@@ -338,7 +340,7 @@ def experiment(config, workloads, policies, predictor, runtime, profiles, pipeli
 
     cfg = load_experiment(config, workloads=list(workloads), policies=list(policies), predictor=predictor,
                           runtime=runtime, profiles=profiles, pipeline=pipeline, seed=seed, trace=trace,
-                          duration_s=duration, load_scale=load_scale,
+                          duration_s=duration, load_scale=load_scale, max_cores=max_cores,
                           ray={"address": address, "port": port, "cpus": ray_cpus})
     if cfg.runtime == "ray":
         _log_to(err_console)
@@ -412,6 +414,12 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     detection = open_meter(settings.meter, gpu=True)
     err_console.print(detection.explain(), highlight=False)
     started = connect(settings, problem.spec)
+    if problem.max_cores is None:  # plan within the cluster that serves
+        import dataclasses
+
+        import ray
+
+        problem = dataclasses.replace(problem, max_cores=int(ray.cluster_resources().get("CPU", 1)))
     runtime = RayRuntime(problem.spec, settings, detection.meter)
 
     def show(d):

@@ -36,6 +36,7 @@ class ExperimentConfig(Strict):
     scaling_cap: int = Field(default=100, ge=1)
     batching_cap: int = Field(default=8, ge=1)
     rim_replicas: int = Field(default=RIM_DEFAULT_REPLICAS, ge=1)
+    max_cores: int | None = Field(default=None, ge=1, description="core budget; --runtime ray: the cluster's CPUs")
     sim: SimSettings = SimSettings()
     ray: RaySettings = RaySettings()
     duration_s: int | None = Field(default=None, ge=1, description="serve only the first S seconds of each workload")

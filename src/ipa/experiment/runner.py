@@ -54,7 +54,8 @@ class Setup:
             update.setdefault("delta", c.energy_delta)
         weights = c.weights.model_copy(update=update)
         return make_problem(base, self.spec, self.profiles, weights, scaling_cap=c.scaling_cap,
-                            batching_cap=c.batching_cap, replicas=c.rim_replicas if base == "rim-high" else None)
+                            batching_cap=c.batching_cap, replicas=c.rim_replicas if base == "rim-high" else None,
+                            max_cores=c.max_cores)
 
 
 def slug(text: str) -> str:
@@ -130,11 +131,16 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: Callable[[str, di
     setup = Setup.load(cfg)
     workloads = [shape(load_workload(w, cfg.trace), cfg.duration_s, cfg.load_scale) for w in cfg.workloads]
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     cells = [(w, p, out / "cells" / f"{slug(w.name)}__{p}") for w in workloads for p in cfg.policies]
     todo = [c for c in cells if not (c[2] / "summary.json").is_file()]
     summaries = []
     with _serving(cfg, setup.spec, bool(todo)) as serve_cell:
+        if serve_cell and cfg.max_cores is None:  # the optimizer plans within the cluster it serves on
+            import ray
+
+            budget = int(ray.cluster_resources().get("CPU", 1))
+            setup = Setup(cfg.model_copy(update={"max_cores": budget}), setup.spec, setup.profiles)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(setup.cfg.model_dump(), sort_keys=False))
         for w, policy, cell_dir in cells:
             done = cell_dir / "summary.json"
             if done.is_file():
