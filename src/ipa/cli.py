@@ -395,9 +395,10 @@ def _log_to(con: Console) -> None:
 @click.option("--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
 @click.option("--weights", type=click.Path(), default=None, help="folder of <variant>.pth checkpoints (default: random weights)")
 @click.option("--meter", default="auto", show_default=True, help="auto, rapl, perf, nvml, estimate")
+@click.option("--out", type=click.Path(), default=None, help="log folder (default results/serve-<timestamp>)")
 @ray_options
 @problem_options
-def serve(pipeline, profiles, policy, predictor, interval, initial_load, duration, weights, meter, address, port,
+def serve(pipeline, profiles, policy, predictor, interval, initial_load, duration, weights, meter, out, address, port,
           ray_cpus, **problem_kw):
     """Serve the pipeline on Ray Serve at http://127.0.0.1:PORT/ and adapt it to the traffic it sees."""
     from ipa.adapt import LoopSettings, adapt
@@ -422,7 +423,19 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
         problem = dataclasses.replace(problem, max_cores=int(ray.cluster_resources().get("CPU", 1)))
     runtime = RayRuntime(problem.spec, settings, detection.meter)
 
+    import datetime as dt
+    import json as _json
+    from pathlib import Path
+
+    from ipa._io import write_csv
+    from ipa.experiment.real import write_runtime_logs
+
+    out_dir = Path(out or f"results/serve-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    decisions: list[dict] = []
+
     def show(d):
+        decisions.append({k: (_json.dumps(v) if isinstance(v, dict) else v) for k, v in d.items()})
+        write_csv(out_dir / "decisions.csv", decisions)  # every decision on disk as it is made
         if "config" not in d:
             return
         cfg = ", ".join(f"{s}: {c['variant']} b{c['batch']} x{c['replicas']} ({c['cores']} cores)" for s, c in d["config"].items())
@@ -439,6 +452,9 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     finally:
         runtime.stop()
         shutdown(started)
+        write_runtime_logs(out_dir, runtime.samples, runtime.reconfigurations, runtime.events)
+        err_console.print(f"logs in {out_dir}/ (decisions.csv, energy.csv, reconfigurations.csv, events.csv)",
+                          highlight=False)
 
 
 def float_list(text: str) -> list[float]:

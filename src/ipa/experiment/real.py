@@ -124,14 +124,20 @@ def write_ray_logs(cell_dir: Path, cell: dict[str, Any]) -> None:
               ({"sent_s": r.sent_s, "latency_s": r.latency_s, "status": r.status,
                 "variants": json.dumps(r.variants) if r.variants else "", "error": r.error} for r in cell["records"]),
               ["sent_s", "latency_s", "status", "variants", "error"])
-    write_csv(cell_dir / "energy.csv",
+    write_runtime_logs(cell_dir, cell["samples"], cell["reconfigurations"], cell["events"])
+
+
+def write_runtime_logs(folder: Path, samples: list[Sample], reconfigurations: list[Reconfiguration],
+                       events: list[dict[str, Any]]) -> None:
+    """The runtime's own logs (also what `ipa serve --out` keeps): energy per second, reconfigurations, faults."""
+    write_csv(folder / "energy.csv",
               ({"t_s": round(s.t_s, 3), "domain": d, "joules": j, "method": s.method, "reserved_cpus": s.reserved_cpus}
-               for s in cell["samples"] for d, j in s.joules.items()),
+               for s in samples for d, j in s.joules.items()),
               ["t_s", "domain", "joules", "method", "reserved_cpus"])
-    write_csv(cell_dir / "reconfigurations.csv",
-              ({**asdict(r), "kinds": "+".join(r.kinds)} for r in cell["reconfigurations"]),
+    write_csv(folder / "reconfigurations.csv",
+              ({**asdict(r), "kinds": "+".join(r.kinds)} for r in reconfigurations),
               ["t_s", "seconds", "kinds", "ok", "error"])
-    write_csv(cell_dir / "events.csv", cell["events"], ["t_s", "event", "detail"])
+    write_csv(folder / "events.csv", events, ["t_s", "event", "detail"])
 
 
 def fidelity(setup, workload: Workload, policy: str, real: dict[str, Any], delays: dict[str, float],

@@ -1,0 +1,50 @@
+"""`ipa serve` as a user runs it: a real process, a real HTTP request, logs on disk when it stops."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from ipa.runtime.loadgen import photo_jpegs
+from tests.test_ray_serving import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def test_ipa_serve_answers_adapts_and_writes_its_logs(tmp_path):
+    port = free_port()
+    out = tmp_path / "serve"
+    proc = subprocess.Popen([sys.executable, "-m", "ipa.cli", "serve", "--port", str(port), "--duration", "20",
+                             "--interval", "5", "--predictor", "reactive", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    answered = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = requests.post(url, data=photo_jpegs(width=320)[0], headers={"content-type": "image/jpeg"}, timeout=30)
+                if r.status_code == 200:
+                    answered = r.json()
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    assert answered and set(answered["variants"]) == {"detect", "classify"}, output[-3000:]
+    assert "serving on" in output and "logs in" in output
+    with (out / "decisions.csv").open() as f:
+        decisions = list(csv.DictReader(f))
+    assert len(decisions) >= 3 and all(d["config"] for d in decisions)
+    with (out / "energy.csv").open() as f:
+        energy = list(csv.DictReader(f))
+    assert len(energy) >= 10 and all(float(e["joules"]) >= 0 for e in energy)
