@@ -202,3 +202,12 @@ def test_a_failed_model_load_keeps_the_old_config_serving(cluster, tmp_path):
         assert r.json()["variants"]["classify"] == CLS
     finally:
         rt.stop()
+
+
+def test_gpu_replicas_are_refused_where_the_cluster_has_no_gpu(cluster):
+    from ipa.runtime.ray_runtime import ReconfigurationError
+
+    spec, settings = cluster
+    rt = RayRuntime(spec, settings.model_copy(update={"device": "cuda"}))
+    with pytest.raises(ReconfigurationError, match="GPUs"):
+        rt.start(config())

@@ -118,3 +118,12 @@ def test_arrival_times_are_the_simulators():
     t = arrival_times(rps, np.random.default_rng(1))
     assert len(t) == 5 and np.all(np.diff(t) >= 0)
     assert ((t >= 0) & (t < 1)).sum() == 3 and ((t >= 2) & (t < 3)).sum() == 2
+
+
+def test_replicas_run_where_the_profiles_were_measured_unless_told():
+    from ipa.runtime.ray_runtime import RaySettings, for_profiles
+
+    assert for_profiles(RaySettings(), {"device": "cuda"}).device == "cuda"
+    assert for_profiles(RaySettings(), {"device": "cpu"}).device == "cpu"
+    assert for_profiles(RaySettings(), {}).device == "cpu"
+    assert for_profiles(RaySettings(device="cpu"), {"device": "cuda"}).device == "cpu"  # explicit wins

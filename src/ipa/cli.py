@@ -60,6 +60,8 @@ def ray_options(f):
         click.option("--address", default=None, help="join this Ray cluster (ray://... or HOST:PORT); default: a local one"),
         click.option("--port", type=int, default=None, help="HTTP port of the pipeline on 127.0.0.1 (default 8000)"),
         click.option("--ray-cpus", type=int, default=None, help="logical CPUs of the local cluster (default: this machine's)"),
+        click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+                     help="where replicas run the models (default: where the profiles were measured)"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -327,7 +329,7 @@ def predictor_eval(trace, predictors, stride, as_json):
 @trace_option
 @click.option("--out", type=click.Path(), default=None, help="result folder (default results/<timestamp>); resumed if it exists")
 def experiment(config, workloads, policies, predictor, runtime, profiles, pipeline, seed, duration, load_scale,
-               max_cores, address, port, ray_cpus, trace, out):
+               max_cores, address, port, ray_cpus, device, trace, out):
     """Compare policies on workloads: summary table, CSVs, plots and report.html."""
     import datetime as dt
     from pathlib import Path
@@ -341,7 +343,7 @@ def experiment(config, workloads, policies, predictor, runtime, profiles, pipeli
     cfg = load_experiment(config, workloads=list(workloads), policies=list(policies), predictor=predictor,
                           runtime=runtime, profiles=profiles, pipeline=pipeline, seed=seed, trace=trace,
                           duration_s=duration, load_scale=load_scale, max_cores=max_cores,
-                          ray={"address": address, "port": port, "cpus": ray_cpus})
+                          ray={"address": address, "port": port, "cpus": ray_cpus, "device": device})
     if cfg.runtime == "ray":
         _log_to(err_console)
         seconds = (cfg.duration_s or 1200) * len(cfg.workloads) * len(cfg.policies)
@@ -399,18 +401,19 @@ def _log_to(con: Console) -> None:
 @ray_options
 @problem_options
 def serve(pipeline, profiles, policy, predictor, interval, initial_load, duration, weights, meter, out, address, port,
-          ray_cpus, **problem_kw):
+          ray_cpus, device, **problem_kw):
     """Serve the pipeline on Ray Serve at http://127.0.0.1:PORT/ and adapt it to the traffic it sees."""
     from ipa.adapt import LoopSettings, adapt
     from ipa.energy.detect import open_meter
     from ipa.predict import make_predictor
-    from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, shutdown
+    from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, for_profiles, shutdown
     from ipa.spec import load_model
 
     problem = build_problem(policy, pipeline, profiles, **problem_kw)
     settings = load_model(RaySettings, {k: v for k, v in {"address": address, "port": port, "cpus": ray_cpus,
-                                                         "weights": weights, "meter": meter}.items() if v is not None},
-                          "options")
+                                                         "weights": weights, "meter": meter, "device": device}.items()
+                                        if v is not None}, "options")
+    settings = for_profiles(settings, problem.profiles.meta)
     _log_to(err_console)
     detection = open_meter(settings.meter, gpu=True)
     err_console.print(detection.explain(), highlight=False)

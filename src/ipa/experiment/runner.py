@@ -135,11 +135,15 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: Callable[[str, di
     todo = [c for c in cells if not (c[2] / "summary.json").is_file()]
     summaries = []
     with _serving(cfg, setup.spec, bool(todo)) as serve_cell:
-        if serve_cell and cfg.max_cores is None:  # the optimizer plans within the cluster it serves on
+        if serve_cell:
             import ray
 
-            budget = int(ray.cluster_resources().get("CPU", 1))
-            setup = Setup(cfg.model_copy(update={"max_cores": budget}), setup.spec, setup.profiles)
+            from ipa.runtime.ray_runtime import for_profiles
+
+            update = {"ray": for_profiles(cfg.ray, setup.profiles.meta)}
+            if cfg.max_cores is None:  # the optimizer plans within the cluster it serves on
+                update["max_cores"] = int(ray.cluster_resources().get("CPU", 1))
+            setup = Setup(cfg.model_copy(update=update), setup.spec, setup.profiles)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(setup.cfg.model_dump(), sort_keys=False))
         for w, policy, cell_dir in cells:
             done = cell_dir / "summary.json"

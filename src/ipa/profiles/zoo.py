@@ -18,6 +18,7 @@ class Model:
     name: str
     kind: str  # "detection" or "classification"
     module: object  # torch.nn.Module in eval mode
+    device: str = "cpu"
 
     def inputs(self, batch: int, device: str = "cpu"):
         """A batch of real photos in the form the model takes."""
@@ -66,7 +67,7 @@ def build(name: str, weights: str | Path | None = None, device: str = "cpu") -> 
             raise ConfigError(f"weights for '{name}' not found at {path}")
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     module.eval().to(device)
-    return Model(name, kind, module)
+    return Model(name, kind, module, device)
 
 
 @cache

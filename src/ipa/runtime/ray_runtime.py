@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -39,6 +39,8 @@ class RaySettings(Strict):
     deploy_timeout_s: float = Field(default=180.0, gt=0)
     weights: str | None = Field(default=None, description="folder of <variant>.pth checkpoints; default random weights")
     meter: str = "auto"
+    device: Literal["cpu", "cuda"] = Field(default="cpu", description="where replicas run their models")
+    gpus_per_replica: float = Field(default=0.125, gt=0, le=1, description="share of a GPU each replica reserves (cuda)")
 
 
 class ReconfigurationError(IpaError):
@@ -174,9 +176,15 @@ class RayRuntime:
         if need > have:
             raise ReconfigurationError(f"the config needs {need} CPUs and the Ray cluster has {have:.0f} "
                                        "(join a bigger cluster with --address, or lower --load-scale)")
+        if self.settings.device != "cpu":
+            gpus = sum(c.replicas for c in config.values()) * self.settings.gpus_per_replica
+            if gpus > ray.cluster_resources().get("GPU", 0.0) + 1e-9:
+                raise ReconfigurationError(f"the config needs {gpus:g} GPUs at {self.settings.gpus_per_replica:g} "
+                                           f"per replica and the Ray cluster has {ray.cluster_resources().get('GPU', 0):g}")
 
         app = build_app(self.spec, config, batch_wait_s=self.batch_wait_s, drop_limit_s=self.drop_limit_s,
-                        max_in_flight=self.settings.max_in_flight, weights=self.settings.weights)
+                        max_in_flight=self.settings.max_in_flight, weights=self.settings.weights,
+                        device=self.settings.device, gpus_per_replica=self.settings.gpus_per_replica)
         serve._run(app, name=APP, route_prefix="/", _blocking=False)
         _wait_running(self.settings.deploy_timeout_s)
 
@@ -239,6 +247,14 @@ class RayRuntime:
             elif n >= c.replicas and stage in down:
                 down.discard(stage)
                 self.events.append({"t_s": self.now(), "event": "replica back", "detail": f"{stage}: {n}/{c.replicas}"})
+
+
+def for_profiles(settings: RaySettings, profiles_meta: dict[str, Any]) -> RaySettings:
+    """Replicas run where the profiles were measured (`device` in their meta), unless told otherwise."""
+    device = str(profiles_meta.get("device", "cpu"))
+    if "device" in settings.model_fields_set or not device.startswith("cuda"):
+        return settings
+    return settings.model_copy(update={"device": "cuda"})
 
 
 def connect(settings: RaySettings, spec: PipelineSpec) -> bool:

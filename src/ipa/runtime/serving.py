@@ -75,10 +75,11 @@ class StageSettings:
     cores: int
     batch_wait_s: float
     weights: str | None = None
+    device: str = "cpu"
 
     def user_config(self) -> dict[str, Any]:
         return {"variant": self.variant, "batch": self.batch, "cores": self.cores,
-                "batch_wait_s": self.batch_wait_s, "weights": self.weights}
+                "batch_wait_s": self.batch_wait_s, "weights": self.weights, "device": self.device}
 
 
 @serve.deployment(max_ongoing_requests=MAX_BATCH * 2)
@@ -98,7 +99,7 @@ class StageReplica:
         torch.set_num_threads(int(cfg["cores"]))
         if cfg["variant"] != self.variant:
             t0 = time.perf_counter()
-            model = await asyncio.to_thread(_load, cfg["variant"], cfg.get("weights"))
+            model = await asyncio.to_thread(_load, cfg["variant"], cfg.get("weights"), cfg.get("device", "cpu"))
             self.model, self.variant = model, cfg["variant"]
             self.loads.append({"variant": self.variant, "seconds": time.perf_counter() - t0})
         self.infer.set_max_batch_size(int(cfg["batch"]))
@@ -123,10 +124,10 @@ class StageReplica:
                 "node": ray.get_runtime_context().get_node_id()}
 
 
-def _load(variant: str, weights: str | None):
+def _load(variant: str, weights: str | None, device: str = "cpu"):
     from ipa.profiles.zoo import build
 
-    model = build(variant, weights)
+    model = build(variant, weights, device)
     _run(model, [np.zeros((64, 64, 3), np.uint8)])  # first call allocates; do it before serving
     return model
 
@@ -136,15 +137,17 @@ def _run(model, images: list[np.ndarray]) -> list[dict[str, Any]]:
 
     from ipa.profiles.zoo import to_classifier_input
 
+    device = model.device
     if model.kind == "detection":
-        x = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div(255) for im in images]
+        x = [torch.from_numpy(np.array(im)).permute(2, 0, 1).float().div(255).to(device) for im in images]
         out = []
         for d in model(x):
+            d = {k: v.cpu() for k, v in d.items()}
             keep = d["scores"] >= SCORE_THRESHOLD
             out.append({"boxes": d["boxes"][keep].round().int().tolist(), "labels": d["labels"][keep].tolist(),
                         "scores": [round(float(s), 4) for s in d["scores"][keep]]})
         return out
-    probs = model(torch.stack([to_classifier_input(im) for im in images])).softmax(-1)
+    probs = model(torch.stack([to_classifier_input(im) for im in images]).to(device)).softmax(-1).cpu()
     score, label = probs.max(-1)
     return [{"label": int(c), "score": round(float(s), 4)} for c, s in zip(label, score)]
 
@@ -256,8 +259,11 @@ class Ingress:
 
 
 def build_app(spec: PipelineSpec, config: PipelineConfig, *, batch_wait_s: float, drop_limit_s: float,
-              max_in_flight: int = 256, weights: str | None = None):
-    """The bound application for one pipeline config (deploying it again with another config reconfigures)."""
+              max_in_flight: int = 256, weights: str | None = None, device: str = "cpu", gpus_per_replica: float = 0.0):
+    """The bound application for one pipeline config (deploying it again with another config reconfigures).
+
+    On `cuda` each replica asks Ray for `gpus_per_replica` of a GPU, so several replicas share one.
+    """
     from ipa.profiles.zoo import kind_of
 
     kinds = []
@@ -265,9 +271,10 @@ def build_app(spec: PipelineSpec, config: PipelineConfig, *, batch_wait_s: float
     for stage in spec.stages:
         c = config[stage.name]
         kinds.append((stage.name, kind_of(c.variant)))
-        settings = StageSettings(c.variant, c.batch, c.cores, batch_wait_s, weights)
+        settings = StageSettings(c.variant, c.batch, c.cores, batch_wait_s, weights, device)
+        resources = {"num_cpus": c.cores} | ({"num_gpus": gpus_per_replica} if device != "cpu" else {})
         dep = StageReplica.options(name=stage.name, num_replicas=c.replicas, user_config=settings.user_config(),
-                                   ray_actor_options={"num_cpus": c.cores}, **_stable(stage.name))
+                                   ray_actor_options=resources, **_stable(stage.name))
         handles.append(dep.bind(stage.name))
     ingress_args = (kinds, spec.sla_s, drop_limit_s, max_in_flight)
     return Ingress.options(**_stable("ingress", ingress_args)).bind(kinds, handles, *ingress_args[1:])
