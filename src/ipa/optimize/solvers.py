@@ -27,6 +27,7 @@ def exact(problem: Problem, load: float) -> Chosen | None:
     choice is never pruned by one that could not fit.
     """
     budget = problem.max_cores
+    cap = budget + EPS if budget is not None else math.inf
     front = _pareto_per_cores if budget is not None else pareto_filter
     per_stage = [front(opts, _opt_key) for opts in problem.options(load)]
     if any(not opts for opts in per_stage):
@@ -67,7 +68,7 @@ def exact(problem: Problem, load: float) -> Chosen | None:
                 if nlat + min_lat[i + 1] > sla:
                     continue
                 ncores = cores + o.total_cores
-                if not problem.within_budget(ncores + min_cores[i + 1]):
+                if ncores + min_cores[i + 1] > cap:
                     continue
                 nacc = combine(acc, o.accuracy)
                 npen = pen + o.penalty
