@@ -120,6 +120,16 @@ def test_arrival_times_are_the_simulators():
     assert ((t >= 0) & (t < 1)).sum() == 3 and ((t >= 2) & (t < 3)).sum() == 2
 
 
+def test_fractional_rates_keep_their_mean_and_integer_rates_arrive_exactly():
+    from ipa.runtime.loadgen import arrival_counts
+
+    slow = arrival_counts(np.full(100, 0.3))
+    assert slow.sum() == 30 and slow.max() == 1  # a request every 3-4 s, not none (rounding) nor bunched
+    assert arrival_counts(np.full(10, 1.2) * 0.5).sum() == 6
+    ints = np.random.default_rng(0).integers(0, 30, 500).astype(float)
+    np.testing.assert_array_equal(arrival_counts(ints), ints)
+
+
 def test_replicas_run_where_the_profiles_were_measured_unless_told():
     from ipa.runtime.ray_runtime import RaySettings, for_profiles
 

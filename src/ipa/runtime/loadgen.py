@@ -17,9 +17,17 @@ from typing import Any
 import numpy as np
 
 
+def arrival_counts(rps: np.ndarray) -> np.ndarray:
+    """Requests in each second: the running total of the rates, floored. Integer rates arrive exactly;
+    a fractional rate keeps its mean (0.3 rps is a request every 3-4 s, where rounding would send none),
+    which is what a workload scaled down to a small machine, or to SAM on a CPU, needs."""
+    total = np.floor(np.cumsum(np.maximum(0.0, np.asarray(rps, dtype=float))) + 1e-9)
+    return np.diff(total, prepend=0.0).astype(np.int64)
+
+
 def arrival_times(rps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """round(rps[s]) arrivals spread uniformly at random inside each second s (the simulator's too)."""
-    counts = np.maximum(0, np.round(np.asarray(rps, dtype=float))).astype(np.int64)
+    """arrival_counts(rps)[s] arrivals spread uniformly at random inside each second s (the simulator's too)."""
+    counts = arrival_counts(rps)
     base = np.repeat(np.arange(len(counts), dtype=float), counts)
     return np.sort(base + rng.random(len(base))) if len(base) else base
 
