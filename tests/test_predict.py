@@ -55,3 +55,24 @@ def test_windows_build_ipa_inputs_and_targets():
 def test_unknown_predictor_lists_allowed():
     with pytest.raises(ConfigError, match="allowed: reactive, max, avg, arima, lstm"):
         make_predictor("prophet")
+
+
+def test_a_scaled_workload_gets_the_lstm_it_would_get_at_the_traces_scale():
+    scale = 0.5  # window 2 s
+    small = HISTORY * scale
+    scaled = make_predictor("lstm", load_scale=scale)
+    assert scaled.name == "lstm"
+    means = np.convolve(small, [0.5, 0.5])[: len(small)]
+    means[0] = small[0]
+    assert scaled.predict(small) == pytest.approx(make_predictor("lstm").predict(means / scale) * scale)
+    np.testing.assert_allclose(scaled.predict_many(np.stack([small, small])), [scaled.predict(small)] * 2)
+
+
+def test_a_sparse_scaled_load_is_predicted_near_its_rate_not_at_one_request_per_second():
+    counts = np.zeros(600)
+    counts[::10] = 1  # 0.1 rps (the trace at 5 rps scaled by 0.02): per-second counts are 0s and 1s
+    for name in ("lstm", "max"):
+        raw = make_predictor(name).predict(counts)
+        scaled = make_predictor(name, load_scale=0.02).predict(counts)
+        assert raw >= 0.9  # every 10 s maximum of 0/1 counts is 1 rps (the LSTM adds its bias)
+        assert 0.09 < scaled < 0.15, (name, scaled)

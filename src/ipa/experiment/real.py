@@ -41,7 +41,7 @@ def run_ray_cell(setup, workload: Workload, policy: str, runtime: RayRuntime) ->
     rng = np.random.default_rng(c.seed)
     loadgen = LoadGenerator(runtime.url, arrival_times(workload.rps, rng), photo_jpegs(), runtime.drop_limit_s + 5)
     runtime.on_start = loadgen.start
-    predictor = None if policy == "oracle" else make_predictor(c.predictor)
+    predictor = None if policy == "oracle" else make_predictor(c.predictor, c.load_scale)
     try:
         decisions = adapt(
             runtime, problem, predictor, workload.seconds, LoopSettings(c.interval_s, c.history_s, c.solver), policy,

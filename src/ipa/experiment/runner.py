@@ -76,7 +76,7 @@ def run_cell(setup: Setup, workload: Workload, policy: str, weights: dict[str, f
     problem = setup.problem(policy, weights)
     peak = true_peak(workload.rps, c.interval_s)
     sim = Simulator(setup.spec, setup.profiles, problem.idle_power_w_per_core, workload.rps, c.sim, c.seed)
-    predictor = None if policy == "oracle" else make_predictor(c.predictor)
+    predictor = None if policy == "oracle" else make_predictor(c.predictor, c.load_scale)
     decisions = adapt(
         sim, problem, predictor, workload.seconds, LoopSettings(c.interval_s, c.history_s, c.solver), policy,
         oracle=peak if policy == "oracle" else None, initial_rate=float(workload.rps[0]) if workload.seconds else 0.0,

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from ipa.errors import ConfigError
-from ipa.predict.base import Predictor
+from ipa.predict.base import Predictor, Rescaled
 
 PREDICTORS = ("reactive", "max", "avg", "arima", "lstm")
 
 
-def make_predictor(name: str) -> Predictor:
+def make_predictor(name: str, load_scale: float = 1.0) -> Predictor:
+    """The named predictor; for a workload scaled by `load_scale`, one that predicts at the trace's scale."""
+    inner = _make(name)
+    return inner if load_scale == 1.0 else Rescaled(inner, load_scale)
+
+
+def _make(name: str) -> Predictor:
     if name == "reactive":
         from ipa.predict.simple import Reactive
 

@@ -31,3 +31,37 @@ class Predictor(ABC):
     def predict_many(self, histories: np.ndarray) -> np.ndarray:
         """One prediction per row of equal-length histories; backends override when they can batch."""
         return np.array([self.predict(h) for h in histories])
+
+
+class Rescaled(Predictor):
+    """A predictor fitted to the trace's rates, serving the trace scaled by `factor` (`--load-scale`).
+
+    Two things break at a small scale. The LSTM learned absolute rates (its inputs are divided by one
+    fixed scale, the trace's p99.9), so at x0.02 it sees near-zero inputs and answers with its bias, ~2 rps
+    for a 0.1 rps load. And per-second counts of a sparse load are 0 or 1, so every 10 s maximum is 1 rps
+    whatever the rate. One trace-scale second is 1/factor seconds of the scaled load: the history is
+    averaged over that many seconds, mapped back to the trace's scale, and the prediction forward.
+    """
+
+    def __init__(self, inner: Predictor, factor: float):
+        if factor <= 0:
+            raise ValueError(f"load scale must be > 0, got {factor}")
+        self.inner, self.factor = inner, factor
+        self.window = max(1, round(1 / factor))
+        self.name = inner.name
+
+    def to_trace_scale(self, history: np.ndarray) -> np.ndarray:
+        """Trailing means over `window` seconds (fewer at the start), divided by the factor; works on rows."""
+        h = np.asarray(history, dtype=float)
+        if self.window > 1 and h.shape[-1]:
+            c = np.cumsum(np.concatenate([np.zeros((*h.shape[:-1], 1)), h], axis=-1), axis=-1)
+            end = np.arange(1, h.shape[-1] + 1)
+            start = np.maximum(0, end - self.window)
+            h = (c[..., end] - c[..., start]) / (end - start)
+        return h / self.factor
+
+    def predict(self, history: np.ndarray) -> float:
+        return self.inner.predict(self.to_trace_scale(history)) * self.factor
+
+    def predict_many(self, histories: np.ndarray) -> np.ndarray:
+        return self.inner.predict_many(self.to_trace_scale(histories)) * self.factor
