@@ -212,3 +212,27 @@ def test_gpu_replicas_are_refused_where_the_cluster_has_no_gpu(cluster):
     rt = RayRuntime(spec, settings.model_copy(update={"device": "cuda"}))
     with pytest.raises(ReconfigurationError, match="GPUs"):
         rt.start(config())
+
+
+def test_detect_then_segment_anything_serves_a_mask(cluster):
+    """The segment pipeline's shape: the detector's box prompts SAM on the whole photo."""
+    _, settings = cluster
+    spec = PipelineSpec.model_validate({
+        "name": "seg", "sla_s": 120.0,
+        "stages": [{"name": "detect", "variants": [{"name": DET, "accuracy": 21.3}]},
+                   {"name": "segment", "variants": [{"name": "sam_vit_b", "accuracy": 62.91}]}],
+    })
+    rt = RayRuntime(spec, settings)
+    rt.start({"detect": StageConfig(DET, 1, 1, 1), "segment": StageConfig("sam_vit_b", 1, 1, 2)})
+    try:
+        # SAM's encoder runs a ViT-B over 1024x1024: tens of seconds on a 2-core machine
+        r = requests.post(rt.url, data=photo_jpegs(width=320)[0], headers={"content-type": "image/jpeg"}, timeout=300)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["variants"] == {"detect": DET, "segment": "sam_vit_b"}
+        d = body["detections"][0]
+        x1, y1, x2, y2 = d["box"]
+        assert 0 <= x1 < x2 <= 320 and 0 <= y1 < y2
+        assert 0 <= d["mask_area"] <= 320 * 214 and "mask_score" in d
+    finally:
+        rt.stop()

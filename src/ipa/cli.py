@@ -470,9 +470,11 @@ def float_list(text: str) -> list[float]:
 @click.option("--deltas", default="0,0.02,0.05,0.1,0.2,0.5,1,2", show_default=True, help="energy weights per watt")
 @click.option("--betas", default="1", show_default=True, help="cost weights (one curve each)")
 @click.option("--profiles", default=None)
+@click.option("--pipeline", default=None)
+@click.option("--load-scale", type=float, default=None, help="multiply the workload's rate")
 @trace_option
 @click.option("--out", type=click.Path(), default=None, help="default results/frontier-<timestamp>")
-def frontier(config, workload, deltas, betas, profiles, trace, out):
+def frontier(config, workload, deltas, betas, profiles, pipeline, load_scale, trace, out):
     """Sweep ipa-energy's energy weight: PAS vs energy vs cost, with the baselines as points."""
     import datetime as dt
     from pathlib import Path
@@ -481,7 +483,7 @@ def frontier(config, workload, deltas, betas, profiles, trace, out):
     from ipa.experiment.frontier import COLUMNS
     from ipa.experiment.frontier import frontier as run_frontier
 
-    cfg = load_experiment(config, profiles=profiles, trace=trace)
+    cfg = load_experiment(config, profiles=profiles, pipeline=pipeline, load_scale=load_scale, trace=trace)
     out_dir = Path(out or f"results/frontier-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     points = run_frontier(cfg, workload, float_list(deltas), float_list(betas), out_dir,
                           progress=lambda m: err_console.print(m, highlight=False))

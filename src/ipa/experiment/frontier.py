@@ -9,7 +9,7 @@ from typing import Any
 from ipa._io import write_csv
 from ipa.experiment.config import ExperimentConfig
 from ipa.experiment.plots import frontier_plot
-from ipa.experiment.runner import Setup, run_cell
+from ipa.experiment.runner import Setup, run_cell, shape
 from ipa.workload import load_workload
 
 BASELINES = ("ipa", "fa2-low", "fa2-high", "rim-high")
@@ -20,7 +20,7 @@ COLUMNS = ["workload", "policy", "delta", "beta", "pas", "cost_cores", "energy_j
 def frontier(cfg: ExperimentConfig, workload: str, deltas: Sequence[float], betas: Sequence[float], out: Path,
              progress: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
     setup = Setup.load(cfg)
-    w = load_workload(workload, cfg.trace)
+    w = shape(load_workload(workload, cfg.trace), cfg.duration_s, cfg.load_scale)
     points = []
     for beta in betas:
         for delta in deltas:

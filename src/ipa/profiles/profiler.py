@@ -181,9 +181,10 @@ def _meta(meter: EnergyMeter, description: str, idle_w: float, settings: Profile
         "repeats": settings.repeats,
         "min_window_s": settings.min_window_s,
         "warmup": settings.warmup,
-        "inputs": "scikit-learn sample photos (china.jpg, flower.jpg), 427x640; classifier crops resized to 224",
-        "weights": settings.weights or "random (torchvision weights=None): latency and energy are real, "
-                                        "accuracy is the published figure",
+        "inputs": "scikit-learn sample photos (china.jpg, flower.jpg), 427x640; classifier crops resized to 224; "
+                  "SAM: the photo resized to 1024 on its long side, its middle half as the box prompt",
+        "weights": settings.weights or "random (torchvision weights=None, SAM checkpoint=None): latency and "
+                                        "energy are real, accuracy is the published figure",
     }
     if settings.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name(0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ipa.errors import ConfigError
+from ipa.profiles import sam
 
 CLASSIFIER_INPUT = 224
 
@@ -16,7 +17,7 @@ CLASSIFIER_INPUT = 224
 @dataclass
 class Model:
     name: str
-    kind: str  # "detection" or "classification"
+    kind: str  # "detection", "classification" or "segmentation"
     module: object  # torch.nn.Module in eval mode
     device: str = "cpu"
 
@@ -25,6 +26,8 @@ class Model:
         import torch
 
         photos = [photos_hwc()[i % len(photos_hwc())] for i in range(batch)]
+        if self.kind == "segmentation":
+            return [sam.request(p, central_box(p), device) for p in photos]
         if self.kind == "detection":
             return [torch.from_numpy(p).permute(2, 0, 1).float().div(255).to(device) for p in photos]
         return torch.stack([to_classifier_input(p) for p in photos]).to(device)
@@ -32,6 +35,8 @@ class Model:
     def __call__(self, x):
         import torch
 
+        if self.kind == "segmentation":
+            return sam.segment(self.module, x)
         with torch.inference_mode():
             return self.module(x)
 
@@ -39,13 +44,15 @@ class Model:
 def kind_of(name: str) -> str:
     import torchvision
 
+    if sam.is_sam(name):
+        return "segmentation"
     if name in torchvision.models.list_models(module=torchvision.models.detection):
         return "detection"
     if name in torchvision.models.list_models(module=torchvision.models):
         return "classification"
     raise ConfigError(
         f"variant '{name}' is not a torchvision classification or detection architecture "
-        "(see torchvision.models.list_models())"
+        f"(see torchvision.models.list_models()) nor a Segment Anything variant ({', '.join(sam.VARIANTS)})"
     )
 
 
@@ -55,10 +62,11 @@ def build(name: str, weights: str | Path | None = None, device: str = "cpu") -> 
     import torchvision
 
     kind = kind_of(name)
-    kwargs = {"weights": None}
-    if kind == "detection":
-        kwargs["weights_backbone"] = None
-    module = torchvision.models.get_model(name, **kwargs)
+    if kind == "segmentation":
+        module = sam.build_module(name)
+    else:
+        kwargs = {"weights": None} | ({"weights_backbone": None} if kind == "detection" else {})
+        module = torchvision.models.get_model(name, **kwargs)
     if weights:
         path = Path(weights)
         if path.is_dir():
@@ -91,3 +99,9 @@ def to_classifier_input(photo: np.ndarray, box: tuple[int, int, int, int] | None
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     return (t - mean) / std
+
+
+def central_box(photo: np.ndarray) -> list[int]:
+    """The middle half of the photo: the box prompt profiles use when no detector gave one."""
+    h, w = photo.shape[:2]
+    return [w // 4, h // 4, 3 * w // 4, 3 * h // 4]

@@ -290,14 +290,14 @@ def shutdown(started_ray: bool) -> None:
 
 
 def _check_stage_kinds(spec: PipelineSpec) -> None:
-    """A stage's variants must all detect or all classify: the ingress chains stages by kind."""
+    """A stage's variants must all be of one kind (detect, classify, segment): the ingress chains stages by kind."""
     from ipa.profiles.zoo import kind_of
 
     for stage in spec.stages:
         kinds = {v.name: kind_of(v.name) for v in stage.variants}
         if len(set(kinds.values())) > 1:
-            raise ConfigError(f"stage '{stage.name}' mixes detection and classification variants ({kinds}); "
-                              "Ray serving needs one kind per stage")
+            raise ConfigError(f"stage '{stage.name}' mixes variants of different kinds ({kinds}); "
+                              "Ray serving needs one kind (detection, classification or segmentation) per stage")
 
 
 def _ingress_handle():

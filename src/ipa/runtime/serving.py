@@ -128,16 +128,21 @@ def _load(variant: str, weights: str | None, device: str = "cpu"):
     from ipa.profiles.zoo import build
 
     model = build(variant, weights, device)
-    _run(model, [np.zeros((64, 64, 3), np.uint8)])  # first call allocates; do it before serving
+    blank = np.zeros((64, 64, 3), np.uint8)
+    _run(model, [(blank, None) if model.kind == "segmentation" else blank])  # first call allocates: before serving
     return model
 
 
-def _run(model, images: list[np.ndarray]) -> list[dict[str, Any]]:
+def _run(model, images: list) -> list[dict[str, Any]]:
+    """A batch through one model: photos for detection and classification, (photo, box) for segmentation."""
     import torch
 
+    from ipa.profiles import sam
     from ipa.profiles.zoo import to_classifier_input
 
     device = model.device
+    if model.kind == "segmentation":
+        return model([sam.request(im, box, device) for im, box in images])
     if model.kind == "detection":
         x = [torch.from_numpy(np.array(im)).permute(2, 0, 1).float().div(255).to(device) for im in images]
         out = []
@@ -167,7 +172,8 @@ def crops(image: np.ndarray, detection: dict[str, Any], limit: int = MAX_CROPS) 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
 class Ingress:
-    """HTTP in, detect -> classify through the stage handles, JSON out; counts arrivals per second."""
+    """HTTP in, the stages in order through their handles (detect -> classify or segment), JSON out;
+    counts arrivals per second."""
 
     def __init__(self, stages: list[tuple[str, str]], handles: list, sla_s: float, drop_limit_s: float,
                  max_in_flight: int):
@@ -227,16 +233,21 @@ class Ingress:
         return response
 
     async def pipeline(self, image: np.ndarray) -> dict[str, Any]:
-        """Each detection stage turns the items into crops; each classification stage labels them."""
+        """A detection stage turns the items into crops; a classification stage labels each crop; a
+        segmentation stage draws the mask of each box on the whole photo (SAM is prompted, not cropped)."""
         items = [([0, 0, image.shape[1], image.shape[0]], image)]
         variants: dict[str, str] = {}
         detections: list[dict[str, Any]] = [{"box": box} for box, _ in items]
         for (name, kind), handle in zip(self.stages, self.handles):
-            outs = await asyncio.gather(*(handle.remote(img) for _, img in items))
+            inputs = [(image, box) if kind == "segmentation" else img for box, img in items]
+            outs = await asyncio.gather(*(handle.remote(x) for x in inputs))
             variants[name] = outs[0]["variant"]
             if kind == "detection":
                 items = [c for (_, img), o in zip(items, outs) for c in crops(img, o)]
                 detections = [{"box": box, "detections": len(outs[0]["boxes"])} for box, _ in items]
+            elif kind == "segmentation":
+                for d, o in zip(detections, outs):
+                    d |= {"mask_area": o["mask_area"], "mask_score": o["mask_score"]}
             else:
                 for d, o in zip(detections, outs):
                     d |= {"label": o["label"], "score": o["score"]}
