@@ -76,3 +76,15 @@ def test_a_sparse_scaled_load_is_predicted_near_its_rate_not_at_one_request_per_
         scaled = make_predictor(name, load_scale=0.02).predict(counts)
         assert raw >= 0.9  # every 10 s maximum of 0/1 counts is 1 rps (the LSTM adds its bias)
         assert 0.09 < scaled < 0.15, (name, scaled)
+
+
+def test_a_scaled_loop_starts_from_its_prior_not_from_ten_empty_seconds():
+    from ipa.predict import history_s
+
+    scale, prior = 0.005, 0.03  # a request every ~33 s; the first has not come yet
+    blind = make_predictor("max", load_scale=scale).predict(np.zeros(10))
+    seeded = make_predictor("max", load_scale=scale, prior=prior)
+    assert blind == 0.0
+    assert seeded.predict(np.zeros(10)) == pytest.approx(prior, rel=0.1)  # 10 s of nothing barely moves it
+    assert history_s(seeded, 120) == 120 + 200  # 12 steps of 200 s trailing means
+    assert history_s(make_predictor("max"), 120) == 120

@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from ipa._io import write_csv, write_json
-from ipa.adapt import LoopSettings, adapt
+from ipa.adapt import adapt
 from ipa.energy.detect import open_meter
 from ipa.experiment.metrics import summarize
-from ipa.predict import make_predictor
 from ipa.runtime.loadgen import LoadGenerator, RequestRecord, arrival_times, photo_jpegs
 from ipa.runtime.ray_runtime import CHANGE_KINDS, RayRuntime, Reconfiguration, Sample
 from ipa.runtime.sim import SimResult, SimSettings, _per_second_percentiles
@@ -33,7 +32,7 @@ FIDELITY_METRICS = ["p99_latency_s", "throughput_rps", "sla_violation_pct", "dro
 
 def run_ray_cell(setup, workload: Workload, policy: str, runtime: RayRuntime) -> dict[str, Any]:
     """Serve the workload for its whole length under `policy`; returns series, decisions, summary and logs."""
-    from ipa.experiment.runner import score_decisions, true_peak
+    from ipa.experiment.runner import control, score_decisions, true_peak
 
     c = setup.cfg
     problem = setup.problem(policy)
@@ -41,12 +40,10 @@ def run_ray_cell(setup, workload: Workload, policy: str, runtime: RayRuntime) ->
     rng = np.random.default_rng(c.seed)
     loadgen = LoadGenerator(runtime.url, arrival_times(workload.rps, rng), photo_jpegs(), runtime.drop_limit_s + 5)
     runtime.on_start = loadgen.start
-    predictor = None if policy == "oracle" else make_predictor(c.predictor, c.load_scale)
+    predictor, loop, initial = control(c, workload, policy)
     try:
-        decisions = adapt(
-            runtime, problem, predictor, workload.seconds, LoopSettings(c.interval_s, c.history_s, c.solver), policy,
-            oracle=peak if policy == "oracle" else None, initial_rate=float(workload.rps[0]) if workload.seconds else 0.0,
-        )
+        decisions = adapt(runtime, problem, predictor, workload.seconds, loop, policy,
+                          oracle=peak if policy == "oracle" else None, initial_rate=initial)
     finally:
         loadgen.stop(wait_s=runtime.drop_limit_s + 5)  # answers still in flight come back or time out
         runtime.stop()

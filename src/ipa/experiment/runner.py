@@ -19,7 +19,7 @@ from ipa.experiment.config import ExperimentConfig, resolve
 from ipa.experiment.metrics import summarize
 from ipa.optimize.policies import make_problem
 from ipa.optimize.problem import Problem
-from ipa.predict import make_predictor
+from ipa.predict import Predictor, history_s, make_predictor
 from ipa.profiles.table import ProfileTable, load_profiles
 from ipa.runtime.sim import Simulator
 from ipa.spec import PipelineSpec, load_pipeline
@@ -70,17 +70,22 @@ def true_peak(rps: np.ndarray, interval_s: float) -> Callable[[float], float]:
     return peak
 
 
+def control(c: ExperimentConfig, workload: Workload, policy: str) -> tuple[Predictor | None, LoopSettings, float]:
+    """What a cell's control loop runs with, simulated or real: predictor, loop settings, initial rate."""
+    initial = float(workload.rps[0]) if workload.seconds else 0.0
+    predictor = None if policy == "oracle" else make_predictor(c.predictor, c.load_scale, initial)
+    return predictor, LoopSettings(c.interval_s, history_s(predictor, c.history_s), c.solver), initial
+
+
 def run_cell(setup: Setup, workload: Workload, policy: str, weights: dict[str, float] | None = None) -> dict[str, Any]:
     """Simulate one policy on one workload; returns the series, decisions and summary."""
     c = setup.cfg
     problem = setup.problem(policy, weights)
     peak = true_peak(workload.rps, c.interval_s)
     sim = Simulator(setup.spec, setup.profiles, problem.idle_power_w_per_core, workload.rps, c.sim, c.seed)
-    predictor = None if policy == "oracle" else make_predictor(c.predictor, c.load_scale)
-    decisions = adapt(
-        sim, problem, predictor, workload.seconds, LoopSettings(c.interval_s, c.history_s, c.solver), policy,
-        oracle=peak if policy == "oracle" else None, initial_rate=float(workload.rps[0]) if workload.seconds else 0.0,
-    )
+    predictor, loop, initial = control(c, workload, policy)
+    decisions = adapt(sim, problem, predictor, workload.seconds, loop, policy,
+                      oracle=peak if policy == "oracle" else None, initial_rate=initial)
     score_decisions(setup, decisions, peak)
     result = sim.result()
     summary = {"workload": workload.name, "policy": policy, "runtime": "sim"}

@@ -8,10 +8,16 @@ from ipa.predict.base import Predictor, Rescaled
 PREDICTORS = ("reactive", "max", "avg", "arima", "lstm")
 
 
-def make_predictor(name: str, load_scale: float = 1.0) -> Predictor:
-    """The named predictor; for a workload scaled by `load_scale`, one that predicts at the trace's scale."""
+def make_predictor(name: str, load_scale: float = 1.0, prior: float | None = None) -> Predictor:
+    """The named predictor; for a workload scaled by `load_scale`, one that predicts at the trace's scale
+    (with `prior`, the initial rate, standing in for the history not yet seen)."""
     inner = _make(name)
-    return inner if load_scale == 1.0 else Rescaled(inner, load_scale)
+    return inner if load_scale == 1.0 else Rescaled(inner, load_scale, prior)
+
+
+def history_s(predictor: Predictor | None, default: int) -> int:
+    """Seconds of monitored history the loop should keep for this predictor."""
+    return max(default, getattr(predictor, "needs_s", 0))
 
 
 def _make(name: str) -> Predictor:
@@ -38,4 +44,4 @@ def _make(name: str) -> Predictor:
     raise ConfigError(f"unknown predictor '{name}' (allowed: {', '.join(PREDICTORS)})")
 
 
-__all__ = ["PREDICTORS", "Predictor", "make_predictor"]
+__all__ = ["PREDICTORS", "Predictor", "history_s", "make_predictor"]

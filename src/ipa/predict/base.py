@@ -41,18 +41,24 @@ class Rescaled(Predictor):
     for a 0.1 rps load. And per-second counts of a sparse load are 0 or 1, so every 10 s maximum is 1 rps
     whatever the rate. One trace-scale second is 1/factor seconds of the scaled load: the history is
     averaged over that many seconds, mapped back to the trace's scale, and the prediction forward.
+    Until `needs_s` seconds have been seen, the missing past is `prior` (the rate every policy starts
+    sized for): ten seconds without a request say nothing about a 0.03 rps load.
     """
 
-    def __init__(self, inner: Predictor, factor: float):
+    def __init__(self, inner: Predictor, factor: float, prior: float | None = None):
         if factor <= 0:
             raise ValueError(f"load scale must be > 0, got {factor}")
-        self.inner, self.factor = inner, factor
+        self.inner, self.factor, self.prior = inner, factor, prior
         self.window = max(1, round(1 / factor))
+        self.needs_s = HISTORY_S + self.window  # 12 steps of trailing means, each over `window` seconds
         self.name = inner.name
 
     def to_trace_scale(self, history: np.ndarray) -> np.ndarray:
         """Trailing means over `window` seconds (fewer at the start), divided by the factor; works on rows."""
         h = np.asarray(history, dtype=float)
+        missing = self.needs_s - h.shape[-1]
+        if self.prior is not None and missing > 0:
+            h = np.concatenate([np.full((*h.shape[:-1], missing), self.prior), h], axis=-1)
         if self.window > 1 and h.shape[-1]:
             c = np.cumsum(np.concatenate([np.zeros((*h.shape[:-1], 1)), h], axis=-1), axis=-1)
             end = np.arange(1, h.shape[-1] + 1)
