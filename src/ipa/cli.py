@@ -403,8 +403,14 @@ def _log_to(con: Console) -> None:
 def serve(pipeline, profiles, policy, predictor, interval, initial_load, duration, weights, meter, out, address, port,
           ray_cpus, device, **problem_kw):
     """Serve the pipeline on Ray Serve at http://127.0.0.1:PORT/ and adapt it to the traffic it sees."""
+    import dataclasses
+    import datetime as dt
+    from pathlib import Path
+
+    from ipa._io import write_csv
     from ipa.adapt import LoopSettings, adapt
     from ipa.energy.detect import open_meter
+    from ipa.experiment.real import write_runtime_logs
     from ipa.predict import make_predictor
     from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, for_profiles, shutdown
     from ipa.spec import load_model
@@ -419,25 +425,15 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     err_console.print(detection.explain(), highlight=False)
     started = connect(settings, problem.spec)
     if problem.max_cores is None:  # plan within the cluster that serves
-        import dataclasses
-
         import ray
 
         problem = dataclasses.replace(problem, max_cores=int(ray.cluster_resources().get("CPU", 1)))
     runtime = RayRuntime(problem.spec, settings, detection.meter)
-
-    import datetime as dt
-    import json as _json
-    from pathlib import Path
-
-    from ipa._io import write_csv
-    from ipa.experiment.real import write_runtime_logs
-
     out_dir = Path(out or f"results/serve-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     decisions: list[dict] = []
 
     def show(d):
-        decisions.append({k: (_json.dumps(v) if isinstance(v, dict) else v) for k, v in d.items()})
+        decisions.append({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in d.items()})
         write_csv(out_dir / "decisions.csv", decisions)  # every decision on disk as it is made
         if "config" not in d:
             return

@@ -17,7 +17,7 @@ def make_predictor(name: str, load_scale: float = 1.0, prior: float | None = Non
 
 def history_s(predictor: Predictor | None, default: int) -> int:
     """Seconds of monitored history the loop should keep for this predictor."""
-    return max(default, getattr(predictor, "needs_s", 0))
+    return max(default, predictor.needs_s if predictor else 0)
 
 
 def _make(name: str) -> Predictor:

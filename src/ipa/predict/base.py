@@ -23,6 +23,7 @@ def step_maxima(history: np.ndarray, step: int = STEP_S, window: int = HISTORY_S
 
 class Predictor(ABC):
     name: str = "predictor"
+    needs_s: int = 0  # seconds of history it needs beyond the loop's own (Rescaled averages over more)
 
     @abstractmethod
     def predict(self, history: np.ndarray) -> float:

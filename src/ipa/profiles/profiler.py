@@ -82,7 +82,7 @@ def idle_power_w(meter: EnergyMeter, seconds: float) -> float:
 def measure(model, batch: int, settings: ProfilerSettings, meter: EnergyMeter, idle_w: float) -> dict:
     """Latency of each batch; energy of the timed runs minus the idle baseline, per batch."""
     sync = _sync(settings.device)
-    x = model.inputs(batch, settings.device)
+    x = model.inputs(batch)
     for _ in range(settings.warmup):
         model(x)
     sync()
@@ -142,7 +142,7 @@ def run(
                     rss0 = rss_mb()
                     t0 = time.perf_counter()
                     model = build(plan.variant, settings.weights, settings.device)
-                    model(model.inputs(1, settings.device))
+                    model(model.inputs(1))
                     _sync(settings.device)()
                     load_s = time.perf_counter() - t0
                     for b in todo:

@@ -21,10 +21,11 @@ class Model:
     module: object  # torch.nn.Module in eval mode
     device: str = "cpu"
 
-    def inputs(self, batch: int, device: str = "cpu"):
-        """A batch of real photos in the form the model takes."""
+    def inputs(self, batch: int):
+        """A batch of real photos in the form the model takes, on the model's device."""
         import torch
 
+        device = self.device
         photos = [photos_hwc()[i % len(photos_hwc())] for i in range(batch)]
         if self.kind == "segmentation":
             return [sam.request(p, central_box(p), device) for p in photos]
