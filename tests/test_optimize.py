@@ -124,13 +124,99 @@ def test_ipa_energy_spends_less_power_than_ipa(tiny):
         assert energy.power_w <= ipa.power_w + 1e-9
 
 
-def test_infeasible_load_returns_best_effort_with_reason(tiny):
+def test_infeasible_load_serves_the_best_config_for_the_most_it_can_hold(tiny):
     spec, table = tiny
-    d = solve(make_problem("ipa", spec, table, scaling_cap=2), 1000)
+    problem = make_problem("ipa", spec, table, scaling_cap=2)
+    d = solve(problem, 1000)
     assert not d.feasible
-    assert "sustains at most" in d.reason
-    # the closest config: the most capacity the caps allow
-    assert all(c.replicas == 2 for c in d.config.values())
+    assert "sustains at most" in d.reason and "the most that can be held" in d.reason
+    # the most capacity the caps allow: the slowest stage's fastest option on both its replicas
+    most = min(max(o.capacity_rps for o in problem.candidates(s, 1000)) for s in spec.stage_names)
+    assert d.assessment.capacity_rps == pytest.approx(most, rel=0.01)
+    assert max(c.replicas for c in d.config.values()) == 2
+
+
+def test_max_load_is_the_edge_of_feasibility():
+    from ipa.optimize.solvers import max_load
+
+    import dataclasses
+
+    checked = 0
+    for problem, load in _random_problems(60, seed=5):
+        free = exact(problem, load)
+        if free is None:
+            continue
+        assert max_load(problem, load) == load
+        # a core budget below what the load needs: the most it holds is the edge
+        problem = dataclasses.replace(problem, max_cores=max(1, sum(o.total_cores for o in free) // 2))
+        if exact(problem, load) is not None:
+            continue
+        held = max_load(problem, load)
+        if held == 0:
+            assert exact(problem, 1e-3) is None
+            continue
+        checked += 1
+        assert exact(problem, held) is not None
+        assert exact(problem, min(load, held * 1.02)) is None or held * 1.02 >= load
+    assert checked > 5
+
+
+def test_power_counts_what_is_served_not_the_load(tiny):
+    """At a load far beyond what the config can serve, dynamic power is that of the served rate."""
+    spec, table = tiny
+    problem = make_problem("ipa", spec, table, scaling_cap=2)
+    huge = solve(problem, 1e9).assessment
+    held = solve(problem, huge.capacity_rps * 0.999).assessment
+    assert huge.power_w == pytest.approx(problem.assess_config(huge.config, huge.capacity_rps).power_w, rel=1e-6)
+    assert huge.power_w < 10 * held.power_w
+
+
+def test_exact_matches_brute_force_with_serving_cost_and_cpus():
+    """Serving's latency comes out of the SLA, its CPU out of the machine's: exact still equals brute force."""
+    import dataclasses
+
+    from ipa.profiles.serving import ServingCost
+
+    rng = random.Random(19)
+    seen = binding = 0
+    for problem, load in _random_problems(240, seed=23):
+        serving = ServingCost(latency_s=rng.uniform(0, 0.3) * problem.spec.sla_s,
+                              cpu_fixed_cores=rng.uniform(0, 1), cpu_per_request_s=rng.uniform(0, 0.02))
+        free = exact(dataclasses.replace(problem, serving=serving), load)
+        if free is None:
+            continue
+        demand = sum(o.cpu_demand for o in free) + serving.cores(load)
+        cpus = max(0.5, demand * rng.choice([0.6, 0.8, 0.95, 1.0, 1.5]))
+        p = dataclasses.replace(problem, serving=serving, cpus=cpus)
+        ex, bf = exact(p, load), brute_force(p, load)
+        assert (ex is None) == (bf is None)
+        if ex is None:
+            continue
+        seen += 1
+        binding += cpus < demand
+        assert p.objective(ex) == pytest.approx(p.objective(bf), abs=1e-9)
+        a = p.assess(ex, load)
+        assert a.feasible and a.cpu_demand + a.serving_cores <= cpus + 1e-9
+        assert sum(o.latency_s for o in ex) <= p.spec.sla_s - serving.latency_s + 1e-9
+    assert seen > 60 and binding > 15
+
+
+def test_serving_latency_and_cpu_shape_the_plan(tiny):
+    from ipa.profiles.serving import ServingCost
+
+    spec, table = tiny
+    plain = solve(make_problem("ipa", spec, table, max_cores=4), 20)
+    slow_hop = ServingCost(latency_s=0.5)
+    d = solve(make_problem("ipa", spec, table, max_cores=4, serving=slow_hop), 20)
+    assert d.assessment.latency_s <= spec.sla_s + 1e-9
+    assert d.assessment.latency_s - 0.5 == pytest.approx(sum(
+        make_problem("ipa", spec, table).option(table.lookup(s, c.variant, c.batch, c.cores), 20).latency_s
+        for s, c in d.config.items()))
+    hungry = ServingCost(cpu_fixed_cores=0.5, cpu_per_request_s=0.05)  # 1.5 cores at 20 rps
+    tight = solve(make_problem("ipa", spec, table, max_cores=4, serving=hungry), 20)
+    assert tight.assessment.cpu_demand + tight.assessment.serving_cores <= 4 + 1e-9
+    assert tight.assessment.serving_cores == pytest.approx(1.5)
+    assert plain.assessment.capacity_rps >= tight.assessment.capacity_rps
 
 
 def test_latency_infeasible_picks_fastest(tiny):

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from ipa.errors import ConfigError
 from ipa.optimize.problem import Problem, Weights
+from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import ProfileTable
 from ipa.spec import PipelineSpec
 
@@ -32,8 +33,14 @@ def make_problem(
     freeze: Mapping[str, str] | None = None,
     replicas: int | None = None,
     max_cores: int | None = None,
+    serving: ServingCost | None = None,
+    cpus: float | None = None,
 ) -> Problem:
-    """The problem a policy solves. Explicit `freeze`/`replicas` override the policy's defaults."""
+    """The problem a policy solves. Explicit `freeze`/`replicas` override the policy's defaults.
+
+    `serving` is what serving costs beside the models (default: none); `cpus` the physical CPUs
+    replicas and serving share (default: the core budget, when there is one).
+    """
     if policy not in POLICIES:
         raise ConfigError(f"unknown policy '{policy}' (allowed: {', '.join(POLICIES)})")
     if scaling_cap < 1 or batching_cap < 1:
@@ -42,17 +49,20 @@ def make_problem(
         raise ConfigError(f"replicas must be in 1..scaling_cap ({scaling_cap}), got {replicas}")
     if max_cores is not None and max_cores < 1:
         raise ConfigError(f"max_cores (the core budget) must be >= 1, got {max_cores}")
+    if cpus is not None and not cpus > 0:
+        raise ConfigError(f"cpus must be > 0, got {cpus}")
+    cpus = cpus if cpus is not None else (float(max_cores) if max_cores is not None and serving else None)
     weights = _policy_weights(policy, weights or Weights())
     frozen = _check_freeze(spec, dict(freeze or {}))
     idle = idle_power_w_per_core if idle_power_w_per_core is not None else (profiles.idle_power_w_per_core or 0.0)
-    base = Problem(spec, profiles, weights, idle, scaling_cap, batching_cap, frozen, replicas, max_cores)
+    base = Problem(spec, profiles, weights, idle, scaling_cap, batching_cap, frozen, replicas, max_cores, serving, cpus)
     if policy == "fa2-low":
         frozen = {s.name: s.least_accurate.name for s in spec.stages} | frozen
     elif policy == "fa2-high":
         frozen = most_accurate_within_sla(base) | frozen
     elif policy == "rim-high":
         replicas = replicas or RIM_DEFAULT_REPLICAS
-    return Problem(spec, profiles, weights, idle, scaling_cap, batching_cap, frozen, replicas, max_cores)
+    return Problem(spec, profiles, weights, idle, scaling_cap, batching_cap, frozen, replicas, max_cores, serving, cpus)
 
 
 def _policy_weights(policy: str, w: Weights) -> Weights:
@@ -78,7 +88,7 @@ def most_accurate_within_sla(problem: Problem) -> dict[str, str]:
 
     accuracy_only = Problem(
         problem.spec, problem.profiles, Weights(alpha=1, beta=0, gamma=0, delta=0),
-        0.0, problem.scaling_cap, 1, problem.frozen_variants, None,
+        0.0, problem.scaling_cap, 1, problem.frozen_variants, None, serving=problem.serving,
     )
     chosen = exact(accuracy_only, 0.0)
     if chosen is None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import Field
 
+from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import Profile, ProfileTable
 from ipa.spec import PipelineConfig, PipelineSpec, StageConfig, Strict, aggregate_accuracy, config_as_dict
 
@@ -38,6 +39,7 @@ class Option:
     capacity_rps: float  # replicas * throughput of one replica
     power_w: float  # idle power of reserved cores + dynamic power at this load
     penalty: float  # beta*cores + gamma*batch + delta*power of this stage
+    cpu_demand: float = 0.0  # cores the replicas burn at this load (busy fraction x reserved cores)
 
     @property
     def config(self) -> StageConfig:
@@ -61,15 +63,34 @@ class Problem:
     frozen_variants: Mapping[str, str] = field(default_factory=dict)
     frozen_replicas: int | None = None
     max_cores: int | None = None  # the cluster's core budget for the whole pipeline (None: unbounded)
+    serving: ServingCost | None = None  # latency and CPU of serving outside the models (profile meta)
+    cpus: float | None = None  # physical CPUs replicas and serving share (None: not bounded)
 
     def within_budget(self, cores: float) -> bool:
         return self.max_cores is None or cores <= self.max_cores + EPS
+
+    @property
+    def latency_budget_s(self) -> float:
+        """What the stages may take: the SLA less serving's own latency per request."""
+        return self.spec.sla_s - (self.serving.latency_s if self.serving else 0.0)
+
+    def serving_cores(self, load: float) -> float:
+        return self.serving.cores(load) if self.serving else 0.0
+
+    def cpu_budget(self, load: float) -> float:
+        """CPU cores the replicas may burn at `load`: the machine's, less what serving takes (inf: unbounded)."""
+        return math.inf if self.cpus is None else self.cpus - self.serving_cores(load)
+
+    def with_profiles(self, profiles: ProfileTable) -> Problem:
+        """The same problem planned with other profile values (the calibrated ones)."""
+        return replace(self, profiles=profiles)
 
     def option(self, profile: Profile, load: float, replicas: int | None = None) -> Option:
         """Score one profile row at `load`; replicas default to the fewest that sustain it."""
         n = replicas or self.frozen_replicas or max(1, math.ceil(load / profile.throughput_rps - EPS))
         fill = (profile.batch - 1) / load if load > 0 else 0.0
-        power = n * profile.cores * self.idle_power_w_per_core + load * profile.energy_j_per_batch / profile.batch
+        served = min(load, n * profile.throughput_rps)  # a replica cannot burn more than it can serve
+        power = n * profile.cores * self.idle_power_w_per_core + served * profile.energy_j_per_batch / profile.batch
         w = self.weights
         acc = self.spec.stage(profile.stage).variant(profile.variant).accuracy_fraction
         return Option(
@@ -83,6 +104,7 @@ class Problem:
             capacity_rps=n * profile.throughput_rps,
             power_w=power,
             penalty=w.beta * n * profile.cores + w.gamma * profile.batch + w.delta * power,
+            cpu_demand=min(load / (n * profile.throughput_rps), 1.0) * n * profile.cores,
         )
 
     def candidates(self, stage: str, load: float) -> list[Option]:
@@ -108,11 +130,25 @@ class Problem:
         return out
 
     def options(self, load: float) -> list[list[Option]]:
-        """Per stage, in pipeline order, the options that sustain `load` within the scaling cap and core budget."""
+        """Per stage, in pipeline order, the options that sustain `load` within the scaling cap, core and CPU budget."""
+        cpu = self.cpu_budget(load) + EPS
         return [
-            [o for o in self.candidates(s, load) if o.capacity_rps >= load - EPS and self.within_budget(o.total_cores)]
+            [o for o in self.candidates(s, load) if o.capacity_rps >= load - EPS and self.within_budget(o.total_cores)
+             and o.cpu_demand <= cpu]
             for s in self.spec.stage_names
         ]
+
+    def capacity(self, chosen: Sequence[Option]) -> float:
+        """The most rps a config sustains: its slowest stage, or the CPU it and serving share when that runs out first."""
+        stages = min(o.capacity_rps for o in chosen)
+        if self.cpus is None:
+            return stages
+        per_request = sum(o.cores / (o.capacity_rps / o.replicas) for o in chosen)  # core-seconds per request
+        fixed, serving_per_request = 0.0, 0.0
+        if self.serving:
+            fixed, serving_per_request = self.serving.cores(0.0), self.serving.cores(1.0) - self.serving.cores(0.0)
+        cpu_limited = max(0.0, self.cpus - fixed) / (per_request + serving_per_request)
+        return min(stages, cpu_limited)
 
     def objective(self, chosen: Sequence[Option]) -> float:
         acc = aggregate_accuracy(self.spec.accuracy_method, [o.accuracy for o in chosen])
@@ -122,15 +158,20 @@ class Problem:
         latency = sum(o.latency_s for o in chosen)
         short = [o.stage for o in chosen if o.capacity_rps < load - EPS]
         cores = sum(o.total_cores for o in chosen)
+        demand = sum(o.cpu_demand for o in chosen)
         return Assessment(
             config={o.stage: o.config for o in chosen},
             objective=self.objective(chosen),
             accuracy=aggregate_accuracy(self.spec.accuracy_method, [o.accuracy for o in chosen]),
             cores=cores,
             power_w=sum(o.power_w for o in chosen),
-            latency_s=latency,
-            feasible=not short and latency <= self.spec.sla_s + EPS and self.within_budget(cores),
+            latency_s=latency + (self.serving.latency_s if self.serving else 0.0),
+            feasible=(not short and latency <= self.latency_budget_s + EPS and self.within_budget(cores)
+                      and demand <= self.cpu_budget(load) + EPS),
             short_stages=short,
+            capacity_rps=self.capacity(chosen),
+            cpu_demand=demand,
+            serving_cores=self.serving_cores(load),
         )
 
     def assess_config(self, config: PipelineConfig, load: float) -> Assessment:
@@ -150,9 +191,12 @@ class Assessment:
     accuracy: float
     cores: int
     power_w: float
-    latency_s: float
+    latency_s: float  # end to end: the stages' batches and batch-fill waits, plus serving's own latency
     feasible: bool
     short_stages: list[str] = field(default_factory=list)
+    capacity_rps: float = math.inf  # the most this config sustains (slowest stage, or the CPU it shares)
+    cpu_demand: float = 0.0  # cores the replicas burn at the load
+    serving_cores: float = 0.0  # cores serving takes at the load
 
 
 @dataclass(frozen=True)
@@ -184,6 +228,9 @@ class Decision:
             "cores": a.cores,
             "power_w": a.power_w,
             "latency_s": a.latency_s,
+            "capacity_rps": a.capacity_rps,
+            "cpu_demand": a.cpu_demand,
+            "serving_cores": a.serving_cores,
             "solve_ms": self.solve_ms,
             "policy": self.policy,
             "solver": self.solver,

@@ -82,7 +82,7 @@ class _Space:
             return -2 * PENALTY, False
         objective = self.problem.objective(chosen)
         latency = sum(o.latency_s for o in chosen)
-        sla = self.problem.spec.sla_s
+        sla = self.problem.latency_budget_s
         short = sum(max(0.0, self.load - o.capacity_rps) for o in chosen) / max(self.load, 1.0)
         feasible = latency <= sla + 1e-9 and short <= 1e-9
         if feasible:

@@ -24,45 +24,54 @@ def exact(problem: Problem, load: float) -> Chosen | None:
     latency still needed downstream and by an upper bound against a feasible incumbent.
     Exact because the objective is monotone in every stage's accuracy and penalty. Under a core
     budget the Pareto sets are kept per number of cores used, so a cheaper-in-cores partial
-    choice is never pruned by one that could not fit.
+    choice is never pruned by one that could not fit; when the CPU the replicas burn could exceed
+    what the machine has left beside serving, that demand is a fourth Pareto dimension.
     """
     budget = problem.max_cores
     cap = budget + EPS if budget is not None else math.inf
-    front = _pareto_per_cores if budget is not None else pareto_filter
-    per_stage = [front(opts, _opt_key) for opts in problem.options(load)]
-    if any(not opts for opts in per_stage):
+    cpu = problem.cpu_budget(load) + EPS
+    options = problem.options(load)
+    if any(not opts for opts in options):
         return None
+    use_cpu = sum(max(o.cpu_demand for o in opts) for opts in options) > cpu
+    opt_key = _opt_key_cpu if use_cpu else _opt_key
+    state_key = (lambda s: (s[0], s[1], s[2], s[4])) if use_cpu else (lambda s: (s[0], s[1], s[2]))
+    front = _pareto_per_cores if budget is not None else pareto_filter
+    per_stage = [front(opts, opt_key) for opts in options]
     method = problem.spec.accuracy_method
     k = len(per_stage)
-    sla = problem.spec.sla_s + EPS
+    sla = problem.latency_budget_s + EPS
     alpha = problem.weights.alpha
     multiply = method == "multiply"
     combine = (lambda a, b: a * b) if multiply else (lambda a, b: a + b)
     finish = (lambda a: a / k) if method == "average" else (lambda a: a)
 
-    # Suffix bounds: least latency, penalty and cores, and most accuracy the remaining stages can add.
+    # Suffix bounds: least latency, penalty, cores and CPU, and most accuracy the remaining stages can add.
     min_lat = [0.0] * (k + 1)
     min_pen = [0.0] * (k + 1)
     min_cores = [0] * (k + 1)
+    min_cpu = [0.0] * (k + 1)
     max_acc = [1.0 if multiply else 0.0] * (k + 1)
     for i in range(k - 1, -1, -1):
         min_lat[i] = min_lat[i + 1] + min(o.latency_s for o in per_stage[i])
         min_pen[i] = min_pen[i + 1] + min(o.penalty for o in per_stage[i])
         min_cores[i] = min_cores[i + 1] + min(o.total_cores for o in per_stage[i])
+        min_cpu[i] = min_cpu[i + 1] + min(o.cpu_demand for o in per_stage[i])
         max_acc[i] = combine(max_acc[i + 1], max(o.accuracy for o in per_stage[i]))
-    if min_lat[0] > sla or not problem.within_budget(min_cores[0]):
+    if min_lat[0] > sla or not problem.within_budget(min_cores[0]) or min_cpu[0] > cpu:
         return None
 
     incumbent: Chosen | None = _fastest(problem, per_stage)
-    if not problem.within_budget(sum(o.total_cores for o in incumbent)):
+    if not problem.within_budget(sum(o.total_cores for o in incumbent)) or sum(o.cpu_demand for o in incumbent) > cpu:
         incumbent = None
     best = problem.objective(incumbent) if incumbent else -math.inf
 
-    # state: (latency, accuracy so far, penalty so far, cores so far, chosen options)
-    states: list[tuple[float, float, float, int, tuple[Option, ...]]] = [(0.0, 1.0 if multiply else 0.0, 0.0, 0, ())]
+    # state: (latency, accuracy so far, penalty so far, cores so far, CPU so far, chosen options)
+    states: list[tuple[float, float, float, int, float, tuple[Option, ...]]] = [
+        (0.0, 1.0 if multiply else 0.0, 0.0, 0, 0.0, ())]
     for i, opts in enumerate(per_stage):
         grown = []
-        for lat, acc, pen, cores, picked in states:
+        for lat, acc, pen, cores, used, picked in states:
             for o in opts:
                 nlat = lat + o.latency_s
                 if nlat + min_lat[i + 1] > sla:
@@ -70,20 +79,23 @@ def exact(problem: Problem, load: float) -> Chosen | None:
                 ncores = cores + o.total_cores
                 if ncores + min_cores[i + 1] > cap:
                     continue
+                nused = used + o.cpu_demand
+                if nused + min_cpu[i + 1] > cpu:
+                    continue
                 nacc = combine(acc, o.accuracy)
                 npen = pen + o.penalty
                 if alpha * finish(combine(nacc, max_acc[i + 1])) - npen - min_pen[i + 1] < best - EPS:
                     continue
-                grown.append((nlat, nacc, npen, ncores, picked + (o,)))
-        states = front(grown, lambda s: (s[0], s[1], s[2]))
+                grown.append((nlat, nacc, npen, ncores, nused, picked + (o,)))
+        states = front(grown, state_key)
     if not states:
         return incumbent
     top = max(states, key=lambda s: alpha * finish(s[1]) - s[2])
-    return list(top[4]) if alpha * finish(top[1]) - top[2] >= best - EPS else incumbent
+    return list(top[5]) if alpha * finish(top[1]) - top[2] >= best - EPS else incumbent
 
 
 def _pareto_per_cores(items, key):
-    """Pareto sets within each number of cores used (the 4th dimension of a core budget)."""
+    """Pareto sets within each number of cores used (the extra dimension of a core budget)."""
     groups: dict[int, list] = {}
     for it in items:
         groups.setdefault(_cores_of(it), []).append(it)
@@ -96,6 +108,10 @@ def _cores_of(item) -> int:
 
 def _opt_key(o: Option) -> tuple[float, float, float]:
     return (o.latency_s, o.accuracy, o.penalty)
+
+
+def _opt_key_cpu(o: Option) -> tuple[float, float, float, float]:
+    return (o.latency_s, o.accuracy, o.penalty, o.cpu_demand)
 
 
 def _fastest(problem: Problem, per_stage: Sequence[Sequence[Option]]) -> Chosen:
@@ -112,8 +128,10 @@ def brute_force(problem: Problem, load: float) -> Chosen | None:
     lat = np.zeros(1)
     pen = np.zeros(1)
     cores = np.zeros(1)
+    cpu = np.zeros(1)
     acc = np.ones(1) if method == "multiply" else np.zeros(1)
     for opts in per_stage:
+        cpu = np.add.outer(cpu, [o.cpu_demand for o in opts]).ravel()
         lat = np.add.outer(lat, [o.latency_s for o in opts]).ravel()
         pen = np.add.outer(pen, [o.penalty for o in opts]).ravel()
         cores = np.add.outer(cores, [o.total_cores for o in opts]).ravel()
@@ -122,9 +140,10 @@ def brute_force(problem: Problem, load: float) -> Chosen | None:
     if method == "average":
         acc = acc / len(per_stage)
     obj = problem.weights.alpha * acc - pen
-    obj[lat > problem.spec.sla_s + EPS] = -np.inf
+    obj[lat > problem.latency_budget_s + EPS] = -np.inf
     if problem.max_cores is not None:
         obj[cores > problem.max_cores + EPS] = -np.inf
+    obj[cpu > problem.cpu_budget(load) + EPS] = -np.inf
     best = int(np.argmax(obj))
     if not np.isfinite(obj[best]):
         return None
@@ -133,43 +152,82 @@ def brute_force(problem: Problem, load: float) -> Chosen | None:
 
 
 def best_effort(problem: Problem, load: float) -> tuple[Chosen, str]:
-    """The closest config when none is feasible: most capacity within the caps, then least latency."""
-    chosen: Chosen = []
+    """What to serve when nothing meets the constraints at `load`.
+
+    The optimum for the largest load that can be held (found by bisection with the exact solver):
+    the plan then says what the machine holds, and admission sheds the rest. When not even a
+    trickle can be held (an SLA no configuration meets), the config with the most capacity and
+    least latency, and why.
+    """
+    why = _shortfall(problem, load)
+    held = max_load(problem, load)
+    if held > 0:
+        chosen = exact(problem, held)
+        assert chosen is not None
+        cap = min(problem.capacity(chosen), load)
+        return chosen, f"{why}; serving the best configuration for {cap:.2f} rps, the most that can be held"
+    return _closest(problem, load, why)
+
+
+def max_load(problem: Problem, load: float, tolerance: float = 0.005) -> float:
+    """The largest load up to `load` some configuration holds within every constraint (0 if none)."""
+    ceiling = min((max((o.capacity_rps for o in problem.candidates(s, load)), default=0.0)
+                   for s in problem.spec.stage_names), default=0.0)
+    lo, hi = 0.0, min(load, ceiling)
+    if hi <= 0:
+        return 0.0
+    if exact(problem, hi) is not None:
+        return hi
+    floor = max(1e-3, hi * 1e-3)
+    if exact(problem, floor) is None:
+        return 0.0
+    lo = floor
+    while hi - lo > max(tolerance * hi, 1e-3):
+        mid = (lo + hi) / 2
+        if exact(problem, mid) is not None:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _shortfall(problem: Problem, load: float) -> str:
+    """Which constraint the load breaks, in words."""
     reasons = []
     for stage in problem.spec.stage_names:
         cands = problem.candidates(stage, load)
         if not cands:
             raise ConfigError(f"stage '{stage}' has no profiled option within batching cap {problem.batching_cap}")
-        top = max(cands, key=lambda o: (min(o.capacity_rps, load), -o.latency_s, -o.penalty))
+        top = max(cands, key=lambda o: o.capacity_rps)
         if top.capacity_rps < load - EPS:
-            reasons.append(
-                f"stage '{stage}' sustains at most {top.capacity_rps:.1f} rps with {top.replicas} replica(s) "
-                f"(load {load:.1f} rps)"
-            )
-        chosen.append(top)
-    cores = sum(o.total_cores for o in chosen)
-    if not problem.within_budget(cores):
-        chosen, reason = _most_capacity_within_budget(problem, load)
-        return chosen, f"{'; '.join(reasons) + '; ' if reasons else ''}{reason}"
-    if not reasons:
-        latency = sum(o.latency_s for o in chosen)
-        reasons.append(f"the fastest configuration that sustains the load takes {latency:.3f} s > SLA {problem.spec.sla_s} s")
-    return chosen, "; ".join(reasons)
+            reasons.append(f"stage '{stage}' sustains at most {top.capacity_rps:.1f} rps with {top.replicas} "
+                           f"replica(s) (load {load:.1f} rps)")
+    per_stage = [problem.candidates(s, load) for s in problem.spec.stage_names]
+    fastest = sum(min(o.latency_s for o in opts) for opts in per_stage)
+    if fastest > problem.latency_budget_s + EPS:
+        serving = f" after serving's {problem.serving.latency_s:.3f} s" if problem.serving else ""
+        reasons.append(f"the fastest configuration takes {fastest:.3f} s > the {problem.latency_budget_s:.3f} s "
+                       f"the SLA ({problem.spec.sla_s} s) leaves{serving}")
+    if not reasons and problem.max_cores is not None:
+        reasons.append(f"the core budget ({problem.max_cores}) cannot hold {load:.1f} rps")
+    if not reasons and problem.cpus is not None:
+        reasons.append(f"{problem.cpus:g} CPUs, {problem.serving_cores(load):.2f} of them taken by serving, "
+                       f"cannot hold {load:.1f} rps")
+    return "; ".join(reasons) or f"no configuration meets every constraint at {load:.1f} rps"
 
 
-def _most_capacity_within_budget(problem: Problem, load: float) -> tuple[Chosen, str]:
-    """The highest throughput the core budget can hold: for each target, the fewest cores per stage that reach it."""
+def _closest(problem: Problem, load: float, why: str) -> tuple[Chosen, str]:
+    """Most capacity within the caps and the core budget, then least latency: when nothing at all is feasible."""
     per_stage = [problem.fewer_replicas(s, load) for s in problem.spec.stage_names]
     targets = sorted({min(o.capacity_rps, load) for opts in per_stage for o in opts}, reverse=True)
     for target in targets:
         chosen = [min((o for o in opts if o.capacity_rps >= target - EPS),
-                      key=lambda o: (o.total_cores, o.latency_s, o.penalty), default=None) for opts in per_stage]
+                      key=lambda o: (o.latency_s, o.total_cores, o.penalty), default=None) for opts in per_stage]
         if None not in chosen and problem.within_budget(sum(o.total_cores for o in chosen)):
-            return chosen, (f"the core budget ({problem.max_cores}) holds at most {target:.1f} rps "
-                            f"(load {load:.1f} rps)")
+            return chosen, f"{why}; serving the closest configuration ({target:.1f} rps)"
     chosen = [min(opts, key=lambda o: (o.total_cores, o.latency_s)) for opts in per_stage]
     need = sum(o.total_cores for o in chosen)
-    return chosen, f"even the smallest configuration needs {need} cores; the core budget is {problem.max_cores}"
+    return chosen, f"{why}; even the smallest configuration needs {need} cores (core budget {problem.max_cores})"
 
 
 def q_learning(problem: Problem, load: float) -> Chosen | None:
@@ -193,12 +251,12 @@ def solve(problem: Problem, load: float, solver: str = "exact", policy: str = "i
         raise ConfigError(f"load must be a finite number >= 0 rps, got {load}")
     t0 = time.perf_counter()
     chosen = SOLVERS[solver](problem, load)
-    if chosen is not None and not problem.within_budget(sum(o.total_cores for o in chosen)):
-        chosen = None  # a heuristic solver (q-learning) does not know the budget
+    if chosen is not None and solver != "exact" and not problem.assess(chosen, load).feasible:
+        chosen = None  # a heuristic solver (q-learning) does not know every constraint
     reason = ""
     if chosen is None:
         chosen, reason = best_effort(problem, load)
-        reason = f"no configuration meets the constraints at {load:.1f} rps: {reason}; serving the closest one"
+        reason = f"no configuration meets the constraints at {load:.1f} rps: {reason}"
     ms = (time.perf_counter() - t0) * 1000
     return Decision(policy, solver, load, problem.assess(chosen, load), ms, reason)
 
@@ -208,4 +266,4 @@ def combinations(problem: Problem, load: float) -> int:
     return math.prod(len(o) for o in problem.options(load))
 
 
-__all__ = ["SOLVERS", "best_effort", "brute_force", "combinations", "exact", "solve", "register"]
+__all__ = ["SOLVERS", "best_effort", "brute_force", "combinations", "exact", "max_load", "solve", "register"]
