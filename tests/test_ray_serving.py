@@ -236,3 +236,51 @@ def test_detect_then_segment_anything_serves_a_mask(cluster):
         assert 0 <= d["mask_area"] <= 320 * 214 and "mask_score" in d
     finally:
         rt.stop()
+
+
+def test_overload_sheds_at_admission_and_keeps_serving_within_the_sla(cluster):
+    """About three times what the config holds, for 20 s: refused at once, never a collapse."""
+    spec, settings = cluster
+    tight = spec.model_copy(update={"sla_s": 2.0})
+    rt = RayRuntime(tight, settings)
+    rt.start(config(det=DET2))  # one 1-core replica of a 0.1-0.2 s detector: a few rps at most
+    try:
+        post(rt.url, photo_jpegs(width=320)[0], "image/jpeg")  # the first batch teaches admission its time
+        seconds, rate = 20, 15.0
+        gen = LoadGenerator(rt.url, arrival_times(np.full(seconds, rate), np.random.default_rng(1)),
+                            photo_jpegs(width=320), timeout_s=30)
+        t0 = time.monotonic()
+        gen.start(t0)
+        gen.join(seconds + 60)
+        after = post(rt.url, photo_jpegs(width=320)[0], "image/jpeg")
+        elapsed = time.monotonic() - t0
+    finally:
+        rt.stop()
+    ok = [r for r in gen.records if r.ok]
+    refused = [r for r in gen.records if r.status == 503 and r.reason == "admission"]
+    assert len(gen.records) == gen.sent >= 250
+    assert refused and max(r.latency_s for r in refused) < 1.0  # refused at once, not after queueing
+    late = [r.latency_s for r in ok if r.latency_s > tight.sla_s + rt.drop_limit_s]
+    assert not late, f"answered past the SLA by more than the drop limit: {late[:5]}"
+    last = [r for r in ok if r.sent_s >= seconds - 5 and r.latency_s <= tight.sla_s]
+    assert last, "goodput fell to zero in the last window"
+    assert after.status_code == 200 and after.json()["latency_s"] <= tight.sla_s, after.text
+    assert elapsed < seconds + 30
+
+
+def test_a_refusal_says_when_to_retry(cluster):
+    spec, settings = cluster
+    from ipa.runtime.admission import StageEstimate
+
+    tight = spec.model_copy(update={"sla_s": 0.05})  # no request can be answered that fast
+    rt = RayRuntime(tight, settings)
+    plan = {"detect": StageEstimate(0.06, 0.06), "classify": StageEstimate(0.03, 0.03)}  # what the plan expects
+    rt.start(config(), plan)
+    try:
+        r = post(rt.url, photo_jpegs(width=320)[0], "image/jpeg")
+        assert r.status_code == 503 and r.json()["reason"] == "admission"
+        assert int(r.headers["Retry-After"]) >= 1 and "SLA" in r.json()["error"]
+        assert post(rt.url, b"hello", "text/plain").status_code == 415  # bad input: a 4xx even when overloaded
+        assert post(rt.url, b"", "image/jpeg").status_code == 400
+    finally:
+        rt.stop()

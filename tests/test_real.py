@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from ipa.experiment.real import collect, measured_delays, request_pas
+from ipa.experiment.ray_cell import collect, measured_delays, request_pas
 from ipa.runtime.loadgen import RequestRecord, arrival_times, photo_jpegs
 from ipa.runtime.ray_runtime import Reconfiguration, Sample
 from ipa.runtime.serving import BadInput, crops, decode_image

@@ -1,7 +1,9 @@
-"""The control loop: monitor -> predict -> optimize -> apply, every adaptation interval.
+"""The control loop: monitor -> calibrate -> predict -> optimize -> apply, every adaptation interval.
 
-It sees a runtime only through `Runtime` (apply a config, read the observed rates, advance time),
-so the simulator and Ray Serve run the same loop.
+It sees a runtime only through `Runtime` (apply a config, read the observed rates and the batches
+it ran, advance time), so the simulator and Ray Serve run the same loop. With a calibrator, every
+plan is made with the profile values corrected by the batches measured so far, and each decision
+records the correction and the capacity the plan expects.
 """
 
 from __future__ import annotations
@@ -16,17 +18,23 @@ import numpy as np
 from ipa.optimize.problem import Problem
 from ipa.optimize.solvers import solve
 from ipa.predict.base import Predictor
+from ipa.profiles.calibration import BatchTiming, Calibrator
+from ipa.runtime.admission import StageEstimate, stage_estimates
 from ipa.spec import PipelineConfig, config_as_dict
 
 log = logging.getLogger(__name__)
 
 
 class Runtime(Protocol):
-    def start(self, config: PipelineConfig) -> None: ...
+    """`expected`: the service time the plan expects of each stage (admission starts from it)."""
 
-    def apply(self, config: PipelineConfig) -> None: ...
+    def start(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None: ...
+
+    def apply(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None: ...
 
     def observed_rates(self) -> np.ndarray: ...
+
+    def batch_timings(self) -> list[BatchTiming]: ...
 
     def run_until(self, t: float) -> None: ...
 
@@ -48,6 +56,7 @@ def adapt(
     oracle: Callable[[float], float] | None = None,
     initial_rate: float = 0.0,
     on_decision: Callable[[dict[str, Any]], None] = lambda d: None,
+    calibrator: Calibrator | None = None,
 ) -> list[dict[str, Any]]:
     """Run the loop for `duration_s`; returns one record per decision.
 
@@ -62,9 +71,15 @@ def adapt(
         observed = runtime.observed_rates()
         history = observed[-settings.history_s:] if len(observed) else np.array([initial_rate])
         record: dict[str, Any] = {"t": t}
+        timings = runtime.batch_timings()  # drained every interval, used or not
+        planned = problem
+        if calibrator is not None:
+            calibrator.observe(timings)
+            planned = problem.with_profiles(calibrator.table)
+            record["calibration"] = calibrator.ratios()
         try:
             load = oracle(t) if oracle else float(predictor.predict(history))  # type: ignore[union-attr]
-            decision = solve(problem, load, settings.solver, policy)
+            decision = solve(planned, load, settings.solver, policy)
         except Exception as e:  # keep serving: a bad prediction or solve must not stop the pipeline
             log.warning("decision at t=%.0f s failed (%s); keeping the current config", t, e)
             record |= {"error": str(e)}
@@ -74,13 +89,15 @@ def adapt(
             a = decision.assessment
             record |= {
                 "predicted_rps": load, "feasible": a.feasible, "objective": a.objective, "accuracy": a.accuracy,
-                "cores": a.cores, "power_w": a.power_w, "latency_s": a.latency_s, "solve_ms": decision.solve_ms,
+                "cores": a.cores, "power_w": a.power_w, "latency_s": a.latency_s, "capacity_rps": a.capacity_rps,
+                "cpu_demand": a.cpu_demand, "serving_cores": a.serving_cores, "solve_ms": decision.solve_ms,
                 "reason": decision.reason, "config": config_as_dict(a.config),
             }
+            expected = stage_estimates(planned.profiles, decision.config)
             if config is None:
-                runtime.start(decision.config)
+                runtime.start(decision.config, expected)
             elif decision.config != config:
-                runtime.apply(decision.config)
+                runtime.apply(decision.config, expected)
             config = decision.config
         records.append(record)
         on_decision(record)

@@ -48,6 +48,10 @@ def problem_options(f):
         click.option("--freeze", multiple=True, metavar="STAGE=VARIANT", help="freeze a stage's variant"),
         click.option("--replicas", type=int, default=None, help="freeze replicas of every stage"),
         click.option("--max-cores", type=int, default=None, help="core budget of the whole pipeline (ipa serve: the cluster's CPUs)"),
+        click.option("--cpus", type=float, default=None,
+                     help="physical CPUs replicas and serving share (default: --max-cores; ipa serve: this machine's)"),
+        click.option("--serving/--no-serving", "with_serving", default=True, show_default=True,
+                     help="plan with the serving cost measured with the profiles (ipa profile --serving)"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -79,12 +83,12 @@ def parse_freeze(items: tuple[str, ...]) -> dict[str, str]:
 
 
 def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_power_w, scaling_cap,
-                  batching_cap, freeze, replicas, max_cores):
+                  batching_cap, freeze, replicas, max_cores, cpus, with_serving):
+    from ipa.experiment.config import resolve
     from ipa.optimize import Weights, make_problem
     from ipa.profiles import load_profiles
+    from ipa.profiles.serving import from_meta
     from ipa.spec import load_model, load_pipeline
-
-    from ipa.experiment.config import resolve
 
     spec = load_pipeline(resolve(pipeline))
     table = load_profiles(resolve(profiles), spec)
@@ -92,7 +96,15 @@ def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_po
     return make_problem(
         policy, spec, table, weights, idle_power_w_per_core=idle_power_w, scaling_cap=scaling_cap,
         batching_cap=batching_cap, freeze=parse_freeze(freeze), replicas=replicas, max_cores=max_cores,
+        serving=from_meta(table.meta, table.source) if with_serving else None, cpus=cpus,
     )
+
+
+def serving_line(problem, load: float) -> str:
+    """What serving takes from the plan at this load, in one line (or why nothing)."""
+    if problem.serving is None:
+        return "serving: not planned for (no 'serving' in the profiles' meta: measure it with ipa profile --serving)"
+    return problem.serving.describe(load, problem.cpus)
 
 
 @cli.command()
@@ -110,7 +122,8 @@ def optimize(pipeline, profiles, load, policy, solver, as_json, **problem_kw):
     problem = build_problem(policy, pipeline, profiles, **problem_kw)
     decision = solve(problem, load, solver=solver, policy=policy)
     if decision.reason:
-        err_console.print(f"[yellow]infeasible:[/] {decision.reason}", highlight=False)
+        err_console.print("infeasible: " + decision.reason, style="yellow", markup=False, highlight=False)
+    err_console.print(serving_line(problem, load), markup=False, highlight=False)
     if as_json:
         click.echo(json.dumps(decision.to_json(), indent=2))
         return
@@ -124,7 +137,8 @@ def optimize(pipeline, profiles, load, policy, solver, as_json, **problem_kw):
     console.print(
         f"feasible={a.feasible}  objective={a.objective:.4f}  accuracy={a.accuracy:.4f}  cores={a.cores}  "
         f"power={a.power_w:.1f} W ({problem.profiles.energy_label})  latency={a.latency_s:.3f} s  "
-        f"(SLA {problem.spec.sla_s} s)  solve={decision.solve_ms:.2f} ms"
+        f"(SLA {problem.spec.sla_s} s)  capacity={a.capacity_rps:.2f} rps  solve={decision.solve_ms:.2f} ms",
+        markup=False, highlight=False,
     )
 
 
@@ -193,9 +207,18 @@ def int_list(text: str) -> list[int]:
 @click.option("--meter", type=click.Choice(["auto", "rapl", "perf", "nvml", "estimate"]), default="auto", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (GPU energy through NVML)")
 @click.option("--weights", type=click.Path(), default=None, help="folder of <variant>.pth checkpoints")
+@click.option("--serving", is_flag=True,
+              help="measure what serving costs beside the models (Ray, HTTP, ingress) into OUT's meta file instead")
+@click.option("--requests", "n_requests", type=int, default=40, show_default=True, help="--serving: requests sent")
 @click.option("--out", type=click.Path(), required=True, help="profile CSV (resumed if it exists)")
-def profile(pipeline, stage, variants, batches, cores, repeats, warmup, min_window, meter, device, weights, out):
-    """Measure latency, throughput and energy of real models; writes a profile CSV + meta sidecar."""
+def profile(pipeline, stage, variants, batches, cores, repeats, warmup, min_window, meter, device, weights, serving,
+            n_requests, out):
+    """Measure latency, throughput and energy of real models; writes a profile CSV + meta sidecar.
+
+    With --serving, serve the pipeline's cheapest config on a local Ray cluster instead and store what
+    serving costs beside the models (latency per request, CPU of the proxy, ingress and Ray) in the
+    existing profile's meta file, where ipa optimize, serve and experiment plan with it.
+    """
     from pathlib import Path
 
     from rich.progress import Progress
@@ -205,6 +228,9 @@ def profile(pipeline, stage, variants, batches, cores, repeats, warmup, min_wind
     from ipa.spec import load_pipeline
 
     spec = load_pipeline(pipeline)
+    if serving:
+        _profile_serving(spec, Path(out), n_requests)
+        return
     cores_list = int_list(cores)
     usable = len(os.sched_getaffinity(0))
     if max(cores_list) > usable:
@@ -226,6 +252,35 @@ def profile(pipeline, stage, variants, batches, cores, repeats, warmup, min_wind
 
         table = profiler.run(plan_list, Path(out), detection.meter, detection.meter.description, settings, step)
     console.print(f"wrote {len(table.rows)} rows to {out} (+ {profiler.meta_path(out).name}), energy: {table.energy_label}")
+
+
+def _profile_serving(spec, out, n_requests: int) -> None:
+    from ipa._io import write_json
+    from ipa.profiles import load_profiles
+    from ipa.profiles.table import meta_path
+    from ipa.runtime.overhead import measure_serving
+    from ipa.runtime.ray_runtime import RaySettings
+
+    table = load_profiles(out, spec)  # the profile it belongs to must exist and fit the pipeline
+    if n_requests < 4:
+        raise click.BadParameter(f"{n_requests}: at least 4 requests are needed", param_hint="--requests")
+    _log_to(err_console)
+    err_console.print(f"measuring the serving cost: {n_requests} requests at 2 rps on a local Ray cluster "
+                      "(about a minute)", highlight=False)
+    cost, meta = measure_serving(spec, RaySettings(port=_free_port()), requests=n_requests)
+    write_json(meta_path(out), table.meta | {"serving": cost.to_meta() | meta})
+    console.print(f"serving on this machine: {cost.latency_s * 1000:.0f} ms per request outside the models, "
+                  f"{cost.cpu_fixed_cores:.2f} cores with no traffic + {cost.cpu_per_request_s * 1000:.1f} ms CPU per "
+                  f"request (+ {cost.client_cpu_per_request_s * 1000:.1f} ms for a local load generator); "
+                  f"written to {meta_path(out)}", markup=False, highlight=False)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def print_table(rows: list[dict], title: str = "", floatfmt: str = "{:.4g}") -> None:
@@ -403,15 +458,15 @@ def _log_to(con: Console) -> None:
 def serve(pipeline, profiles, policy, predictor, interval, initial_load, duration, weights, meter, out, address, port,
           ray_cpus, device, **problem_kw):
     """Serve the pipeline on Ray Serve at http://127.0.0.1:PORT/ and adapt it to the traffic it sees."""
-    import dataclasses
     import datetime as dt
     from pathlib import Path
 
     from ipa._io import write_csv
     from ipa.adapt import LoopSettings, adapt
     from ipa.energy.detect import open_meter
-    from ipa.experiment.real import write_runtime_logs
+    from ipa.experiment.ray_cell import write_runtime_logs
     from ipa.predict import make_predictor
+    from ipa.profiles.calibration import Calibrator
     from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, for_profiles, shutdown
     from ipa.spec import load_model
 
@@ -424,11 +479,10 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     detection = open_meter(settings.meter, gpu=True)
     err_console.print(detection.explain(), highlight=False)
     started = connect(settings, problem.spec)
-    if problem.max_cores is None:  # plan within the cluster that serves
-        import ray
-
-        problem = dataclasses.replace(problem, max_cores=int(ray.cluster_resources().get("CPU", 1)))
-    runtime = RayRuntime(problem.spec, settings, detection.meter)
+    problem = _fit_to_cluster(problem, settings)
+    err_console.print(serving_line(problem, initial_load), markup=False, highlight=False)
+    runtime = RayRuntime(problem.spec, settings, detection.meter,
+                         serving_latency_s=problem.serving.latency_s if problem.serving else 0.0)
     out_dir = Path(out or f"results/serve-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     decisions: list[dict] = []
 
@@ -438,14 +492,18 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
         if "config" not in d:
             return
         cfg = ", ".join(f"{s}: {c['variant']} b{c['batch']} x{c['replicas']} ({c['cores']} cores)" for s, c in d["config"].items())
-        err_console.print(f"t={d['t']:.0f} s  predicted {d['predicted_rps']:.1f} rps -> {cfg}"
-                          f"{'' if d['feasible'] else '  [infeasible: ' + d['reason'] + ']'}", highlight=False)
+        calibrated = ", ".join(f"{k} x{v:.2f}" for k, v in d.get("calibration", {}).items())
+        err_console.print(f"t={d['t']:.0f} s  predicted {d['predicted_rps']:.1f} rps -> {cfg}; holds "
+                          f"{d['capacity_rps']:.1f} rps, serving takes {d['serving_cores']:.2f} cores"
+                          + (f"; measured slower than profiled: {calibrated}" if calibrated else "")
+                          + ("" if d["feasible"] else f"  [infeasible: {d['reason']}]"), markup=False, highlight=False)
 
     runtime.on_start = lambda t0: err_console.print(
         f"serving on {runtime.url} (POST a JPEG/PNG; GET {runtime.url}metrics for Prometheus); Ctrl-C stops", highlight=False)
     try:
         adapt(runtime, problem, make_predictor(predictor), duration if duration else float("inf"),
-              LoopSettings(interval_s=interval), policy, initial_rate=initial_load, on_decision=show)
+              LoopSettings(interval_s=interval), policy, initial_rate=initial_load, on_decision=show,
+              calibrator=Calibrator(problem.profiles))
     except KeyboardInterrupt:
         err_console.print("stopping", highlight=False)
     finally:
@@ -454,6 +512,20 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
         write_runtime_logs(out_dir, runtime.samples, runtime.reconfigurations, runtime.events)
         err_console.print(f"logs in {out_dir}/ (decisions.csv, energy.csv, reconfigurations.csv, events.csv)",
                           highlight=False)
+
+
+def _fit_to_cluster(problem, settings):
+    """Plan within the cluster that serves: its CPUs are the core budget, and (local cluster) this machine's
+    CPUs are what replicas and serving share."""
+    import dataclasses
+    import ray
+
+    cluster = int(ray.cluster_resources().get("CPU", 1))
+    max_cores = problem.max_cores if problem.max_cores is not None else cluster
+    cpus = problem.cpus
+    if cpus is None or cpus == problem.max_cores:  # not given: the machine's, not a logical count
+        cpus = float(cluster if settings.address else len(os.sched_getaffinity(0)))
+    return dataclasses.replace(problem, max_cores=max_cores, cpus=cpus)
 
 
 def float_list(text: str) -> list[float]:

@@ -11,6 +11,8 @@ from ipa.errors import ConfigError
 from ipa.optimize.policies import DEFAULT_ENERGY_DELTA, POLICIES, RIM_DEFAULT_REPLICAS
 from ipa.optimize.problem import Weights
 from ipa.predict import PREDICTORS
+from ipa.profiles.calibration import CalibrationSettings
+from ipa.runtime.admission import AdmissionSettings
 from ipa.runtime.ray_runtime import RaySettings
 from ipa.runtime.sim import SimSettings
 from ipa.spec import Strict, load_model, read_yaml
@@ -37,6 +39,11 @@ class ExperimentConfig(Strict):
     batching_cap: int = Field(default=8, ge=1)
     rim_replicas: int = Field(default=RIM_DEFAULT_REPLICAS, ge=1)
     max_cores: int | None = Field(default=None, ge=1, description="core budget; --runtime ray: the cluster's CPUs")
+    cpus: float | None = Field(default=None, gt=0, description="physical CPUs replicas and serving share "
+                               "(default: the core budget; --runtime ray: this machine's for a local cluster)")
+    serving: bool = Field(default=True, description="plan with the serving cost measured with the profiles")
+    admission: AdmissionSettings = AdmissionSettings()
+    calibration: CalibrationSettings = CalibrationSettings()
     sim: SimSettings = SimSettings()
     ray: RaySettings = RaySettings()
     duration_s: int | None = Field(default=None, ge=1, description="serve only the first S seconds of each workload")

@@ -9,7 +9,8 @@ from typing import Any
 from ipa._io import write_csv
 from ipa.experiment.config import ExperimentConfig
 from ipa.experiment.plots import frontier_plot
-from ipa.experiment.runner import Setup, run_cell, shape
+from ipa.experiment.cells import Setup, shape
+from ipa.experiment.sim_cell import run_sim_cell
 from ipa.workload import load_workload
 
 BASELINES = ("ipa", "fa2-low", "fa2-high", "rim-high")
@@ -25,11 +26,11 @@ def frontier(cfg: ExperimentConfig, workload: str, deltas: Sequence[float], beta
     for beta in betas:
         for delta in deltas:
             policy = "ipa-energy" if delta > 0 else "ipa"
-            s = run_cell(setup, w, policy, {"delta": delta, "beta": beta})["summary"]
+            s = run_sim_cell(setup, w, policy, {"delta": delta, "beta": beta})["summary"]
             points.append(s | {"policy": "ipa-energy", "delta": delta, "beta": beta})
             progress(f"delta={delta:g} beta={beta:g}: PAS {s['pas']:.4f}, energy {s['energy_j'] / 1000:.1f} kJ")
     for policy in BASELINES:
-        s = run_cell(setup, w, policy)["summary"]
+        s = run_sim_cell(setup, w, policy)["summary"]
         points.append(s | {"delta": 0.0, "beta": cfg.weights.beta})
         progress(f"{policy}: PAS {s['pas']:.4f}, energy {s['energy_j'] / 1000:.1f} kJ")
     out.mkdir(parents=True, exist_ok=True)

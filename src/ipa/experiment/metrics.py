@@ -9,7 +9,9 @@ import numpy as np
 from ipa.runtime.sim import SimResult
 
 
-def summarize(result: SimResult, decisions: list[dict[str, Any]], energy_method: str) -> dict[str, Any]:
+def summarize(result: SimResult, decisions: list[dict[str, Any]], energy_method: str, sla_s: float) -> dict[str, Any]:
+    """Goodput: requests answered within the SLA per second of the run; dropped: every request not answered
+    (refused at arrival, expired in a queue, lost), of which rejected: refused at arrival."""
     s = result.series
     arrivals = max(result.arrivals, 1)
     seconds = max(result.seconds, 1)
@@ -25,6 +27,8 @@ def summarize(result: SimResult, decisions: list[dict[str, Any]], energy_method:
         "energy_per_request_j": energy / max(result.completed, 1),
         "sla_violation_pct": 100 * float(s["violations"].sum()) / arrivals,
         "dropped_pct": 100 * result.dropped / arrivals,
+        "rejected_pct": 100 * result.rejected / arrivals,
+        "goodput_rps": float(np.sum(result.latencies <= sla_s)) / seconds,
         "p99_latency_s": float(np.percentile(result.latencies, 99)) if len(result.latencies) else float("nan"),
         "decisions": len(decisions),
         "solve_ms_mean": float(np.mean(solve)) if solve else float("nan"),

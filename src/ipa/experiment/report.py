@@ -7,10 +7,11 @@ from pathlib import Path
 
 from ipa._io import atomic_write_text
 from ipa.experiment import plots
-from ipa.experiment.runner import SUMMARY_COLUMNS, load_cell, slug
+from ipa.experiment.cells import SUMMARY_COLUMNS, cell_dir, load_cell, slug
 
 SHOWN = ["workload", "policy", "pas", "cost_cores", "energy_j", "energy_method", "avg_power_w", "sla_violation_pct",
-         "dropped_pct", "p99_latency_s", "objective", "sized_for_true_peak_pct", "decisions", "solve_ms_mean"]
+         "dropped_pct", "rejected_pct", "p99_latency_s", "goodput_rps", "objective", "sized_for_true_peak_pct",
+         "decisions", "solve_ms_mean"]
 
 
 def fmt(v) -> str:
@@ -59,13 +60,14 @@ def _real_sections(out: Path, summaries: list[dict]) -> str:
         return ""
     reconf, events = [], []
     for s in summaries:
-        cell = out / "cells" / f"{slug(s['workload'])}__{s['policy']}"
+        cell = cell_dir(out, s["workload"], s["policy"])
         reconf += [{"workload": s["workload"], "policy": s["policy"]} | r for r in _read_csv(cell / "reconfigurations.csv")]
         events += [{"workload": s["workload"], "policy": s["policy"]} | r for r in _read_csv(cell / "events.csv")]
     parts = [
-        "<h2>Fidelity: simulator vs Ray Serve</h2><p>The same workload and policy, simulated with the "
-        "reconfiguration delays measured in the real run. Real energy is what the run-time meter read for the whole "
-        "machine (Ray, HTTP and the load generator included); the simulator's comes from the profiles.</p>",
+        "<h2>Fidelity: simulator vs Ray Serve</h2><p>The same workload and policy, simulated on the machine as the "
+        "real run measured it (its calibrated batch times and reconfiguration delays, the same admission rule). Real "
+        "energy is what the run-time meter read for the whole machine (Ray, HTTP and the load generator included); "
+        "the simulator's comes from the profiles.</p>",
         _table(fidelity, ["workload", "policy", "metric", "sim", "real", "real_vs_sim_pct", "note"]),
         "<h2>Reconfigurations (measured)</h2>",
         _table(reconf, ["workload", "policy", "t_s", "kinds", "seconds", "ok", "error"]) if reconf else "<p>none</p>",

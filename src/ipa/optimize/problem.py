@@ -104,7 +104,7 @@ class Problem:
             capacity_rps=n * profile.throughput_rps,
             power_w=power,
             penalty=w.beta * n * profile.cores + w.gamma * profile.batch + w.delta * power,
-            cpu_demand=min(load / (n * profile.throughput_rps), 1.0) * n * profile.cores,
+            cpu_demand=min(served / profile.batch * profile.cpu_s, n * profile.cores),
         )
 
     def candidates(self, stage: str, load: float) -> list[Option]:
@@ -143,12 +143,16 @@ class Problem:
         stages = min(o.capacity_rps for o in chosen)
         if self.cpus is None:
             return stages
-        per_request = sum(o.cores / (o.capacity_rps / o.replicas) for o in chosen)  # core-seconds per request
+        per_request = sum(self._cpu_per_request(o) for o in chosen)
         fixed, serving_per_request = 0.0, 0.0
         if self.serving:
             fixed, serving_per_request = self.serving.cores(0.0), self.serving.cores(1.0) - self.serving.cores(0.0)
         cpu_limited = max(0.0, self.cpus - fixed) / (per_request + serving_per_request)
         return min(stages, cpu_limited)
+
+    def _cpu_per_request(self, o: Option) -> float:
+        p = self.profiles.lookup(o.stage, o.variant, o.batch, o.cores)
+        return min(p.cpu_s / p.batch, o.cores / p.throughput_rps)
 
     def objective(self, chosen: Sequence[Option]) -> float:
         acc = aggregate_accuracy(self.spec.accuracy_method, [o.accuracy for o in chosen])

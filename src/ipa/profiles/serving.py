@@ -45,6 +45,7 @@ class ServingCost:
     def to_meta(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("client")
+        out.pop("source")
         return out
 
 

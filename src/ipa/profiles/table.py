@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,16 @@ class Profile:
     energy_method: str = "estimate"
     load_s: float | None = None
     memory_mb: float | None = None
+    cpu_s_per_batch: float | None = None  # CPU seconds a batch burns (all its threads); None: cores x p50
 
     @property
     def p50(self) -> float:
         return self.latency_p50_s if self.latency_p50_s is not None else self.latency_p99_s
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds per batch: measured, or the reserved cores busy for the whole batch."""
+        return self.cpu_s_per_batch if self.cpu_s_per_batch is not None else self.cores * self.p50
 
 
 _INT = {"batch", "cores"}
@@ -82,6 +89,16 @@ class ProfileTable:
         if "estimate" in methods:
             return "estimate"
         return methods[0] if len(methods) == 1 else "+".join(methods)
+
+    def slower(self, factor: Callable[[Profile], float], source: str) -> ProfileTable:
+        """The table of a machine on which each row's batches take `factor(row)` times as long (same joules)."""
+        rows = []
+        for p in self.rows:
+            f = factor(p)
+            rows.append(p if f == 1.0 else replace(
+                p, latency_p99_s=p.latency_p99_s * f, throughput_rps=p.throughput_rps / f,
+                latency_p50_s=p.latency_p50_s * f if p.latency_p50_s is not None else None))
+        return ProfileTable(rows, self.meta, source)
 
     def check_against(self, spec: PipelineSpec) -> None:
         """Every row names a known stage and variant; every stage has at least one profiled variant."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class RequestRecord:
     status: int  # HTTP status; 0 when no answer came (connection error, client timeout)
     variants: dict[str, str] | None = None
     error: str = ""
+    reason: str = ""  # why a 503 shed it: admission (refused at arrival), expired (in a queue), timeout
+    service_s: float | None = None  # of the latency, the time its batches took in the models
 
     @property
     def ok(self) -> bool:
@@ -72,6 +75,8 @@ class LoadGenerator:
     timeout_s: float
     records: list[RequestRecord] = field(default_factory=list)
     sent: int = 0
+    thread_id: int | None = None  # the sending thread (its CPU is the client's, not serving's)
+    cpu_s: float = 0.0  # CPU seconds the sending thread used, once it is done
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _start: float = 0.0
@@ -92,7 +97,18 @@ class LoadGenerator:
         if self._thread:
             self._thread.join(timeout_s)
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     async def _run(self) -> None:
+        self.thread_id = threading.get_native_id()
+        try:
+            await self._replay()
+        finally:
+            self.cpu_s = time.thread_time()
+
+    async def _replay(self) -> None:
         import aiohttp
 
         conn = aiohttp.TCPConnector(limit=0, force_close=False)
@@ -118,10 +134,23 @@ class LoadGenerator:
         sent = t0 - self._start
         try:
             async with session.post(self.url, data=body, headers={"content-type": "image/jpeg"}) as r:
-                payload: dict[str, Any] = await r.json(content_type=None)
+                text = await r.text()
                 status = r.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             self.records.append(RequestRecord(sent, time.monotonic() - t0, 0, None, f"{type(e).__name__}: {e}"))
             return
         latency = time.monotonic() - t0
-        self.records.append(RequestRecord(sent, latency, status, payload.get("variants"), payload.get("error", "")))
+        payload = _answer(text, status)
+        self.records.append(RequestRecord(sent, latency, status, payload.get("variants"), payload.get("error", ""),
+                                          payload.get("reason", ""), payload.get("service_s")))
+
+
+def _answer(text: str, status: int) -> dict[str, Any]:
+    """The pipeline answers JSON; Serve itself answers plain text when its own queues are full (backpressure)."""
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        return payload
+    return {"error": text[:200], "reason": "backpressure" if status == 503 else ""}

@@ -21,6 +21,8 @@ from pydantic import Field
 
 from ipa.energy.common import EnergyMeter
 from ipa.errors import ConfigError, IpaError
+from ipa.profiles.calibration import BatchTiming
+from ipa.runtime.admission import AdmissionSettings, StageEstimate
 from ipa.spec import PipelineConfig, PipelineSpec, Strict, config_as_dict
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,8 @@ class RaySettings(Strict):
     cpus: int | None = Field(default=None, ge=1, description="logical CPUs of the local cluster (default: this machine's)")
     batch_wait_s: float | None = Field(default=None, ge=0, description="default: the simulator's batch timeout")
     drop_limit_s: float | None = Field(default=None, gt=0, description="default: 2 x SLA, as the simulator")
-    max_in_flight: int = Field(default=256, ge=1, description="more requests in the pipeline are shed with 503")
+    max_in_flight: int = Field(default=256, ge=1, description="requests the ingress holds at once (Serve's "
+                               "max_ongoing_requests); as many more wait at the proxy, beyond that Serve answers 503")
     deploy_timeout_s: float = Field(default=180.0, gt=0)
     weights: str | None = Field(default=None, description="folder of <variant>.pth checkpoints; default random weights")
     meter: str = "auto"
@@ -65,6 +68,8 @@ class Sample:
     method: str
     reserved_cpus: float
     replicas: dict[str, int]  # running replicas per deployment
+    serving_cpus: float = float("nan")  # cores the cluster's serving processes used over the second (local cluster)
+    replica_cpus: float = float("nan")  # cores the stage replicas used over the second
 
 
 def change_kinds(old: PipelineConfig, new: PipelineConfig) -> list[str]:
@@ -76,6 +81,8 @@ class RayRuntime:
     spec: PipelineSpec
     settings: RaySettings = field(default_factory=RaySettings)
     meter: EnergyMeter | None = None
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    serving_latency_s: float = 0.0  # what admission adds for serving outside the models (the profiles' measure)
     reconfigurations: list[Reconfiguration] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -86,6 +93,9 @@ class RayRuntime:
     _sampler: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _reconfiguring: bool = False
+    _cursor: int = 0  # batch timings collected so far
+    client_threads: list[int] = field(default_factory=list)  # this process's threads that are load, not serving
+    _expected: dict[str, StageEstimate] | None = None  # what the serving config's plan expected
     on_start: Callable[[float], None] = lambda t0: None  # called with the monotonic time of t = 0
 
     @property
@@ -105,9 +115,9 @@ class RayRuntime:
             self.meter.stop()
 
     # -- adapt.Runtime ---------------------------------------------------------------------
-    def start(self, config: PipelineConfig) -> None:
+    def start(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None:
         t = time.monotonic()
-        self._deploy(config)
+        self._deploy(config, expected)
         log.info("pipeline deployed in %.1f s: %s", time.monotonic() - t, config_as_dict(config))
         self.config = config
         self._t0 = time.monotonic()
@@ -120,7 +130,7 @@ class RayRuntime:
         self._sampler.start()
         self.on_start(self._t0)
 
-    def apply(self, config: PipelineConfig) -> None:
+    def apply(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None:
         """Deploy the new config and time it; if it fails, the old config is deployed again and keeps serving."""
         old = self.config
         assert old is not None, "start() first"
@@ -128,13 +138,13 @@ class RayRuntime:
         t_s, t = self.now(), time.monotonic()
         self._reconfiguring = True  # replicas come and go on purpose now: not a fault
         try:
-            self._deploy(config)
+            self._deploy(config, expected)
         except Exception as e:  # keep serving: a failed placement or model load must not stop the pipeline
             log.warning("reconfiguration %s failed (%s); the old config keeps serving", kinds, e)
             self.reconfigurations.append(Reconfiguration(t_s, time.monotonic() - t, kinds, False, str(e)))
             self.events.append({"t_s": t_s, "event": "reconfiguration failed", "detail": str(e)})
             try:
-                self._deploy(old)
+                self._deploy(old, self._expected)
             except Exception as again:
                 log.error("redeploying the old config failed too (%s)", again)
             return
@@ -143,6 +153,17 @@ class RayRuntime:
         self.reconfigurations.append(Reconfiguration(t_s, time.monotonic() - t, kinds, True))
         self.config = config
         self._report(config=config)
+
+    def batch_timings(self) -> list[BatchTiming]:
+        """The batches the replicas ran since the last call, as the ingress collected them."""
+        if self._handle is None:
+            return []
+        try:
+            rows, self._cursor = self._handle.timings_since.remote(self._cursor).result(timeout_s=10)
+        except Exception as e:  # calibration is best effort; serving goes on
+            log.warning("could not read the batch timings: %s", e)
+            return []
+        return [BatchTiming(**r) for r in rows]
 
     def observed_rates(self) -> np.ndarray:
         """Requests per second that reached the ingress, for every whole second since start."""
@@ -165,7 +186,7 @@ class RayRuntime:
         return time.monotonic() - self._t0 if self._t0 else 0.0
 
     # -- internals -------------------------------------------------------------------------
-    def _deploy(self, config: PipelineConfig) -> None:
+    def _deploy(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None) -> None:
         import ray
         from ray import serve
 
@@ -182,11 +203,13 @@ class RayRuntime:
                 raise ReconfigurationError(f"the config needs {gpus:g} GPUs at {self.settings.gpus_per_replica:g} "
                                            f"per replica and the Ray cluster has {ray.cluster_resources().get('GPU', 0):g}")
 
-        app = build_app(self.spec, config, batch_wait_s=self.batch_wait_s, drop_limit_s=self.drop_limit_s,
+        app = build_app(self.spec, config, expected, batch_wait_s=self.batch_wait_s, drop_limit_s=self.drop_limit_s,
+                        admission=self.admission, overhead_s=self.serving_latency_s,
                         max_in_flight=self.settings.max_in_flight, weights=self.settings.weights,
                         device=self.settings.device, gpus_per_replica=self.settings.gpus_per_replica)
         serve._run(app, name=APP, route_prefix="/", _blocking=False)
         _wait_running(self.settings.deploy_timeout_s)
+        self._expected = expected
 
     @property
     def batch_wait_s(self) -> float:
@@ -207,12 +230,23 @@ class RayRuntime:
         """Once a second: energy, reserved CPUs, replica health. A failing meter is logged once and dropped."""
         import ray
 
+        from ipa.runtime.overhead import ProcessCpu
+
         last = self.meter.read() if self.meter else None
         total = ray.cluster_resources().get("CPU", 0.0)
         down: set[str] = set()
-        next_t = time.monotonic() + 1.0
+        procs = ProcessCpu(APP, self.spec.stage_names) if not self.settings.address else None
+        cpu_last = procs.read(self.client_threads) if procs and procs.available else None
+        next_t = t_last = time.monotonic() + 1.0
+        t_last -= 1.0
         while not self._stop.wait(max(0.0, next_t - time.monotonic())):
             next_t += 1.0
+            serving = replica = float("nan")
+            if cpu_last is not None:
+                cur, now = procs.read(self.client_threads), time.monotonic()
+                serving = (cur.serving - cpu_last.serving) / (now - t_last)
+                replica = (cur.replicas - cpu_last.replicas) / (now - t_last)
+                cpu_last, t_last = cur, now
             joules: dict[str, float] = {}
             method = "none"
             if self.meter and last:
@@ -232,7 +266,7 @@ class RayRuntime:
                 log.warning("could not read the cluster state: %s", e)
                 continue
             self._note_health(replicas, down)
-            self.samples.append(Sample(self.now(), joules, method, reserved, replicas))
+            self.samples.append(Sample(self.now(), joules, method, reserved, replicas, serving, replica))
 
     def _note_health(self, replicas: dict[str, int], down: set[str]) -> None:
         """Log a stage whose running replicas fell below its target, and when Ray has it back."""

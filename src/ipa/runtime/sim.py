@@ -3,8 +3,13 @@
 Per stage: one FIFO queue and n replicas. A free replica takes up to `batch` requests, waiting at
 most a batch timeout for a full batch; the batch's service time is drawn from the profile (lognormal
 with the profile's p50 and p99). A new stage config takes effect after the profiled model load
-time while the old one keeps serving (both reserved meanwhile). Requests older than the drop limit
-are dropped when they reach the head of a queue.
+time while the old one keeps serving (both reserved meanwhile).
+
+The profiles it runs on are the machine's truth; the plans it is given may have been made with
+others (`true_profiles`, `true_scale`), which is how calibration is tested without Ray. It sheds
+load as the real ingress does (`ipa.runtime.admission`): a request that cannot finish within the SLA
+is refused at arrival, one that waited past its start-by time leaves the queue before any model
+runs on it, and none outlives the drop limit. Every executed batch is reported for calibration.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from ipa.profiles.calibration import BatchTiming
 from ipa.profiles.table import Profile, ProfileTable
+from ipa.runtime.admission import Admission, AdmissionSettings, StageEstimate, stage_estimates
 from ipa.runtime.loadgen import arrival_times
 from ipa.spec import PipelineConfig, PipelineSpec, StageConfig, Strict
 
 Z99 = 2.326  # standard normal 99th percentile
 DEFAULT_LOAD_S = 1.0  # reconfiguration delay when a profile has no load time
+TIMINGS_KEPT = 2000  # batch timings kept between two reads
 
 
 class SimSettings(Strict):
@@ -32,6 +40,12 @@ class SimSettings(Strict):
     reconfig_s: dict[Literal["variant", "batch", "replicas", "cores"], float] | None = Field(
         default=None, description="measured delay per kind of change (ipa experiment --runtime ray writes them); "
                                   "default: the profiled model load time, batch changes instant")
+    true_profiles: str | None = Field(default=None, description="profile CSV of the machine the simulator runs "
+                                      "(default: the experiment's profiles, the ones plans are made with)")
+    true_scale: float = Field(default=1.0, gt=0, description="the simulated machine is this many times slower "
+                              "than its profiles say (2: every batch takes twice as long)")
+    serving_latency_s: float | None = Field(default=None, ge=0, description="added to every answer (default: the "
+                                            "profiles' measured serving latency, 0 when not measured)")
 
 
 @dataclass
@@ -42,9 +56,10 @@ class _Stage:
     rows: list[Profile]  # of cfg's (variant, cores), by batch ascending
     accuracy: float
     busy: int = 0
+    in_service: int = 0  # requests in the batches being served
     queue: deque = field(default_factory=deque)  # (request id, time it joined this queue)
     timeout_at: float = -1.0
-    pending: tuple[float, StageConfig] | None = None
+    pending: tuple[float, StageConfig, StageEstimate] | None = None
 
     def reserved_cores(self) -> int:
         own = self.cfg.replicas * self.cfg.cores
@@ -61,26 +76,34 @@ class SimResult:
     completed_pas: np.ndarray  # PAS of every completed request
     arrivals: int
     completed: int
-    dropped: int
+    dropped: int  # every request not answered: refused at admission, expired in a queue, past the drop limit
     in_flight: int
     reconfigurations: int
+    rejected: int = 0  # of the dropped: refused at arrival (the real ingress's immediate 503)
 
 
 class Simulator:
     def __init__(self, spec: PipelineSpec, profiles: ProfileTable, idle_w_per_core: float,
-                 rps: np.ndarray, settings: SimSettings | None = None, seed: int = 0):
+                 rps: np.ndarray, settings: SimSettings | None = None, seed: int = 0,
+                 admission: AdmissionSettings | None = None):
+        """`profiles` are the simulated machine's (scaled by `settings.true_scale`); plans may differ."""
         settings = settings or SimSettings()
         self.spec = spec
-        self.profiles = profiles
+        self.profiles = scaled(profiles, settings.true_scale)
         self.idle_w = idle_w_per_core
         self.sla = spec.sla_s
         self.drop_limit = settings.drop_limit_s or 2 * spec.sla_s
         self.batch_timeout = (settings.batch_timeout_s if settings.batch_timeout_s is not None
                               else spec.sla_s / (2 * len(spec.stages)))
         self.reconfig_s = settings.reconfig_s
+        self.serving_latency = settings.serving_latency_s or 0.0
+        self.admission = Admission(spec.sla_s, self.serving_latency, admission)
+        # (stage, row, size, seconds) of the latest batches: calibration keeps at most 200 per variant
+        self._timings: deque[tuple[int, Profile, int, float]] = deque(maxlen=TIMINGS_KEPT)
         self.rng = np.random.default_rng(seed)
         self.duration = len(rps)
         self.arrival_t = arrival_times(rps, self.rng)
+        self._arrived = self.arrival_t.tolist()  # the same times as floats: indexing a list is what the hot loop does
         self.multiply = spec.accuracy_method == "multiply"
         self.acc = np.full(len(self.arrival_t), 1.0 if self.multiply else 0.0)
         self.now = 0.0
@@ -90,34 +113,38 @@ class Simulator:
         self._accrued_to = 0.0
         self.stages: list[_Stage] = []
         n = self.duration
-        self.s = {k: np.zeros(n) for k in ("arrivals", "completions", "drops", "violations", "pas_sum",
+        self.s = {k: np.zeros(n) for k in ("arrivals", "completions", "drops", "rejected", "violations", "pas_sum",
                                            "core_seconds", "energy_idle_j", "energy_dynamic_j")}
         self._lat: list[float] = []
         self._lat_sec: list[int] = []
         self._pas: list[float] = []
-        self.dropped = self.completed = self.reconfigurations = 0
+        self.dropped = self.completed = self.reconfigurations = self.rejected = 0
 
     # -- setup -----------------------------------------------------------------------------
-    def start(self, config: PipelineConfig) -> None:
-        """The initial config, serving from t = 0 with no delay."""
-        self.stages = [self._stage(i, s.name, config[s.name]) for i, s in enumerate(self.spec.stages)]
+    def start(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None:
+        """The initial config, serving from t = 0 with no delay. `expected`: the plan's service times
+        (admission starts from them); default: this machine's own profiles."""
+        expected = expected or stage_estimates(self.profiles, config)
+        self.stages = []
+        self._at = [0] * len(self.spec.stages)
+        for i, s in enumerate(self.spec.stages):
+            st = _Stage(i, s.name, config[s.name], [], 0.0)
+            self.stages.append(st)
+            self._configure(st, config[s.name], expected[s.name])
 
-    def _stage(self, idx: int, name: str, cfg: StageConfig) -> _Stage:
-        st = _Stage(idx, name, cfg, [], 0.0)
-        self._configure(st, cfg)
-        return st
-
-    def _configure(self, st: _Stage, cfg: StageConfig) -> None:
+    def _configure(self, st: _Stage, cfg: StageConfig, expected: StageEstimate) -> None:
         rows = sorted((p for p in self.profiles.for_stage(st.name) if p.variant == cfg.variant and p.cores == cfg.cores),
                       key=lambda p: p.batch)
         if not any(p.batch == cfg.batch for p in rows):
             raise ValueError(f"no profile for {st.name}/{cfg.variant} batch {cfg.batch} cores {cfg.cores}")
         st.cfg, st.rows = cfg, [p for p in rows if p.batch <= cfg.batch]
         st.accuracy = self.spec.stage(st.name).variant(cfg.variant).accuracy_fraction
+        self.admission.configure(st.idx, cfg.replicas, cfg.batch, self.batch_timeout, expected)
 
     # -- control ---------------------------------------------------------------------------
-    def apply(self, config: PipelineConfig) -> None:
+    def apply(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None:
         """Reconfigure at the current time; each changed stage switches after its load delay."""
+        expected = expected or stage_estimates(self.profiles, config)
         for st in self.stages:
             new = config[st.name]
             target = st.pending[1] if st.pending else st.cfg
@@ -128,10 +155,10 @@ class Simulator:
             self._accrue(self.now)
             if delay == 0:
                 st.pending = None
-                self._configure(st, new)
+                self._configure(st, new, expected[st.name])
                 self._dispatch(st)
             else:
-                st.pending = (self.now + delay, new)
+                st.pending = (self.now + delay, new, expected[st.name])
                 self._push(self.now + delay, 2, (st.idx, new))
 
     def _delay(self, st: _Stage, new: StageConfig) -> float:
@@ -153,6 +180,13 @@ class Simulator:
     def observed_rates(self) -> np.ndarray:
         """Arrivals per second seen so far (the load monitor's view)."""
         return self.s["arrivals"][: int(self.now)]
+
+    def batch_timings(self) -> list[BatchTiming]:
+        """The batches executed since the last call, the latest TIMINGS_KEPT of them (what replicas report
+        for calibration)."""
+        raw, self._timings = self._timings, deque(maxlen=TIMINGS_KEPT)
+        return [BatchTiming(self.stages[i].name, row.variant, row.cores, size, took, row.cpu_s * took / row.p50)
+                for i, row, size, took in raw]
 
     # -- event loop ------------------------------------------------------------------------
     def _push(self, t: float, kind: int, payload) -> None:
@@ -178,8 +212,32 @@ class Simulator:
         self.now = t_end
         self._accrue(t_end)
 
+    def drain(self) -> None:
+        """Serve what is still admitted after the last arrival, as a real run waits for its answers: until the
+        queues are empty or the drop limit has passed. Late answers count in the last second."""
+        self.run_until(self.duration)
+        end = self.duration + self.drop_limit
+        while self._events and self._events[0][0] <= end:
+            t, kind, _, payload = heapq.heappop(self._events)
+            self.now = t
+            (self._done, self._timeout, self._switch)[kind](payload)
+        for st in self.stages:  # what waited past the drop limit was never served
+            while st.queue:
+                self._drop(st.queue.popleft()[0])
+        self.now = max(self.now, float(self.duration))
+
     def _arrive(self, req: int) -> None:
-        self.s["arrivals"][int(self.now)] += 1
+        sec = int(self.now)
+        arrivals = self.s["arrivals"]
+        arrivals[sec] += 1
+        at = self._at
+        for i, st in enumerate(self.stages):
+            at[i] = len(st.queue) + st.in_service
+        if not self.admission.admits(at, float(arrivals[sec - 1] if sec > 0 else arrivals[sec])):
+            self.rejected += 1
+            self.s["rejected"][min(sec, self.duration - 1)] += 1
+            self._drop(req)
+            return
         self._enqueue(self.stages[0], req)
 
     def _enqueue(self, st: _Stage, req: int) -> None:
@@ -188,8 +246,13 @@ class Simulator:
 
     def _dispatch(self, st: _Stage) -> None:
         q = st.queue
+        if not q or st.busy >= st.cfg.replicas:
+            return
+        # a request that arrived before `cutoff` can no longer start here in time (or outlived the drop limit)
+        cutoff = self.now - min(self.admission.start_by(0.0, st.idx), self.drop_limit)
+        arrivals = self._arrived
         while q and st.busy < st.cfg.replicas:
-            while q and self.now - self.arrival_t[q[0][0]] > self.drop_limit:
+            while q and arrivals[q[0][0]] < cutoff:
                 self._drop(q.popleft()[0])
             if not q:
                 return
@@ -203,7 +266,9 @@ class Simulator:
             batch = [q.popleft()[0] for _ in range(min(st.cfg.batch, len(q)))]
             row = next(p for p in st.rows if p.batch >= len(batch)) if len(batch) < st.cfg.batch else st.rows[-1]
             st.busy += 1
-            self._push(self.now + self._service_time(row), 0, (st.idx, batch, st.accuracy, row.energy_j_per_batch))
+            st.in_service += len(batch)
+            took = self._service_time(row)
+            self._push(self.now + took, 0, (st.idx, batch, st.accuracy, row, took))
 
     def _service_time(self, row: Profile) -> float:
         p50, p99 = row.p50, row.latency_p99_s
@@ -212,11 +277,14 @@ class Simulator:
         return float(p50 * math.exp(math.log(p99 / p50) / Z99 * self.rng.standard_normal()))
 
     def _done(self, payload) -> None:
-        idx, batch, accuracy, joules = payload
+        idx, batch, accuracy, row, took = payload
         st = self.stages[idx]
         st.busy -= 1
+        st.in_service -= len(batch)
+        self.admission.observe(idx, took, len(batch))
+        self._timings.append((idx, row, len(batch), took))
         sec = min(int(self.now), self.duration - 1)
-        self.s["energy_dynamic_j"][sec] += joules
+        self.s["energy_dynamic_j"][sec] += row.energy_j_per_batch
         last = idx == len(self.stages) - 1
         for req in batch:
             self.acc[req] = self.acc[req] * accuracy if self.multiply else self.acc[req] + accuracy
@@ -229,7 +297,7 @@ class Simulator:
         self._dispatch(st)
 
     def _complete(self, req: int, sec: int) -> None:
-        latency = self.now - self.arrival_t[req]
+        latency = self.now - self._arrived[req] + self.serving_latency
         pas = self.acc[req] / len(self.stages) if self.spec.accuracy_method == "average" else self.acc[req]
         self.completed += 1
         self.s["completions"][sec] += 1
@@ -257,8 +325,9 @@ class Simulator:
         if not st.pending or st.pending[1] != cfg or st.pending[0] > self.now + 1e-12:
             return  # superseded by a later apply
         self._accrue(self.now)
+        expected = st.pending[2]
         st.pending = None
-        self._configure(st, cfg)
+        self._configure(st, cfg, expected)
         self._dispatch(st)
 
     def _accrue(self, t: float) -> None:
@@ -285,7 +354,12 @@ class Simulator:
         series["energy_j"] = series["energy_idle_j"] + series["energy_dynamic_j"]
         in_flight = len(self.arrival_t) - self.completed - self.dropped
         return SimResult(self.duration, series, lat, np.array(self._pas), len(self.arrival_t), self.completed,
-                         self.dropped, in_flight, self.reconfigurations)
+                         self.dropped, in_flight, self.reconfigurations, self.rejected)
+
+
+def scaled(profiles: ProfileTable, factor: float) -> ProfileTable:
+    """The same machine `factor` times slower: every batch takes `factor` times as long."""
+    return profiles if factor == 1.0 else profiles.slower(lambda p: factor, f"{profiles.source} (x{factor:g} slower)")
 
 
 def _per_second_percentiles(lat: np.ndarray, secs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

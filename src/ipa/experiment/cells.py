@@ -1,0 +1,147 @@
+"""What every cell runner shares, whatever runs it: the setup, the control loop's parts, the cell's files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ipa._io import write_csv, write_json
+from ipa.adapt import LoopSettings
+from ipa.experiment.config import ExperimentConfig, resolve
+from ipa.optimize.policies import make_problem
+from ipa.optimize.problem import Problem
+from ipa.predict import Predictor, history_s, make_predictor
+from ipa.profiles.calibration import Calibrator
+from ipa.profiles.serving import ServingCost, from_meta
+from ipa.profiles.table import ProfileTable, load_profiles
+from ipa.spec import PipelineSpec, StageConfig, load_pipeline
+from ipa.workload import Workload
+
+SUMMARY_COLUMNS = [
+    "workload", "policy", "pas", "cost_cores", "energy_j", "energy_method", "sla_violation_pct", "dropped_pct",
+    "rejected_pct", "p99_latency_s", "goodput_rps", "decisions", "solve_ms_mean", "avg_power_w",
+    "energy_per_request_j", "objective", "sized_for_true_peak_pct", "reconfigurations", "throughput_rps", "arrivals",
+    "completed", "in_flight", "runtime",
+]
+
+
+@dataclass
+class Setup:
+    """What every cell of one experiment shares, loaded and validated once.
+
+    `profiles` are what plans are made with; `machine` what the simulator runs (the same table unless
+    `sim.true_profiles` names another); `serving` what serving costs beside the models, from the
+    profiles' meta (None when never measured or `serving: false`).
+    """
+
+    cfg: ExperimentConfig
+    spec: PipelineSpec
+    profiles: ProfileTable
+    machine: ProfileTable
+    serving: ServingCost | None
+
+    @classmethod
+    def load(cls, cfg: ExperimentConfig) -> Setup:
+        spec = load_pipeline(resolve(cfg.pipeline))
+        profiles = load_profiles(resolve(cfg.profiles), spec)
+        machine = load_profiles(resolve(cfg.sim.true_profiles), spec) if cfg.sim.true_profiles else profiles
+        serving = from_meta(profiles.meta, profiles.source) if cfg.serving else None
+        return cls(cfg, spec, profiles, machine, serving)
+
+    def updated(self, **fields) -> Setup:
+        """The same setup with some config fields changed (what a runtime learns about its cluster)."""
+        return Setup(self.cfg.model_copy(update=fields), self.spec, self.profiles, self.machine, self.serving)
+
+    def problem(self, policy: str, weights: dict[str, float] | None = None, client: bool = False) -> Problem:
+        """The policy's problem; `weights` overrides some configured weights (the frontier's sweep);
+        `client`: the load generator shares the serving machine."""
+        c = self.cfg
+        base = "ipa" if policy == "oracle" else policy
+        update = dict(weights or {})
+        if base == "ipa-energy":
+            update.setdefault("delta", c.energy_delta)
+        w = c.weights.model_copy(update=update)
+        serving = self.serving.with_client(client) if self.serving else None
+        return make_problem(base, self.spec, self.profiles, w, scaling_cap=c.scaling_cap,
+                            batching_cap=c.batching_cap, replicas=c.rim_replicas if base == "rim-high" else None,
+                            max_cores=c.max_cores, serving=serving, cpus=c.cpus)
+
+    def calibrator(self) -> Calibrator:
+        return Calibrator(self.profiles, self.cfg.calibration)
+
+    @property
+    def serving_latency_s(self) -> float:
+        return self.serving.latency_s if self.serving else 0.0
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def cell_dir(out: Path, workload: str, policy: str) -> Path:
+    return out / "cells" / f"{slug(workload)}__{policy}"
+
+
+def true_peak(rps: np.ndarray, interval_s: float) -> Callable[[float], float]:
+    def peak(t: float) -> float:
+        window = rps[int(t) : int(t + interval_s)]
+        return float(window.max()) if len(window) else 0.0
+
+    return peak
+
+
+def control(c: ExperimentConfig, workload: Workload, policy: str) -> tuple[Predictor | None, LoopSettings, float]:
+    """What a cell's control loop runs with, simulated or real: predictor, loop settings, initial rate."""
+    initial = float(workload.rps[0]) if workload.seconds else 0.0
+    predictor = None if policy == "oracle" else make_predictor(c.predictor, c.load_scale, initial)
+    return predictor, LoopSettings(c.interval_s, history_s(predictor, c.history_s), c.solver), initial
+
+
+def score_decisions(setup: Setup, decisions: list[dict[str, Any]], peak: Callable[[float], float]) -> None:
+    """Each decision's config scored at its interval's true peak with IPA's objective, whatever the policy."""
+    scorer = setup.problem("ipa")
+    for d in decisions:
+        if "config" in d:
+            real = peak(d["t"])
+            a = scorer.assess_config({s: StageConfig(**c) for s, c in d["config"].items()}, real)
+            d |= {"true_peak_rps": real, "realized_objective": a.objective, "realized_feasible": a.feasible}
+
+
+def shape(w: Workload, duration_s: int | None, scale: float) -> Workload:
+    """The first `duration_s` seconds, rates times `scale` (a 2-core machine cannot serve the trace's peaks)."""
+    if duration_s is None and scale == 1.0:
+        return w
+    rps = w.rps[:duration_s] * scale
+    return Workload(w.name, rps, f"{w.source}, first {len(rps)} s, x{scale:g}")
+
+
+SERIES_COLUMNS = ["arrivals", "completions", "drops", "rejected", "violations", "pas", "p50_latency_s",
+                  "p99_latency_s", "core_seconds", "energy_idle_j", "energy_dynamic_j", "energy_j"]
+
+
+def write_cell(folder: Path, cell: dict[str, Any]) -> None:
+    """Series and decisions first, summary.json last: its presence marks the cell finished."""
+    series = cell["series"]
+    n = len(series["arrivals"])
+    write_csv(folder / "timeseries.csv", ({"second": i} | {k: series[k][i] for k in SERIES_COLUMNS} for i in range(n)),
+              ["second", *SERIES_COLUMNS])
+    rows = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in d.items()} for d in cell["decisions"]]
+    write_csv(folder / "decisions.csv", rows)
+    write_json(folder / "summary.json", cell["summary"])
+
+
+def load_cell(out: Path, workload: str, policy: str) -> tuple[dict[str, np.ndarray], list[dict]]:
+    folder = cell_dir(out, workload, policy)
+    with (folder / "timeseries.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    series = {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in rows[0]} if rows else {}
+    with (folder / "decisions.csv").open() as f:
+        decisions = list(csv.DictReader(f))
+    return series, decisions

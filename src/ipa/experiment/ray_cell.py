@@ -1,0 +1,211 @@
+"""One (workload, policy) cell on Ray Serve: real models, replayed load, measured energy, same files as the simulator.
+
+The cell's figures come from what the load generator saw (every request's latency and status) and
+what the sampler measured each second (energy, CPUs Ray reserved). It also returns what the run
+learned about the machine (calibrated profiles, reconfiguration delays), which the orchestration
+hands to the simulator for the fidelity twin.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ipa._io import write_csv, write_json
+from ipa.adapt import adapt
+from ipa.energy.detect import open_meter
+from ipa.experiment.cells import Setup, control, score_decisions, true_peak, write_cell
+from ipa.experiment.metrics import summarize
+from ipa.runtime.loadgen import LoadGenerator, RequestRecord, arrival_times, photo_jpegs
+from ipa.runtime.ray_runtime import CHANGE_KINDS, RayRuntime, Reconfiguration, ReconfigurationError, Sample
+from ipa.runtime.sim import SimResult, _per_second_percentiles
+from ipa.spec import PipelineSpec, aggregate_accuracy
+from ipa.workload import Workload
+
+log = logging.getLogger(__name__)
+
+
+class RayCluster:
+    """One Ray cluster for every cell of an experiment, shut down however the run ends (Ctrl-C too).
+
+    Entering it connects (or starts a local cluster) and fits the setup to it: replicas run where the
+    profiles were measured, the core budget is the cluster's CPUs, and the CPUs that replicas and
+    serving share are this machine's for a local cluster.
+    """
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+        self._started = False
+
+    def __enter__(self) -> RayCluster:
+        import ray
+
+        from ipa.runtime.ray_runtime import connect, for_profiles
+
+        cfg = self.setup.cfg
+        self._started = connect(cfg.ray, self.setup.spec)
+        update: dict[str, Any] = {"ray": for_profiles(cfg.ray, self.setup.profiles.meta)}
+        cluster = int(ray.cluster_resources().get("CPU", 1))
+        if cfg.max_cores is None:  # the optimizer plans within the cluster it serves on
+            update["max_cores"] = cluster
+        if cfg.cpus is None:
+            update["cpus"] = float(cluster if cfg.ray.address else len(os.sched_getaffinity(0)))
+        self.setup = self.setup.updated(**update)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from ipa.runtime.ray_runtime import shutdown
+
+        shutdown(self._started)
+
+    def run(self, workload: Workload, policy: str) -> dict[str, Any] | None:
+        """Serve one cell; None (with a warning) when the cluster cannot hold the policy's config."""
+        cfg = self.setup.cfg
+        detection = open_meter(cfg.ray.meter, gpu=True)
+        log.info("%s", detection.explain())
+        runtime = RayRuntime(self.setup.spec, cfg.ray, detection.meter, cfg.admission, self.setup.serving_latency_s)
+        try:
+            return run_ray_cell(self.setup, workload, policy, runtime)
+        except ReconfigurationError as e:
+            log.warning("%s / %s not served: %s", workload.name, policy, e)
+            return None
+
+
+def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRuntime) -> dict[str, Any]:
+    """Serve the workload for its whole length under `policy`; returns series, decisions, summary, logs
+    and what was learned about the machine."""
+    c = setup.cfg
+    problem = setup.problem(policy, client=True)  # the load generator runs on this machine
+    peak = true_peak(workload.rps, c.interval_s)
+    rng = np.random.default_rng(c.seed)
+    loadgen = LoadGenerator(runtime.url, arrival_times(workload.rps, rng), photo_jpegs(), runtime.drop_limit_s + 5)
+    def start_load(t0: float) -> None:
+        loadgen.start(t0)
+        while loadgen.thread_id is None and loadgen.running:
+            time.sleep(0.01)
+        runtime.client_threads.append(loadgen.thread_id)  # its CPU is the client's, not serving's
+
+    runtime.on_start = start_load
+    predictor, loop, initial = control(c, workload, policy)
+    calibrator = setup.calibrator()
+    try:
+        decisions = adapt(runtime, problem, predictor, workload.seconds, loop, policy,
+                          oracle=peak if policy == "oracle" else None, initial_rate=initial, calibrator=calibrator)
+    finally:
+        loadgen.stop(wait_s=runtime.drop_limit_s + 5)  # answers still in flight come back or time out
+        calibrator.observe(runtime.batch_timings())
+        runtime.stop()
+    score_decisions(setup, decisions, peak)
+    result = collect(setup.spec, workload.seconds, loadgen.records, loadgen.sent, runtime.samples,
+                     runtime.reconfigurations)
+    method = runtime.samples[-1].method if runtime.samples else "none"
+    delays = measured_delays(runtime.reconfigurations)
+    summary = {"workload": workload.name, "policy": policy} | summarize(result, decisions, method, setup.spec.sla_s)
+    summary |= {"runtime": "ray", "measured_delays_s": json.dumps(delays),
+                "calibration": json.dumps(calibrator.ratios()), "serving_cores": _mean(runtime.samples, "serving_cpus"),
+                "replica_cores": _mean(runtime.samples, "replica_cpus")}
+    return {"series": result.series, "decisions": decisions, "summary": summary, "records": loadgen.records,
+            "samples": runtime.samples, "reconfigurations": runtime.reconfigurations, "events": runtime.events,
+            "learned": calibrator.learned, "delays": delays, "drop_limit_s": runtime.drop_limit_s,
+            "batch_wait_s": runtime.batch_wait_s}
+
+
+def _mean(samples: list[Sample], field: str) -> float:
+    """Mean of a sampled figure over the run (nan when it was not measured: a joined cluster)."""
+    values = [getattr(s, field) for s in samples if not np.isnan(getattr(s, field))]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def collect(spec: PipelineSpec, seconds: int, records: list[RequestRecord], sent: int, samples: list[Sample],
+            reconfigurations: list[Reconfiguration]) -> SimResult:
+    """Per-second series in the simulator's form. Drops are non-200 answers and requests never answered;
+    rejected, of those, the ones refused at admission."""
+    n = max(seconds, 1)
+    s = {k: np.zeros(n) for k in ("arrivals", "completions", "drops", "rejected", "violations", "pas_sum",
+                                  "core_seconds")}
+    lat, lat_sec, pas = [], [], []
+    for r in records:
+        s["arrivals"][min(int(r.sent_s), n - 1)] += 1
+        sec = min(int(r.sent_s + r.latency_s), n - 1)
+        if r.ok and r.variants:
+            p = request_pas(spec, r.variants)
+            s["completions"][sec] += 1
+            s["pas_sum"][sec] += p
+            s["violations"][sec] += r.latency_s > spec.sla_s
+            lat.append(r.latency_s)
+            lat_sec.append(sec)
+            pas.append(p)
+        else:
+            s["drops"][sec] += 1
+            s["rejected"][sec] += r.reason == "admission"
+            s["violations"][sec] += 1
+    energy, metered = np.zeros(n), np.zeros(n, dtype=bool)
+    for sample in samples:
+        i = int(round(sample.t_s)) - 1  # the sample at the end of second i covers [i, i + 1)
+        if 0 <= i < n:
+            s["core_seconds"][i] = sample.reserved_cpus
+            if sample.joules:
+                energy[i] += sum(sample.joules.values())
+                metered[i] = True
+    s["energy_j"] = np.where(metered, energy, np.nan)  # a second the meter missed stays unknown, not zero
+    s["energy_idle_j"] = np.full(n, np.nan)  # a meter measures the whole; no idle/dynamic split
+    s["energy_dynamic_j"] = np.full(n, np.nan)
+    lat_a, sec_a = np.array(lat), np.array(lat_sec, dtype=np.int64)
+    s["p50_latency_s"], s["p99_latency_s"] = _per_second_percentiles(lat_a, sec_a, n)
+    done = s["completions"]
+    s["pas"] = np.divide(s["pas_sum"], done, out=np.full(n, np.nan), where=done > 0)
+    completed = int(done.sum())
+    dropped = int(s["drops"].sum())
+    return SimResult(seconds, s, lat_a, np.array(pas), sent, completed, dropped, sent - len(records),
+                     sum(r.ok for r in reconfigurations), int(s["rejected"].sum()))
+
+
+def request_pas(spec: PipelineSpec, variants: dict[str, str]) -> float:
+    """The PAS of one request from the variants that served it, as the simulator scores its requests."""
+    accs = [spec.stage(s.name).variant(variants[s.name]).accuracy_fraction for s in spec.stages]
+    return aggregate_accuracy(spec.accuracy_method, accs)
+
+
+def measured_delays(reconfigurations: list[Reconfiguration]) -> dict[str, float]:
+    """Median seconds per kind of change: from changes of that kind alone where there are some."""
+    out = {}
+    for kind in CHANGE_KINDS:
+        alone = [r.seconds for r in reconfigurations if r.ok and r.kinds == [kind]]
+        mixed = [r.seconds for r in reconfigurations if r.ok and kind in r.kinds]
+        if alone or mixed:
+            out[kind] = float(np.median(alone or mixed))
+    return out
+
+
+def save_cell(folder: Path, cell: dict[str, Any], sim_summary: dict[str, Any] | None) -> None:
+    """What only a real run has (every request, energy, reconfigurations, faults), the twin's summary,
+    then the simulator's files, summary.json last: the cell is finished."""
+    write_csv(folder / "requests.csv",
+              ({"sent_s": r.sent_s, "latency_s": r.latency_s, "status": r.status, "reason": r.reason,
+                "variants": json.dumps(r.variants) if r.variants else "", "error": r.error} for r in cell["records"]),
+              ["sent_s", "latency_s", "status", "reason", "variants", "error"])
+    write_runtime_logs(folder, cell["samples"], cell["reconfigurations"], cell["events"])
+    if sim_summary is not None:
+        write_json(folder / "sim_summary.json", sim_summary)
+    write_cell(folder, cell)
+
+
+def write_runtime_logs(folder: Path, samples: list[Sample], reconfigurations: list[Reconfiguration],
+                       events: list[dict[str, Any]]) -> None:
+    """The runtime's own logs (also what `ipa serve --out` keeps): energy per second, reconfigurations, faults."""
+    write_csv(folder / "energy.csv",
+              ({"t_s": round(s.t_s, 3), "domain": d, "joules": j, "method": s.method, "reserved_cpus": s.reserved_cpus,
+                "serving_cpus": s.serving_cpus, "replica_cpus": s.replica_cpus}
+               for s in samples for d, j in s.joules.items()),
+              ["t_s", "domain", "joules", "method", "reserved_cpus", "serving_cpus", "replica_cpus"])
+    write_csv(folder / "reconfigurations.csv",
+              ({**asdict(r), "kinds": "+".join(r.kinds)} for r in reconfigurations),
+              ["t_s", "seconds", "kinds", "ok", "error"])
+    write_csv(folder / "events.csv", events, ["t_s", "event", "detail"])

@@ -1,0 +1,162 @@
+"""What serving costs beside the models, read from the processes that serve (Linux /proc).
+
+A local Ray cluster is a tree of processes under the driver: the GCS, the raylet, its monitors and
+agents, Serve's controller and HTTP proxy, the ingress replica and the stage replicas. Everything
+but the stage replicas is the cost of serving; `ProcessCpu` splits the tree's CPU time that way, and
+`measure_serving` turns a short real run into the `ServingCost` plans use (`ipa profile --serving`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import platform
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ipa.profiles.serving import ServingCost
+from ipa.spec import PipelineSpec, StageConfig
+
+log = logging.getLogger(__name__)
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    serving: float  # CPU seconds of every process of the cluster but the stage replicas (driver included)
+    replicas: float  # CPU seconds of the stage replicas
+
+
+class ProcessCpu:
+    """CPU seconds used so far by the local cluster's processes, split into serving and stage replicas.
+
+    Only processes started from this one are seen (a local cluster); with `--address` the cluster's
+    processes live elsewhere and `available` is False. `exclude_threads` are this process's threads
+    that are not serving (the load generator's).
+    """
+
+    def __init__(self, app: str, stages: Iterable[str]):
+        self.replica_titles = tuple(f"ray::ServeReplica:{app}:{s}" for s in stages)
+        self.root = os.getpid()
+        self.available = os.path.isdir(f"/proc/{self.root}/task")
+
+    def read(self, exclude_threads: Iterable[int] = ()) -> CpuSplit:
+        if not self.available:
+            return CpuSplit(0.0, 0.0)
+        serving = replicas = 0.0
+        for pid in self._tree():
+            cpu = _cpu_seconds(f"/proc/{pid}/stat")
+            if _title(pid).startswith(self.replica_titles):
+                replicas += cpu
+            else:
+                serving += cpu
+        for tid in exclude_threads:
+            serving -= _cpu_seconds(f"/proc/{self.root}/task/{tid}/stat")
+        return CpuSplit(serving, replicas)
+
+    def _tree(self) -> list[int]:
+        """This process and its descendants."""
+        children: dict[int, list[int]] = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                ppid = _ppid(int(name))
+                if ppid is not None:
+                    children.setdefault(ppid, []).append(int(name))
+        out, todo = [], [self.root]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo.extend(children.get(pid, ()))
+        return out
+
+
+def _fields(path: str) -> list[str] | None:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:  # the process or thread is gone
+        return None
+    return text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+
+
+def _ppid(pid: int) -> int | None:
+    f = _fields(f"/proc/{pid}/stat")
+    return int(f[1]) if f else None
+
+
+def _cpu_seconds(path: str) -> float:
+    f = _fields(path)
+    return (int(f[11]) + int(f[12])) / TICK if f else 0.0  # utime + stime
+
+
+def _title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0", 1)[0].decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def measure_serving(spec: PipelineSpec, settings, requests: int = 40, rate_rps: float = 2.0,
+                    idle_s: float = 5.0) -> tuple[ServingCost, dict[str, Any]]:
+    """Serve the cheapest config of `spec` on a local Ray cluster at a low open-loop rate and measure:
+
+    - `cpu_fixed_cores`: the cluster's serving processes with no traffic,
+    - `cpu_per_request_s`: their CPU beyond that, per request (proxy, ingress, routing),
+    - `client_cpu_per_request_s`: the load generator's thread, per request,
+    - `latency_s`: the median of each answer's latency less the time its batches took in the models.
+
+    Returns the cost and what it was measured on (for the profile's meta).
+    """
+    from ipa.runtime.loadgen import LoadGenerator, photo_jpegs
+    from ipa.runtime.ray_runtime import APP, RayRuntime, connect, shutdown
+
+    if settings.address:
+        raise ValueError("measure the serving cost on a local cluster (without --address): "
+                         "the processes of a joined cluster are not visible from here")
+    config = {s.name: StageConfig(s.least_accurate.name, 1, 1, 1) for s in spec.stages}
+    started = connect(settings, spec)
+    runtime = RayRuntime(spec, settings)
+    cpu = ProcessCpu(APP, spec.stage_names)
+    if not cpu.available:
+        raise ValueError("measuring the serving cost needs Linux's /proc")
+    try:
+        runtime.start(config)
+        images = photo_jpegs()
+        warm = LoadGenerator(runtime.url, np.arange(3, dtype=float), images, timeout_s=120)
+        warm.start()
+        warm.join(180)
+        time.sleep(1.0)
+        a, t_a = cpu.read(), time.monotonic()
+        time.sleep(idle_s)
+        b, t_b = cpu.read(), time.monotonic()
+        fixed = (b.serving - a.serving) / (t_b - t_a)
+        gen = LoadGenerator(runtime.url, np.arange(requests, dtype=float) / rate_rps, images, timeout_s=120)
+        gen.start()
+        gen.join(requests / rate_rps + 180)
+        time.sleep(0.5)
+        c, t_c = cpu.read(exclude_threads=[gen.thread_id] if gen.thread_id else ()), time.monotonic()
+    finally:
+        runtime.stop()
+        shutdown(started)
+    ok = [r for r in gen.records if r.ok and r.service_s is not None]
+    if len(ok) < requests // 2:
+        raise RuntimeError(f"only {len(ok)} of {requests} requests were answered while measuring the serving cost")
+    per_request = max(0.0, (c.serving - b.serving) - fixed * (t_c - t_b)) / len(ok)
+    cost = ServingCost(
+        latency_s=float(np.median([r.latency_s - r.service_s for r in ok])),
+        cpu_fixed_cores=fixed,
+        cpu_per_request_s=per_request,
+        client_cpu_per_request_s=gen.cpu_s / max(len(gen.records), 1),
+    )
+    meta = {"measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": platform.node() or "unknown", "cpus": len(os.sched_getaffinity(0)),
+            "config": {s: c.as_dict() for s, c in config.items()}, "requests": len(ok), "rate_rps": rate_rps,
+            "method": "CPU time of the local Ray cluster's processes from /proc (stage replicas excluded), "
+                      "latency = answer time - time in the models' batches"}
+    return cost, meta
