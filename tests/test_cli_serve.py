@@ -48,3 +48,65 @@ def test_ipa_serve_answers_adapts_and_writes_its_logs(tmp_path):
     with (out / "energy.csv").open() as f:
         energy = list(csv.DictReader(f))
     assert len(energy) >= 10 and all(float(e["joules"]) >= 0 for e in energy)
+
+
+def _descendants(pid: int) -> set[int]:
+    import os
+
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_ipa_serve_like_ctrl_c(tmp_path):
+    """kill, systemd and Kubernetes send SIGTERM: the logs are written, Ray is shut down, the exit is clean."""
+    import signal
+
+    port = free_port()
+    out = tmp_path / "serve"
+    proc = subprocess.Popen([sys.executable, "-m", "ipa.cli", "serve", "--port", str(port), "--duration", "600",
+                             "--interval", "5", "--predictor", "reactive", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and not (out / "decisions.csv").is_file():
+            time.sleep(1)  # serving, its first decision on disk
+        time.sleep(3)  # a few sampled seconds
+        started = _descendants(proc.pid)
+        assert started, "ipa serve started no processes"
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 143), output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert "terminated" in output and "logs in" in output
+    for name in ("decisions.csv", "energy.csv", "reconfigurations.csv", "events.csv"):
+        assert (out / name).is_file(), name
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in started):
+        time.sleep(1)
+    assert not [p for p in started if _alive(p)], "Ray processes left behind"

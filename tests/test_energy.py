@@ -147,13 +147,16 @@ class StepMeter(EnergyMeter):
 
 
 def test_watch_prints_one_row_per_interval_and_stops_at_duration():
-    rows, elapsed = watch(StepMeter(), interval_s=0.1, duration_s=0.35)
+    w = watch(StepMeter(), interval_s=0.1, duration_s=0.35)
+    rows, elapsed = w.rows, w.elapsed_s
     assert len(rows) == 4 and elapsed == pytest.approx(0.35, abs=0.05)
     assert sum(r.joules for r in rows) == pytest.approx(10 * elapsed, rel=1e-6)
 
 
 def test_watch_measures_a_command_until_it_exits():
-    rows, elapsed = watch(EstimateMeter(), interval_s=0.2, command=["python3", "-c", "import time; time.sleep(0.5)"])
+    w = watch(EstimateMeter(), interval_s=0.2, command=["python3", "-c", "import time; time.sleep(0.5)"])
+    rows, elapsed = w.rows, w.elapsed_s
+    assert w.exit_code == 0
     assert 0.4 < elapsed < 2 and rows
 
 

@@ -128,3 +128,21 @@ def test_smooth_keeps_length_and_skips_gaps():
 
     assert len(smooth([1.0, 2.0], 3)) == 2 and len(smooth([], 3)) == 0
     assert smooth([1.0, float("nan"), 3.0], 3).tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_resumed_cell_computed_with_other_settings_is_computed_again(tmp_path, small_cfg):
+    """Kept only when everything that shapes it matches; otherwise recomputed, and the message says what differs."""
+    out = tmp_path / "run"
+    cfg = small_cfg.model_copy(update={"workloads": ["step:2:30:240"], "policies": ["ipa"]})
+    first = run_experiment(cfg, out)[0]
+    messages = []
+    again = run_experiment(cfg.model_copy(update={"predictor": "reactive"}), out, lambda m, s: messages.append(m))[0]
+    assert messages == ["step:2:30:240 / ipa (computed again: predictor 'max' -> 'reactive')"]
+    assert again != first and read_summary(out)[0]["sla_violation_pct"] == str(again["sla_violation_pct"])
+    messages.clear()
+    run_experiment(cfg.model_copy(update={"predictor": "reactive"}), out, lambda m, s: messages.append(m))
+    assert messages == ["step:2:30:240 / ipa: kept from the earlier run"]
+    (tmp_path / "tiny.csv").write_text((tmp_path / "tiny.csv").read_text().replace("0.05,", "0.06,", 1))
+    messages.clear()
+    run_experiment(cfg.model_copy(update={"predictor": "reactive"}), out, lambda m, s: messages.append(m))
+    assert messages == ["step:2:30:240 / ipa (computed again: profiles content; machine content)"]

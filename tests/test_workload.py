@@ -34,10 +34,23 @@ def test_missing_trace_says_where_it_looked_and_what_to_do(tmp_path, monkeypatch
     monkeypatch.delenv("IPA_TRACE", raising=False)
     monkeypatch.setattr("ipa.workload.trace.default_locations", lambda: [tmp_path / "none.bz2"])
     with pytest.raises(TraceNotFoundError) as e:
-        find_trace(tmp_path / "nope.txt")
+        find_trace()
     msg = str(e.value)
-    assert "--trace" in msg and "IPA_TRACE (not set)" in msg and "reconfigurable-ml-pipeline/ipa" in msg
+    assert "IPA_TRACE (not set)" in msg and "none.bz2 (absent)" in msg and "reconfigurable-ml-pipeline/ipa" in msg
     assert "static:RPS:SECONDS" in msg
+
+
+def test_a_trace_the_user_names_must_exist_there_is_no_fallback(tmp_path, monkeypatch):
+    shared = tmp_path / "shared.txt"
+    shared.write_text("1 2 3")
+    monkeypatch.setattr("ipa.workload.trace.default_locations", lambda: [shared])
+    monkeypatch.delenv("IPA_TRACE", raising=False)
+    with pytest.raises(TraceNotFoundError, match="--trace .*nope.txt: no such file"):
+        find_trace(tmp_path / "nope.txt")
+    monkeypatch.setenv("IPA_TRACE", str(tmp_path / "gone.txt"))
+    with pytest.raises(TraceNotFoundError, match="IPA_TRACE=.*gone.txt: no such file"):
+        find_trace()
+    assert find_trace(shared) == shared  # an explicit path wins over the environment
 
 
 def test_env_variable_is_used(tmp_path, monkeypatch):
@@ -77,10 +90,21 @@ def test_synthetic_patterns():
     assert spike[40:45].tolist() == [50] * 5 and spike.sum() == 95 + 250
 
 
-@pytest.mark.parametrize("bad", ["nope", "static:3", "sine:1:2", "static:-1:5", "trace:abc"])
-def test_malformed_workloads_list_the_forms(bad):
-    with pytest.raises(ConfigError, match="static:RPS:SECONDS"):
+@pytest.mark.parametrize("bad,form", [
+    ("nope", "static:RPS:SECONDS"), ("trace:abc", "static:RPS:SECONDS"),
+    ("static:3", "static:RPS:SECONDS"), ("sine:1:2", "sine:MEAN:AMPLITUDE:PERIOD:SECONDS"),
+    ("static:-1:5", "RPS must be a finite number >= 0, got '-1'"), ("static:nan:10", "RPS .* got 'nan'"),
+    ("static:inf:10", "got 'inf'"), ("static:5:0", "SECONDS must be at least 1"),
+    ("step:1:5:10:2.5", "AT must be a whole number"), ("sine:1:1:0:10", "PERIOD must be > 0"),
+])
+def test_malformed_workloads_say_what_is_wrong_and_the_form(bad, form):
+    with pytest.raises(ConfigError, match=form):
         load_workload(bad)
+
+
+def test_a_small_sine_keeps_its_amplitude():
+    w = load_workload("sine:1:0.5:10:30").rps
+    assert w.min() == pytest.approx(1 - 0.5 * np.sin(2 * np.pi * 2 / 10)) and w.max() > 1.4
 
 
 def _have_trace() -> bool:

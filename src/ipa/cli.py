@@ -10,10 +10,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ipa._signals import Terminated, stop_on_sigterm
 from ipa.errors import IpaError
 
-console = Console() if sys.stdout.isatty() else Console(width=200)  # pipes and CI logs get whole tables
-err_console = Console(stderr=True, soft_wrap=True)
+# Text we print holds paths, workload names and [brackets] from users: never markup or :emoji: codes.
+console = Console(markup=False, emoji=False, highlight=False, **({} if sys.stdout.isatty() else {"width": 200}))
+err_console = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,18 +23,26 @@ def cli() -> None:
     """Energy-aware inference pipeline adaptation."""
 
 
+def error(text: str) -> None:
+    """An error the user can fix, printed as it is (no markup: messages hold paths and [brackets])."""
+    err_console.print("error: " + text, style="red")
+
+
 def main() -> None:
+    stop_on_sigterm()
     try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        err_console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        code = cli.main(standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:
+        terminated = isinstance(e, Terminated) or isinstance(e.__context__, Terminated)
+        err_console.print("terminated" if terminated else "interrupted", style="yellow", markup=False)
+        sys.exit(143 if terminated else 130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
     except IpaError as e:
-        err_console.print(f"[red]error:[/] {e}", markup=True, highlight=False)
+        error(str(e))
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def problem_options(f):
@@ -137,7 +147,9 @@ def optimize(pipeline, profiles, load, policy, solver, as_json, **problem_kw):
     console.print(
         f"feasible={a.feasible}  objective={a.objective:.4f}  accuracy={a.accuracy:.4f}  cores={a.cores}  "
         f"power={a.power_w:.1f} W ({problem.profiles.energy_label})  latency={a.latency_s:.3f} s  "
-        f"(SLA {problem.spec.sla_s} s)  capacity={a.capacity_rps:.2f} rps  solve={decision.solve_ms:.2f} ms",
+        f"(SLA {problem.spec.sla_s} s)  capacity={a.capacity_rps:.2f} rps  solve={decision.solve_ms:.2f} ms"
+        + (f"\nserves {a.capacity_rps:.2f} of {load:g} rps: {load - a.capacity_rps:.2f} rps short (power and "
+           "latency are for what it serves)" if a.capacity_rps < load else ""),
         markup=False, highlight=False,
     )
 
@@ -148,8 +160,10 @@ def energy() -> None:
 
 
 @energy.command("watch", context_settings={"ignore_unknown_options": True})
-@click.option("--interval", type=float, default=1.0, show_default=True, help="seconds between lines")
-@click.option("--duration", type=float, default=None, help="stop after S seconds (default: until the command ends or Ctrl-C)")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="seconds between lines")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="stop after S seconds (default: until the command ends or Ctrl-C)")
 @click.option("--meter", type=click.Choice(["auto", "rapl", "perf", "nvml", "estimate"]), default="auto", show_default=True)
 @click.option("--csv", "csv_path", type=click.Path(), default=None, help="also write the lines to this CSV")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -164,19 +178,30 @@ def energy_watch(interval, duration, meter, csv_path, command):
     if duration is None and not command:
         duration = float("inf")
     detection = open_meter(meter)
-    err_console.print(detection.explain(), highlight=False)
+    err_console.print(detection.explain())
     m = detection.meter
     m.start()
     try:
-        rows, elapsed = watch(m, interval, None if duration == float("inf") else duration, command,
-                              on_row=lambda r: click.echo(f"{r.t:10.3f} s {r.joules:10.3f} Joules {r.domain:<10} {r.method}"))
+        w = watch(m, interval, None if duration == float("inf") else duration, command,
+                  on_row=lambda r: click.echo(f"{r.t:10.3f} s {r.joules:10.3f} Joules {r.domain:<10} {r.method}"))
     finally:
         m.stop()
-    total = sum(r.joules for r in rows)
-    click.echo(f"total {total:.3f} Joules in {elapsed:.3f} s, average {total / elapsed if elapsed else 0:.2f} W, "
-               f"method {m.method}")
+    total = sum(r.joules for r in w.rows)
+    click.echo(f"total {total:.3f} Joules in {w.elapsed_s:.3f} s, average {total / w.elapsed_s if w.elapsed_s else 0:.2f} "
+               f"W, method {m.method}")
     if csv_path:
-        write_csv(csv_path, [asdict(r) for r in rows])
+        write_csv(csv_path, [asdict(r) for r in w.rows])
+    if w.exit_code:  # the measured command failed: say so with its own exit code, as `time` does
+        err_console.print(f"{command[0]} exited with {w.exit_code}", style="yellow")
+        sys.exit(w.exit_code if 0 < w.exit_code < 256 else 1)
+
+
+def _device(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise click.BadParameter(f"'{text}' (allowed: cpu, cuda, cuda:N)", param_hint="--device")
+    return text
 
 
 def number_list(text: str, kind: type = int, minimum: float = 1) -> list:
@@ -205,7 +230,8 @@ def int_list(text: str) -> list[int]:
 @click.option("--min-window", type=float, default=1.0, show_default=True,
               help="measure each (batch, cores) for at least this many seconds (energy counter resolution)")
 @click.option("--meter", type=click.Choice(["auto", "rapl", "perf", "nvml", "estimate"]), default="auto", show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (GPU energy through NVML)")
+@click.option("--device", default="cpu", show_default=True, callback=lambda c, p, v: _device(v),
+              help="cpu, cuda or cuda:N (GPU energy through NVML)")
 @click.option("--weights", type=click.Path(), default=None, help="folder of <variant>.pth checkpoints")
 @click.option("--serving", is_flag=True,
               help="measure what serving costs beside the models (Ray, HTTP, ingress) into OUT's meta file instead")
@@ -333,7 +359,7 @@ def predictor() -> None:
 @predictor.command("train")
 @click.argument("name", type=click.Choice(["lstm"]))
 @trace_option
-@click.option("--epochs", type=int, default=4, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), default=None, help="weights JSON (default: the packaged file)")
 def predictor_train(name, trace, epochs, seed, out):
@@ -352,7 +378,7 @@ def predictor_train(name, trace, epochs, seed, out):
 @predictor.command("eval")
 @trace_option
 @click.option("--predictors", default="reactive,max,avg,arima,lstm", show_default=True)
-@click.option("--stride", type=int, default=300, show_default=True, help="seconds between evaluated points")
+@click.option("--stride", type=click.IntRange(min=1), default=300, show_default=True, help="seconds between evaluated points")
 @click.option("--json", "as_json", is_flag=True)
 def predictor_eval(trace, predictors, stride, as_json):
     """RMSE, MAE and under-prediction of every predictor on the test days (15-21)."""
@@ -446,10 +472,12 @@ def _log_to(con: Console) -> None:
 @click.option("--profiles", type=click.Path(), default="profiles/video-cpu-2core.csv", show_default=True)
 @click.option("--policy", type=click.Choice(["ipa", "ipa-energy", "fa2-low", "fa2-high", "rim-high"]), default="ipa")
 @click.option("--predictor", default="lstm", show_default=True, help="reactive, max, avg, arima, lstm")
-@click.option("--interval", type=float, default=10.0, show_default=True, help="adaptation interval, seconds")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="adaptation interval, seconds")
 @click.option("--load", "initial_load", type=float, default=1.0, show_default=True,
               help="requests per second to size the first config for (before any traffic is seen)")
-@click.option("--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="stop after S seconds (default: until Ctrl-C)")
 @click.option("--weights", type=click.Path(), default=None, help="folder of <variant>.pth checkpoints (default: random weights)")
 @click.option("--meter", default="auto", show_default=True, help="auto, rapl, perf, nvml, estimate")
 @click.option("--out", type=click.Path(), default=None, help="log folder (default results/serve-<timestamp>)")
@@ -504,11 +532,12 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
         adapt(runtime, problem, make_predictor(predictor), duration if duration else float("inf"),
               LoopSettings(interval_s=interval), policy, initial_rate=initial_load, on_decision=show,
               calibrator=Calibrator(problem.profiles))
-    except KeyboardInterrupt:
-        err_console.print("stopping", highlight=False)
+    except KeyboardInterrupt as e:
+        err_console.print("terminated (SIGTERM): stopping" if isinstance(e, Terminated) else "stopping")
     finally:
         runtime.stop()
         shutdown(started)
+        write_csv(out_dir / "decisions.csv", decisions)  # also when stopped before the first decision
         write_runtime_logs(out_dir, runtime.samples, runtime.reconfigurations, runtime.events)
         err_console.print(f"logs in {out_dir}/ (decisions.csv, energy.csv, reconfigurations.csv, events.csv)",
                           highlight=False)

@@ -122,6 +122,8 @@ def describe_validation_error(err: ValidationError, source: str, model: type[Bas
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif e["type"] not in ("missing", "value_error") and not isinstance(e.get("input"), dict | list):
+            msg += f", got {e.get('input')!r}"
         lines.append(f"  field '{loc}': {msg}")
         if e["type"] in ("extra_forbidden", "missing"):
             lines.append(f"    allowed fields here: {_allowed_fields(model, e['loc'])}")

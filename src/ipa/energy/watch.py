@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ipa.energy.common import EnergyMeter
+from ipa.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -18,15 +19,22 @@ class IntervalRow:
     method: str
 
 
+@dataclass(frozen=True)
+class Watched:
+    rows: list[IntervalRow]
+    elapsed_s: float
+    exit_code: int | None  # the command's (None without one, or when the watch stopped it)
+
+
 def watch(
     meter: EnergyMeter,
     interval_s: float = 1.0,
     duration_s: float | None = None,
     command: Sequence[str] | None = None,
     on_row: Callable[[IntervalRow], None] = lambda r: None,
-) -> tuple[list[IntervalRow], float]:
-    """Sample until the duration passes or the command exits; returns the rows and the elapsed time."""
-    proc = subprocess.Popen(list(command)) if command else None
+) -> Watched:
+    """Sample until the duration passes or the command exits; the rows, the elapsed time, the command's exit code."""
+    proc = _start(command) if command else None
     rows: list[IntervalRow] = []
     start = last = meter.read()
     next_t = start.t + interval_s
@@ -49,4 +57,12 @@ def watch(
     finally:
         if proc and proc.poll() is None:
             proc.terminate()
-    return rows, last.t - start.t
+    return Watched(rows, last.t - start.t, proc.poll() if proc else None)
+
+
+def _start(command: Sequence[str]) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(list(command))
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as e:
+        raise ConfigError(f"cannot run {command[0]!r}: {e.strerror or e} (give a command on the PATH or a path "
+                          "to an executable after --)") from None

@@ -126,6 +126,61 @@ SERIES_COLUMNS = ["arrivals", "completions", "drops", "rejected", "violations", 
                   "p99_latency_s", "core_seconds", "energy_idle_j", "energy_dynamic_j", "energy_j"]
 
 
+def cell_settings(setup: Setup, w: Workload, policy: str) -> dict[str, Any]:
+    """Everything that shapes one cell's results, as the user configured it (what a resumed run must match).
+
+    The pipeline, the profiles and the workload count by content (a hash), not by path: the same
+    trace read from another place is the same workload. Settings of the runtime a cell does not use
+    (Ray's for the simulator) do not count, nor does the HTTP port.
+    """
+    skip = {"workloads", "policies", "trace", "pipeline", "profiles"} | ({"ray"} if setup.cfg.runtime == "sim" else set())
+    config = setup.cfg.model_dump(mode="json", exclude=skip)
+    if "ray" in config:
+        config["ray"].pop("port", None)
+    profiles = json.dumps([[getattr(r, f) for f in r.__dataclass_fields__] for r in setup.profiles.rows]
+                          + [setup.profiles.meta], default=str)
+    machine = json.dumps([[getattr(r, f) for f in r.__dataclass_fields__] for r in setup.machine.rows], default=str)
+    return {"policy": policy, "workload": w.name, "workload_sha": _sha(w.rps.astype(float).tobytes()),
+            "pipeline_sha": _sha(json.dumps(setup.spec.model_dump(), sort_keys=True).encode()),
+            "profiles_sha": _sha(profiles.encode()), "machine_sha": _sha(machine.encode()), "config": config}
+
+
+def differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """What differs between the settings a cell was computed with and the ones asked for now, in words."""
+    if old is None:
+        return ["the earlier run did not record its settings"]
+    out = []
+    for key in ("workload_sha", "pipeline_sha", "profiles_sha", "machine_sha"):
+        if old.get(key) != new.get(key):
+            out.append(f"{key.removesuffix('_sha')} content")
+    out += _config_diff(old.get("config", {}), new["config"], "")
+    return out
+
+
+def _config_diff(old: dict, new: dict, prefix: str) -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+    return out
+
+
+def read_settings(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / "cell.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def write_cell(folder: Path, cell: dict[str, Any]) -> None:
     """Series and decisions first, summary.json last: its presence marks the cell finished."""
     series = cell["series"]

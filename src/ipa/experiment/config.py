@@ -30,7 +30,7 @@ class ExperimentConfig(Strict):
     predictor: str = "lstm"
     runtime: Literal["sim", "ray"] = "sim"
     solver: str = "exact"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     interval_s: float = Field(default=10.0, gt=0)
     history_s: int = Field(default=120, ge=10)
     weights: Weights = Weights()
@@ -53,17 +53,27 @@ class ExperimentConfig(Strict):
     @field_validator("policies")
     @classmethod
     def _known_policies(cls, v: list[str]) -> list[str]:
-        bad = [p for p in v if p not in EXPERIMENT_POLICIES]
-        if bad:
-            raise ValueError(f"unknown policy {bad[0]!r} (allowed: {', '.join(EXPERIMENT_POLICIES)})")
+        for p in v:
+            _one_of(p, EXPERIMENT_POLICIES, "policy")
         return v
+
+    @field_validator("solver")
+    @classmethod
+    def _known_solver(cls, v: str) -> str:
+        from ipa.optimize.solvers import SOLVERS
+
+        return _one_of(v, SOLVERS, "solver")
 
     @field_validator("predictor")
     @classmethod
     def _known_predictor(cls, v: str) -> str:
-        if v not in PREDICTORS:
-            raise ValueError(f"unknown predictor {v!r} (allowed: {', '.join(PREDICTORS)})")
-        return v
+        return _one_of(v, PREDICTORS, "predictor")
+
+
+def _one_of(value: str, allowed, what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r} (allowed: {', '.join(allowed)})")
+    return value
 
 
 def load_experiment(path: str | Path | None, ray: dict | None = None, **overrides) -> ExperimentConfig:

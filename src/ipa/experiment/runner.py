@@ -15,40 +15,61 @@ from typing import Any
 
 import yaml
 
-from ipa._io import atomic_write_text, write_csv
+from ipa._io import atomic_write_text, write_csv, write_json
 from ipa.experiment import fidelity
-from ipa.experiment.cells import SUMMARY_COLUMNS, Setup, cell_dir, shape, write_cell
+from ipa.experiment.cells import (SUMMARY_COLUMNS, Setup, cell_dir, cell_settings, differences, read_settings, shape,
+                                  write_cell)
 from ipa.experiment.config import ExperimentConfig
 from ipa.experiment.sim_cell import run_sim_cell
 from ipa.workload import Workload, load_workload
+from ipa.workload.patterns import PATTERNS
+from ipa.workload.trace import find_trace
 
 Progress = Callable[[str, dict | None], None]
 
 
 def run_experiment(cfg: ExperimentConfig, out: Path, progress: Progress = lambda m, s: None) -> list[dict[str, Any]]:
-    """All cells; a cell whose summary.json exists (an earlier, interrupted run) is not run again."""
+    """All cells. A cell finished by an earlier run into the same folder (its summary.json exists) is kept
+    only if it was computed with the same settings (`cell.json`); otherwise it is computed again."""
+    cfg = cfg.model_copy(update={"trace": _trace_read(cfg)})  # the files record the trace actually read
     setup = Setup.load(cfg)
     workloads = [shape(load_workload(w, cfg.trace), cfg.duration_s, cfg.load_scale) for w in cfg.workloads]
     out.mkdir(parents=True, exist_ok=True)
-    cells = [(w, p, cell_dir(out, w.name, p)) for w in workloads for p in cfg.policies]
-    todo = [c for c in cells if not (c[2] / "summary.json").is_file()]
+    cells = []
+    for w in workloads:
+        for p in cfg.policies:
+            folder = cell_dir(out, w.name, p)
+            settings = cell_settings(setup, w, p)
+            finished = (folder / "summary.json").is_file()
+            changed = differences(read_settings(folder), settings) if finished else []
+            cells.append((w, p, folder, settings, finished and not changed, changed))
     summaries = []
-    with _cluster(setup, bool(todo)) as (setup, cluster):
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(setup.cfg.model_dump(), sort_keys=False))
-        for w, policy, folder in cells:
-            done = folder / "summary.json"
-            if done.is_file():
-                summary = json.loads(done.read_text())
+    with _cluster(setup, not all(c[4] for c in cells)) as (fitted, cluster):
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        for w, policy, folder, settings, keep, changed in cells:
+            if keep:
+                summary = json.loads((folder / "summary.json").read_text())
                 progress(f"{w.name} / {policy}: kept from the earlier run", summary)
             else:
-                summary = _serve_cell(cluster, setup, w, policy, folder, out) if cluster else _sim_cell(setup, w, policy, folder)
+                (folder / "summary.json").unlink(missing_ok=True)  # unfinished until this run writes it again
+                write_json(folder / "cell.json", settings)
+                summary = (_serve_cell(cluster, fitted, w, policy, folder, out) if cluster
+                           else _sim_cell(fitted, w, policy, folder))
                 if summary is None:
                     progress(f"{w.name} / {policy}: skipped (see the warning above)", None)
                     continue
-                progress(f"{w.name} / {policy}", summary)
+                again = f" (computed again: {'; '.join(changed)})" if changed else ""
+                progress(f"{w.name} / {policy}{again}", summary)
             summaries.append(summary)
             write_csv(out / "summary.csv", summaries, SUMMARY_COLUMNS)
     return summaries
+
+
+def _trace_read(cfg: ExperimentConfig) -> str | None:
+    """The trace file the workloads will be read from (None when none of them needs it)."""
+    if not any(w in PATTERNS or w.startswith("trace:") for w in cfg.workloads):
+        return cfg.trace
+    return str(find_trace(cfg.trace).resolve())
 
 
 def _sim_cell(setup: Setup, w: Workload, policy: str, folder: Path) -> dict[str, Any]:

@@ -233,6 +233,8 @@ class Decision:
             "power_w": a.power_w,
             "latency_s": a.latency_s,
             "capacity_rps": a.capacity_rps,
+            "served_rps": min(self.load_rps, a.capacity_rps),
+            "shortfall_rps": max(0.0, self.load_rps - a.capacity_rps),
             "cpu_demand": a.cpu_demand,
             "serving_cores": a.serving_cores,
             "solve_ms": self.solve_ms,

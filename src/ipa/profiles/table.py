@@ -57,6 +57,8 @@ class ProfileTable:
 
     def __post_init__(self) -> None:
         self._index = {(p.stage, p.variant, p.batch, p.cores): p for p in self.rows}
+        if len(self._index) < len(self.rows):
+            raise ProfileError(f"{self.source}: two rows profile the same (stage, variant, batch, cores)")
         self._by_stage: dict[str, list[Profile]] = {}
         for p in self.rows:
             self._by_stage.setdefault(p.stage, []).append(p)
@@ -143,6 +145,13 @@ def load_profiles(path: str | Path, spec: PipelineSpec | None = None) -> Profile
         rows = [_parse_row(r, line, p) for line, r in enumerate(reader, start=2)]
     if not rows:
         raise ProfileError(f"{p}: no profile rows")
+    seen: dict[tuple[str, str, int, int], int] = {}
+    for line, r in enumerate(rows, start=2):
+        key = (r.stage, r.variant, r.batch, r.cores)
+        if key in seen:
+            raise ProfileError(f"{p}: rows {seen[key]} and {line} both profile {r.stage}/{r.variant} at batch "
+                               f"{r.batch}, {r.cores} cores: keep one (plans and the simulator would read different ones)")
+        seen[key] = line
     mp = meta_path(p)
     meta = json.loads(mp.read_text()) if mp.is_file() else {}
     table = ProfileTable(rows, meta, str(p))

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from ipa._signals import stop_on_sigterm
 from ipa.energy.common import EnergyMeter
 from ipa.errors import ConfigError, IpaError
 from ipa.profiles.calibration import BatchTiming
@@ -297,6 +298,8 @@ def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
     from ray import serve
 
     _check_stage_kinds(spec)
+    if not settings.address and not ray.is_initialized():
+        _check_port_free(settings.host, settings.port)
     started = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
@@ -305,9 +308,21 @@ def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
         else:
             ray.init(num_cpus=settings.cpus or os.cpu_count(), **kwargs)
         started = True
+        stop_on_sigterm()  # Ray's own handler exits on the spot; ours stops like Ctrl-C, logs and all
     # One HTTP proxy, on the head node: the pipeline has one address however many nodes serve it.
     serve.start(proxy_location="HeadOnly", http_options={"host": settings.host, "port": settings.port})
     return started
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Serve's proxy would fail deep inside Ray on a port in use: say so before starting anything."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"port {port} on {host} is not free ({e.strerror}): pass another with --port") from None
 
 
 def shutdown(started_ray: bool) -> None:

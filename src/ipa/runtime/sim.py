@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ipa.profiles.calibration import BatchTiming
 from ipa.profiles.table import Profile, ProfileTable
@@ -46,6 +46,14 @@ class SimSettings(Strict):
                               "than its profiles say (2: every batch takes twice as long)")
     serving_latency_s: float | None = Field(default=None, ge=0, description="added to every answer (default: the "
                                             "profiles' measured serving latency, 0 when not measured)")
+
+    @field_validator("reconfig_s")
+    @classmethod
+    def _delays_are_durations(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        bad = {k: d for k, d in (v or {}).items() if not 0 <= d < math.inf}
+        if bad:
+            raise ValueError(f"delays must be finite seconds >= 0, got {bad}")
+        return v
 
 
 @dataclass

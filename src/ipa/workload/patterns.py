@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,14 +81,38 @@ def load_workload(text: str, trace: str | Path | None = None) -> Workload:
         raise ConfigError(f"workload '{text}' is malformed (allowed: {FORMS})") from None
 
 
-def _nums(rest: str, n_min: int, n_max: int) -> list[float]:
+# form, its fields in order, how many are required
+SYNTHETIC = {
+    "static": ("static:RPS:SECONDS", ("RPS", "SECONDS"), 2),
+    "step": ("step:LOW:HIGH:SECONDS[:AT]", ("LOW", "HIGH", "SECONDS", "AT"), 3),
+    "sine": ("sine:MEAN:AMPLITUDE:PERIOD:SECONDS", ("MEAN", "AMPLITUDE", "PERIOD", "SECONDS"), 4),
+    "spike": ("spike:BASE:PEAK:SECONDS[:AT:WIDTH]", ("BASE", "PEAK", "SECONDS", "AT", "WIDTH"), 3),
+}
+
+
+def _fields(text: str, rest: str, kind: str) -> dict[str, float]:
+    """The named numbers of a synthetic form; each must be finite and >= 0, a count of seconds a whole number."""
+    form, names, required = SYNTHETIC[kind]
     parts = rest.split(":")
-    if not n_min <= len(parts) <= n_max:
-        raise ValueError
-    values = [float(p) for p in parts]
-    if any(v < 0 for v in values):
-        raise ValueError
-    return values
+    if not required <= len(parts) <= len(names):
+        raise ConfigError(f"workload '{text}': expected {form} ({len(parts)} value(s) given)")
+    out = {}
+    for name, raw in zip(names, parts):
+        try:
+            v = float(raw)
+        except ValueError:
+            raise ConfigError(f"workload '{text}': {name} must be a number, got '{raw}' ({form})") from None
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(f"workload '{text}': {name} must be a finite number >= 0, got '{raw}' ({form})")
+        if name in ("SECONDS", "AT", "WIDTH") and v != int(v):
+            raise ConfigError(f"workload '{text}': {name} must be a whole number of seconds, got '{raw}' ({form})")
+        out[name] = v
+    if out["SECONDS"] < 1:
+        raise ConfigError(f"workload '{text}': SECONDS must be at least 1, got '{parts[names.index('SECONDS')]}' "
+                          f"({form})")
+    if "PERIOD" in out and out["PERIOD"] <= 0:
+        raise ConfigError(f"workload '{text}': PERIOD must be > 0 ({form})")
+    return out
 
 
 def _trace(text: str, rest: str, trace) -> Workload:
@@ -106,27 +131,29 @@ def _file(text: str, rest: str, trace) -> Workload:
 
 
 def _static(text: str, rest: str, trace) -> Workload:
-    rps, seconds = _nums(rest, 2, 2)
-    return Workload(text, np.full(int(seconds), rps), "synthetic")
+    f = _fields(text, rest, "static")
+    return Workload(text, np.full(int(f["SECONDS"]), f["RPS"]), "synthetic")
 
 
 def _step(text: str, rest: str, trace) -> Workload:
-    v = _nums(rest, 3, 4)
-    low, high, seconds = v[0], v[1], int(v[2])
-    at = int(v[3]) if len(v) == 4 else seconds // 2
-    return Workload(text, np.where(np.arange(seconds) < at, low, high).astype(float), "synthetic")
+    f = _fields(text, rest, "step")
+    seconds = int(f["SECONDS"])
+    at = int(f.get("AT", seconds // 2))
+    return Workload(text, np.where(np.arange(seconds) < at, f["LOW"], f["HIGH"]).astype(float), "synthetic")
 
 
 def _sine(text: str, rest: str, trace) -> Workload:
-    mean, amp, period, seconds = _nums(rest, 4, 4)
-    t = np.arange(int(seconds))
-    return Workload(text, np.maximum(0.0, mean + amp * np.sin(2 * np.pi * t / period)).round(), "synthetic")
+    """Fractional rates are kept (arrivals keep their running total), so a small amplitude is not rounded away."""
+    f = _fields(text, rest, "sine")
+    t = np.arange(int(f["SECONDS"]))
+    return Workload(text, np.maximum(0.0, f["MEAN"] + f["AMPLITUDE"] * np.sin(2 * np.pi * t / f["PERIOD"])),
+                    "synthetic")
 
 
 def _spike(text: str, rest: str, trace) -> Workload:
-    v = _nums(rest, 3, 5)
-    base, peak, seconds = v[0], v[1], int(v[2])
-    at = int(v[3]) if len(v) > 3 else seconds // 2
-    width = int(v[4]) if len(v) > 4 else max(1, seconds // 20)
+    f = _fields(text, rest, "spike")
+    seconds = int(f["SECONDS"])
+    at = int(f.get("AT", seconds // 2))
+    width = int(f.get("WIDTH", max(1, seconds // 20)))
     t = np.arange(seconds)
-    return Workload(text, np.where((t >= at) & (t < at + width), peak, base).astype(float), "synthetic")
+    return Workload(text, np.where((t >= at) & (t < at + width), f["PEAK"], f["BASE"]).astype(float), "synthetic")

@@ -34,20 +34,24 @@ def default_locations() -> list[Path]:
 
 
 def find_trace(explicit: str | Path | None = None) -> Path:
-    """The first of --trace, IPA_TRACE, ../shared that exists; a clear error listing what was tried."""
-    tried = []
+    """--trace if given, else IPA_TRACE if set, else the first ../shared copy that exists.
+
+    A path the user gave must exist: falling back to another trace would report results for data
+    the user did not ask for.
+    """
     if explicit:
         p = Path(explicit)
-        if p.is_file():
-            return p
-        tried.append(f"--trace {p} (no such file)")
+        if not p.is_file():
+            raise TraceNotFoundError(f"--trace {p}: no such file (give an existing trace file, or leave --trace "
+                                     f"out to use {ENV} or ../shared)")
+        return p
     env = os.environ.get(ENV)
     if env:
-        if Path(env).is_file():
-            return Path(env)
-        tried.append(f"{ENV}={env} (no such file)")
-    else:
-        tried.append(f"{ENV} (not set)")
+        if not Path(env).is_file():
+            raise TraceNotFoundError(f"{ENV}={env}: no such file (point it at an existing trace file, or unset it "
+                                     "to use ../shared)")
+        return Path(env)
+    tried = [f"{ENV} (not set)"]
     for p in default_locations():
         if p.is_file():
             return p
