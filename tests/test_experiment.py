@@ -146,3 +146,14 @@ def test_a_resumed_cell_computed_with_other_settings_is_computed_again(tmp_path,
     messages.clear()
     run_experiment(cfg.model_copy(update={"predictor": "reactive"}), out, lambda m, s: messages.append(m))
     assert messages == ["step:2:30:240 / ipa (computed again: profiles content; machine content)"]
+
+
+def test_ipa_q_stands_beside_ipa_in_the_same_experiment(tmp_path, small_cfg):
+    """IPA's problem solved by Q-learning, learning across the run's decisions: a row of its own."""
+    cfg = small_cfg.model_copy(update={"workloads": ["sine:12:10:120:240"], "policies": ["ipa", "ipa-q"]})
+    rows = {s["policy"]: s for s in run_experiment(cfg, tmp_path / "q")}
+    assert set(rows) == {"ipa", "ipa-q"}
+    assert rows["ipa-q"]["pas"] == pytest.approx(rows["ipa"]["pas"], abs=0.01)
+    assert rows["ipa-q"]["cost_cores"] == pytest.approx(rows["ipa"]["cost_cores"], rel=0.1)
+    with (tmp_path / "q" / "cells" / "sine_12_10_120_240__ipa-q" / "decisions.csv").open() as f:
+        assert all(d["config"] for d in csv.DictReader(f))

@@ -66,6 +66,7 @@ def adapt(
     """
     records: list[dict[str, Any]] = []
     config: PipelineConfig | None = None
+    solver = _solver(settings.solver)
     t = 0.0
     while t < duration_s:
         observed = runtime.observed_rates()
@@ -79,7 +80,7 @@ def adapt(
             record["calibration"] = calibrator.ratios()
         try:
             load = oracle(t) if oracle else float(predictor.predict(history))  # type: ignore[union-attr]
-            decision = solve(planned, load, settings.solver, policy)
+            decision = solve(planned, load, solver, policy)
         except Exception as e:  # keep serving: a bad prediction or solve must not stop the pipeline
             log.warning("decision at t=%.0f s failed (%s); keeping the current config", t, e)
             record |= {"error": str(e)}
@@ -104,3 +105,12 @@ def adapt(
         t = min(t + settings.interval_s, duration_s)
         runtime.run_until(t)
     return records
+
+
+def _solver(name: str):
+    """The solver the loop calls: Q-learning as one object for the whole run, so it learns across decisions."""
+    if name == "q-learning":
+        from ipa.optimize.qlearning import QLearning
+
+        return QLearning()
+    return name

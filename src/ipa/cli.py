@@ -122,7 +122,8 @@ def serving_line(problem, load: float) -> str:
 @click.option("--profiles", type=click.Path(), default="profiles/video-cpu-2core.csv", show_default=True)
 @click.option("--load", "load", type=float, required=True, help="requests per second to sustain")
 @click.option("--policy", type=click.Choice(["ipa", "ipa-energy", "fa2-low", "fa2-high", "rim-high"]), default="ipa")
-@click.option("--solver", type=click.Choice(["exact", "brute-force", "q-learning"]), default="exact", show_default=True)
+@click.option("--solver", type=click.Choice(["exact", "brute-force", "q-learning", "milp", "gurobi"]), default="exact",
+              show_default=True, help="milp: HiGHS (pip install highspy); gurobi: IPA's formulation (pip install gurobipy)")
 @problem_options
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def optimize(pipeline, profiles, load, policy, solver, as_json, **problem_kw):
@@ -397,8 +398,10 @@ def predictor_eval(trace, predictors, stride, as_json):
 @cli.command()
 @click.argument("config", required=False, type=click.Path())
 @click.option("--workload", "workloads", multiple=True, help="any workload form; repeat for several")
-@click.option("--policy", "policies", multiple=True, help="ipa, ipa-energy, fa2-low, fa2-high, rim-high, oracle")
+@click.option("--policy", "policies", multiple=True,
+              help="ipa, ipa-energy, fa2-low, fa2-high, rim-high, oracle (the default six), ipa-q (ipa by Q-learning)")
 @click.option("--predictor", default=None, help="reactive, max, avg, arima, lstm")
+@click.option("--solver", default=None, help="exact (default), brute-force, q-learning, milp, gurobi")
 @click.option("--runtime", type=click.Choice(["sim", "ray"]), default=None)
 @click.option("--profiles", default=None, help="profile CSV (default: the shipped 2-core CPU profiles)")
 @click.option("--pipeline", default=None)
@@ -409,7 +412,7 @@ def predictor_eval(trace, predictors, stride, as_json):
 @ray_options
 @trace_option
 @click.option("--out", type=click.Path(), default=None, help="result folder (default results/<timestamp>); resumed if it exists")
-def experiment(config, workloads, policies, predictor, runtime, profiles, pipeline, seed, duration, load_scale,
+def experiment(config, workloads, policies, predictor, solver, runtime, profiles, pipeline, seed, duration, load_scale,
                max_cores, address, port, ray_cpus, device, trace, out):
     """Compare policies on workloads: summary table, CSVs, plots and report.html."""
     import datetime as dt
@@ -422,7 +425,7 @@ def experiment(config, workloads, policies, predictor, runtime, profiles, pipeli
     from ipa.experiment.runner import run_experiment
 
     cfg = load_experiment(config, workloads=list(workloads), policies=list(policies), predictor=predictor,
-                          runtime=runtime, profiles=profiles, pipeline=pipeline, seed=seed, trace=trace,
+                          solver=solver, runtime=runtime, profiles=profiles, pipeline=pipeline, seed=seed, trace=trace,
                           duration_s=duration, load_scale=load_scale, max_cores=max_cores,
                           ray={"address": address, "port": port, "cpus": ray_cpus, "device": device})
     if cfg.runtime == "ray":

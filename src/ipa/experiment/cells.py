@@ -63,7 +63,7 @@ class Setup:
         """The policy's problem; `weights` overrides some configured weights (the frontier's sweep);
         `client`: the load generator shares the serving machine."""
         c = self.cfg
-        base = "ipa" if policy == "oracle" else policy
+        base = "ipa" if policy in ("oracle", "ipa-q") else policy
         update = dict(weights or {})
         if base == "ipa-energy":
             update.setdefault("delta", c.energy_delta)
@@ -101,7 +101,8 @@ def control(c: ExperimentConfig, workload: Workload, policy: str) -> tuple[Predi
     """What a cell's control loop runs with, simulated or real: predictor, loop settings, initial rate."""
     initial = float(workload.rps[0]) if workload.seconds else 0.0
     predictor = None if policy == "oracle" else make_predictor(c.predictor, c.load_scale, initial)
-    return predictor, LoopSettings(c.interval_s, history_s(predictor, c.history_s), c.solver), initial
+    solver = "q-learning" if policy == "ipa-q" else c.solver
+    return predictor, LoopSettings(c.interval_s, history_s(predictor, c.history_s), solver), initial
 
 
 def score_decisions(setup: Setup, decisions: list[dict[str, Any]], peak: Callable[[float], float]) -> None:

@@ -17,7 +17,8 @@ from ipa.runtime.ray_runtime import RaySettings
 from ipa.runtime.sim import SimSettings
 from ipa.spec import Strict, load_model, read_yaml
 
-EXPERIMENT_POLICIES = (*POLICIES, "oracle")
+EXPERIMENT_POLICIES = (*POLICIES, "oracle", "ipa-q")  # ipa-q: IPA's problem, solved by Q-learning
+DEFAULT_POLICIES = (*POLICIES, "oracle")
 PAPER_WORKLOADS = ["bursty", "steady-low", "steady-high", "fluctuating"]
 REPO = Path(__file__).resolve().parents[3]
 
@@ -26,7 +27,7 @@ class ExperimentConfig(Strict):
     pipeline: str = "configs/pipelines/video.yaml"
     profiles: str = "profiles/video-cpu-2core.csv"
     workloads: list[str] = Field(default_factory=lambda: list(PAPER_WORKLOADS), min_length=1)
-    policies: list[str] = Field(default_factory=lambda: list(EXPERIMENT_POLICIES), min_length=1)
+    policies: list[str] = Field(default_factory=lambda: list(DEFAULT_POLICIES), min_length=1)
     predictor: str = "lstm"
     runtime: Literal["sim", "ray"] = "sim"
     solver: str = "exact"

@@ -1,113 +1,102 @@
-"""Q-learning solver after the energy study: states are configs, actions nudge one knob of one stage.
+"""Q-learning after the energy study, made to work on changing workloads.
 
-State: per stage (variant, batch, cores, replicas). Actions: switch the variant up or down, +/-1
-replica, batch up or down, cores up or down, for one stage. Reward: the objective, heavily
-penalised for breaking the SLA or falling short of the load. Epsilon-greedy with decaying epsilon.
-It returns the best feasible config it visited, so it is a heuristic: `bench/optimizer.py` reports
-how far it lands from the exact optimum.
+The energy study's design: states are pipeline configs, actions nudge one knob of one stage, the reward is
+the objective heavily penalised when the SLA or the load is broken, epsilon-greedy with decaying epsilon.
+Run from scratch at every decision over raw knobs (variant, batch, cores, replicas), it lands cores away
+from the optimum and sometimes finds nothing feasible. Three things make it work here:
+
+- The exact solver's structure: for a (variant, batch, cores) the best replica count is the fewest that
+  sustain the load, and only each stage's Pareto options (latency, accuracy, penalty) can be optimal. So a
+  state picks one Pareto option per stage, and an action moves one stage one step along its options
+  (sorted by latency).
+- What it learned is kept between decisions (`QLearning` is an object that lives as long as the loop):
+  the Q-table is keyed by (variant, batch, cores) per stage, which stays meaningful when the load moves,
+  and every decision starts from the previous decision's config.
+- After exploring, a greedy pass re-picks each stage's option given the others, then two stages' together,
+  until nothing improves, so a nearly right config becomes a locally optimal one; when exploring found
+  nothing feasible, a repair pass first re-picks options to reduce the violation until none is left.
+
+It returns the best feasible config it visited: a heuristic, measured against the exact optimum by
+`python bench/optimizer.py`.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 
 from ipa.optimize.problem import Option, Problem
-from ipa.profiles.table import Profile
+from ipa.optimize.search import Neighbourhood
 
-PENALTY = 10.0
 
 
 @dataclass(frozen=True)
 class QSettings:
-    episodes: int = 200
-    steps: int = 40
-    alpha: float = 0.3  # learning rate
-    discount: float = 0.9
-    epsilon: float = 1.0
-    epsilon_decay: float = 0.98
-    epsilon_min: float = 0.05
+    episodes: int = 30
+    steps: int = 20
+    alpha: float = 0.5  # learning rate
+    discount: float = 0.8
+    epsilon: float = 0.3  # exploration at the first episode of a decision, decaying
+    epsilon_decay: float = 0.9
+    patience: int = 8  # episodes without a better config before the decision stops exploring
     seed: int = 0
 
 
-class _Space:
-    """Per stage: sorted variants, batches, cores, and the profile row of each combination."""
+class QLearning:
+    """A Q-learning solver that keeps what it learned across the decisions of one adaptation loop."""
 
-    def __init__(self, problem: Problem, load: float):
-        self.problem, self.load = problem, load
-        self.stages = problem.spec.stage_names
-        self.rows: list[dict[tuple[str, int, int], Profile]] = []
-        self.axes: list[tuple[list[str], list[int], list[int]]] = []
-        for s in self.stages:
-            opts = problem.candidates(s, load)
-            rows = {(o.variant, o.batch, o.cores): problem.profiles.lookup(s, o.variant, o.batch, o.cores) for o in opts}
-            acc = {v.name: v.accuracy for v in problem.spec.stage(s).variants}
-            variants = sorted({k[0] for k in rows}, key=lambda v: acc[v])
-            self.rows.append(rows)
-            self.axes.append((variants, sorted({k[1] for k in rows}), sorted({k[2] for k in rows})))
-        self.actions = [(i, knob, step) for i in range(len(self.stages)) for knob in range(4) for step in (-1, 1)]
+    name = "q-learning"
 
-    def cap(self) -> int:
-        return self.problem.frozen_replicas or self.problem.scaling_cap
+    def __init__(self, settings: QSettings = QSettings()):
+        self.settings = settings
+        self.q: dict[tuple, np.ndarray] = {}
+        self.last: tuple | None = None  # (variant, batch, cores) per stage of the previous decision
+        self.rng = np.random.default_rng(settings.seed)
 
-    def start(self) -> tuple:
-        n = self.problem.frozen_replicas or 1
-        return tuple((0, 0, 0, n) for _ in self.stages)
+    def __call__(self, problem: Problem, load: float) -> list[Option] | None:
+        from ipa.optimize.solvers import stage_fronts
 
-    def step(self, state: tuple, action: tuple[int, int, int]) -> tuple:
-        i, knob, d = action
-        cur = list(state[i])
-        if knob == 3:
-            if self.problem.frozen_replicas:
-                return state
-            cur[3] = min(max(1, cur[3] + d), self.cap())
-        else:
-            cur[knob] = min(max(0, cur[knob] + d), len(self.axes[i][knob]) - 1)
-        return state[:i] + (tuple(cur),) + state[i + 1 :]
-
-    def options(self, state: tuple) -> list[Option] | None:
-        out = []
-        for i, (v, b, c, n) in enumerate(state):
-            variants, batches, cores = self.axes[i]
-            row = self.rows[i].get((variants[v], batches[b], cores[c]))
-            if row is None:
+        fronts = [sorted(f, key=lambda o: (o.latency_s, o.penalty)) for f in stage_fronts(problem, load)]
+        if any(not f for f in fronts):
+            return None
+        space = Neighbourhood(problem, load, fronts)
+        start = space.nearest(self.last) if self.last else tuple(0 for _ in fronts)
+        best = self._explore(space, start)
+        if best is None:  # nothing feasible visited: repair the start, then the best explored
+            best = space.repair(start)
+            if not space.feasible(best):
                 return None
-            out.append(self.problem.option(row, self.load, replicas=n))
-        return out
+        best = space.greedy(best)
+        self.last = space.key(best)
+        return space.options(best)
 
-    def reward(self, chosen: list[Option] | None) -> tuple[float, bool]:
-        if chosen is None:
-            return -2 * PENALTY, False
-        objective = self.problem.objective(chosen)
-        latency = sum(o.latency_s for o in chosen)
-        sla = self.problem.latency_budget_s
-        short = sum(max(0.0, self.load - o.capacity_rps) for o in chosen) / max(self.load, 1.0)
-        feasible = latency <= sla + 1e-9 and short <= 1e-9
-        if feasible:
-            return objective, True
-        return objective - PENALTY * (1 + max(0.0, latency / sla - 1) + short), False
+    def _explore(self, space: Neighbourhood, start: tuple[int, ...]) -> tuple[int, ...] | None:
+        s = self.settings
+        best, best_value = (start, space.value(start)) if space.feasible(start) else (None, -np.inf)
+        eps, stale = s.epsilon, 0
+        for _ in range(s.episodes):
+            state = best if best is not None else start
+            improved = False
+            for _ in range(s.steps):
+                key = space.key(state)
+                q = self.q.setdefault(key, np.zeros(space.n_actions))
+                a = int(self.rng.integers(space.n_actions)) if self.rng.random() < eps else int(np.argmax(q))
+                nxt = space.step(state, a)
+                reward = space.reward(nxt)
+                q_next = self.q.get(space.key(nxt))
+                future = float(q_next.max()) if q_next is not None else 0.0
+                q[a] += s.alpha * (reward + s.discount * future - q[a])
+                if space.feasible(nxt) and reward > best_value + 1e-12:
+                    best, best_value, improved = nxt, reward, True
+                state = nxt
+            eps *= s.epsilon_decay
+            stale = 0 if improved else stale + 1
+            if stale >= s.patience:
+                break
+        return best
 
 
 def q_learning(problem: Problem, load: float, settings: QSettings = QSettings()) -> list[Option] | None:
-    space = _Space(problem, load)
-    if any(not rows for rows in space.rows):
-        return None
-    rng = np.random.default_rng(settings.seed)
-    q: dict[tuple, np.ndarray] = defaultdict(lambda: np.zeros(len(space.actions)))
-    best: tuple[float, list[Option]] | None = None
-    eps = settings.epsilon
-    for _ in range(settings.episodes):
-        state = space.start()
-        for _ in range(settings.steps):
-            a = int(rng.integers(len(space.actions))) if rng.random() < eps else int(np.argmax(q[state]))
-            nxt = space.step(state, space.actions[a])
-            chosen = space.options(nxt)
-            r, feasible = space.reward(chosen)
-            q[state][a] += settings.alpha * (r + settings.discount * q[nxt].max() - q[state][a])
-            if feasible and chosen is not None and (best is None or r > best[0]):
-                best = (r, chosen)
-            state = nxt
-        eps = max(settings.epsilon_min, eps * settings.epsilon_decay)
-    return best[1] if best else None
+    """One decision with nothing learned before (the stateless form `solve` uses)."""
+    return QLearning(settings)(problem, load)

@@ -30,14 +30,11 @@ def exact(problem: Problem, load: float) -> Chosen | None:
     budget = problem.max_cores
     cap = budget + EPS if budget is not None else math.inf
     cpu = problem.cpu_budget(load) + EPS
-    options = problem.options(load)
-    if any(not opts for opts in options):
+    per_stage, use_cpu = _fronts(problem, load)
+    if any(not opts for opts in per_stage):
         return None
-    use_cpu = sum(max(o.cpu_demand for o in opts) for opts in options) > cpu
-    opt_key = _opt_key_cpu if use_cpu else _opt_key
     state_key = (lambda s: (s[0], s[1], s[2], s[4])) if use_cpu else (lambda s: (s[0], s[1], s[2]))
     front = _pareto_per_cores if budget is not None else pareto_filter
-    per_stage = [front(opts, opt_key) for opts in options]
     method = problem.spec.accuracy_method
     k = len(per_stage)
     sla = problem.latency_budget_s + EPS
@@ -61,9 +58,7 @@ def exact(problem: Problem, load: float) -> Chosen | None:
     if min_lat[0] > sla or not problem.within_budget(min_cores[0]) or min_cpu[0] > cpu:
         return None
 
-    incumbent: Chosen | None = _fastest(problem, per_stage)
-    if not problem.within_budget(sum(o.total_cores for o in incumbent)) or sum(o.cpu_demand for o in incumbent) > cpu:
-        incumbent = None
+    incumbent = _incumbent(problem, load, per_stage)
     best = problem.objective(incumbent) if incumbent else -math.inf
 
     # state: (latency, accuracy so far, penalty so far, cores so far, CPU so far, chosen options)
@@ -94,6 +89,21 @@ def exact(problem: Problem, load: float) -> Chosen | None:
     return list(top[5]) if alpha * finish(top[1]) - top[2] >= best - EPS else incumbent
 
 
+def stage_fronts(problem: Problem, load: float) -> list[list[Option]]:
+    """Per stage, the options that can be part of an optimum: those sustaining the load within every cap and
+    budget that no other option beats on latency, accuracy and penalty (and cores and CPU where they bind)."""
+    return _fronts(problem, load)[0]
+
+
+def _fronts(problem: Problem, load: float) -> tuple[list[list[Option]], bool]:
+    options = problem.options(load)
+    use_cpu = any(opts for opts in options) and sum(
+        max((o.cpu_demand for o in opts), default=0.0) for opts in options) > problem.cpu_budget(load) + EPS
+    key = _opt_key_cpu if use_cpu else _opt_key
+    front = _pareto_per_cores if problem.max_cores is not None else pareto_filter
+    return [front(opts, key) for opts in options], use_cpu
+
+
 def _pareto_per_cores(items, key):
     """Pareto sets within each number of cores used (the extra dimension of a core budget)."""
     groups: dict[int, list] = {}
@@ -114,9 +124,16 @@ def _opt_key_cpu(o: Option) -> tuple[float, float, float, float]:
     return (o.latency_s, o.accuracy, o.penalty, o.cpu_demand)
 
 
-def _fastest(problem: Problem, per_stage: Sequence[Sequence[Option]]) -> Chosen:
-    """Lowest-latency option per stage (ties: best objective share): feasible if anything is."""
-    return [min(opts, key=lambda o: (o.latency_s, o.penalty, -o.accuracy)) for opts in per_stage]
+def _incumbent(problem: Problem, load: float, per_stage: list[list[Option]]) -> Chosen | None:
+    """A good feasible config to prune against: the local search of `ipa.optimize.search` (one stage, then two
+    stages re-picked at a time) from the fastest option per stage. The closer it is to the optimum, the more
+    partial choices the bound discards; the result stays exact whatever it returns."""
+    from ipa.optimize.search import Neighbourhood
+
+    fronts = [sorted(opts, key=lambda o: (o.latency_s, o.penalty, -o.accuracy)) for opts in per_stage]
+    space = Neighbourhood(problem, load, fronts)
+    state = space.repair(tuple(0 for _ in fronts))
+    return space.options(space.greedy(state)) if space.feasible(state) else None
 
 
 def brute_force(problem: Problem, load: float) -> Chosen | None:
@@ -231,34 +248,52 @@ def _closest(problem: Problem, load: float, why: str) -> tuple[Chosen, str]:
 
 
 def q_learning(problem: Problem, load: float) -> Chosen | None:
+    """One decision, nothing learned before (the adaptation loop keeps a `QLearning` that learns across them)."""
     from ipa.optimize.qlearning import q_learning as learn
 
     return learn(problem, load)
 
 
-SOLVERS: dict[str, Solver] = {"exact": exact, "brute-force": brute_force, "q-learning": q_learning}
+def milp(problem: Problem, load: float) -> Chosen | None:
+    from ipa.optimize.milp import milp as solve_milp
+
+    return solve_milp(problem, load)
+
+
+def gurobi(problem: Problem, load: float) -> Chosen | None:
+    from ipa.optimize.milp import gurobi as solve_gurobi
+
+    return solve_gurobi(problem, load)
+
+
+SOLVERS: dict[str, Solver] = {"exact": exact, "brute-force": brute_force, "q-learning": q_learning, "milp": milp,
+                              "gurobi": gurobi}
+EXACT = ("exact", "brute-force", "milp", "gurobi")  # solvers that return the optimum
 
 
 def register(name: str, solver: Solver) -> None:
     SOLVERS[name] = solver
 
 
-def solve(problem: Problem, load: float, solver: str = "exact", policy: str = "ipa") -> Decision:
-    """Run a solver, time it, and fall back to the best-effort config when nothing is feasible."""
-    if solver not in SOLVERS:
+def solve(problem: Problem, load: float, solver: str | Solver = "exact", policy: str = "ipa") -> Decision:
+    """Run a solver (a name, or a solver object such as a `QLearning` that learns across decisions), time it,
+    and fall back to the best-effort config when nothing is feasible."""
+    if isinstance(solver, str) and solver not in SOLVERS:
         raise ConfigError(f"unknown solver '{solver}' (allowed: {', '.join(SOLVERS)})")
     if not math.isfinite(load) or load < 0:
         raise ConfigError(f"load must be a finite number >= 0 rps, got {load}")
+    name = solver if isinstance(solver, str) else getattr(solver, "name", type(solver).__name__)
+    run = SOLVERS[solver] if isinstance(solver, str) else solver
     t0 = time.perf_counter()
-    chosen = SOLVERS[solver](problem, load)
-    if chosen is not None and solver != "exact" and not problem.assess(chosen, load).feasible:
-        chosen = None  # a heuristic solver (q-learning) does not know every constraint
+    chosen = run(problem, load)
+    if chosen is not None and name != "exact" and not problem.assess(chosen, load).feasible:
+        chosen = None  # a heuristic solver must not return what breaks a constraint
     reason = ""
     if chosen is None:
         chosen, reason = best_effort(problem, load)
         reason = f"no configuration meets the constraints at {load:.1f} rps: {reason}"
     ms = (time.perf_counter() - t0) * 1000
-    return Decision(policy, solver, load, problem.assess(chosen, load), ms, reason)
+    return Decision(policy, name, load, problem.assess(chosen, load), ms, reason)
 
 
 def combinations(problem: Problem, load: float) -> int:
@@ -266,4 +301,5 @@ def combinations(problem: Problem, load: float) -> int:
     return math.prod(len(o) for o in problem.options(load))
 
 
-__all__ = ["SOLVERS", "best_effort", "brute_force", "combinations", "exact", "max_load", "solve", "register"]
+__all__ = ["EXACT", "SOLVERS", "best_effort", "brute_force", "combinations", "exact", "max_load", "solve",
+           "register", "stage_fronts"]
