@@ -26,7 +26,7 @@ from ipa.optimize import make_problem, solve
 from ipa.profiles import load_profiles
 from ipa.runtime.loadgen import photo_jpegs
 from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, shutdown
-from ipa.runtime.serving import _load, _run, crops, decode_image
+from ipa.runtime.serving import _load, crops, decode_image
 from ipa.spec import StageConfig, config_as_dict, load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def in_process(models, jpeg: bytes) -> dict:
     image = decode_image(jpeg, "image/jpeg")
-    det = _run(models[0], [image])[0]
+    det = models[0].serve([image])[0]
     box, crop = crops(image, det)[0]
-    return {"box": box, **_run(models[1], [crop])[0]}
+    return {"box": box, **models[1].serve([crop])[0]}
 
 
 def closed_loop(call, clients: int, seconds: float) -> tuple[int, list[float]]:
@@ -91,7 +91,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)  # as each 1-core stage replica
-    models = [_load(config[s.name].variant, None) for s in spec.stages]
+    models = [_load(s.model_dump(), config[s.name].variant, None) for s in spec.stages]
     local = sequential(lambda: in_process(models, jpeg), args.requests)
     n_local, lat_local = closed_loop(lambda: in_process(models, jpeg), args.clients, args.seconds)
 

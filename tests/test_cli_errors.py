@@ -65,6 +65,12 @@ CASES = [
     (["energy", "watch", "--interval", "0", "--duration", "1"], "0"),
     (["serve", "--interval", "0"], "0"),
     (["frontier", "--workload", "static:1:60", "--deltas", "a,b"], "'a,b'"),
+    (["experiment", "--all-pipelines", "configs/experiments/nlp.yaml", "--out", "{out}"], "--all-pipelines"),
+    (["experiment", "configs/experiments/nlp.yaml", "configs/experiments/bogus.yaml", "--out", "{out}"], "bogus.yaml"),
+    (["sla", "--pipeline", "configs/pipelines/audio-qa.yaml", "--profiles", ROOT_PROFILE], "'detect'"),
+    (["optimize", "--load", "1", "--pipeline", "configs/pipelines/nlp.yaml", "--profiles",
+      "profiles/sum-qa-cpu-2core.csv"], "'nlp-qa'"),
+    (["sla", "--pipeline", "configs/pipelines/video.yaml", "--sla-factor", "0"], "0"),
 ]
 
 

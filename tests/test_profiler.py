@@ -5,6 +5,9 @@ from ipa.profiles import load_profiles
 from ipa.profiles.profiler import Plan, ProfilerSettings, run
 from ipa.profiles.zoo import build, kind_of
 from ipa.errors import ConfigError
+from ipa.spec import load_pipeline
+
+VIDEO = load_pipeline("configs/pipelines/video.yaml")
 
 
 @pytest.mark.slow
@@ -12,7 +15,7 @@ def test_profiler_measures_a_real_model_and_resumes(tmp_path):
     out = tmp_path / "p.csv"
     meter = EstimateMeter()
     settings = ProfilerSettings(repeats=3, warmup=1, idle_s=0.3, min_window_s=0.2)
-    run([Plan("classify", "resnet18", [1, 2], [1])], out, meter, meter.description, settings)
+    run(VIDEO, [Plan("classify", "resnet18", [1, 2], [1])], out, meter, meter.description, settings)
     table = load_profiles(out)
     assert [(p.batch, p.cores) for p in table.rows] == [(1, 1), (2, 1)]
     for p in table.rows:
@@ -21,7 +24,7 @@ def test_profiler_measures_a_real_model_and_resumes(tmp_path):
     assert table.meta["energy_method"] == "estimate" and table.meta["cpus"] >= 1
     # a second run with one more batch measures only the missing point
     messages = []
-    run([Plan("classify", "resnet18", [1, 2, 4], [1])], out, meter, meter.description, settings, messages.append)
+    run(VIDEO, [Plan("classify", "resnet18", [1, 2, 4], [1])], out, meter, meter.description, settings, messages.append)
     assert len(messages) == 1 and "b=4" in messages[0]
     assert len(load_profiles(out).rows) == 3
 
@@ -36,4 +39,4 @@ def test_zoo_builds_detectors_and_classifiers_without_downloads():
 
 def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(ConfigError, match="not a torchvision"):
-        kind_of("yolov5n")
+        kind_of("yolov9z")

@@ -108,7 +108,7 @@ def test_profile_roundtrip_keeps_meta(tmp_path, tiny):
 
 def test_shipped_profiles_load_against_the_shipped_pipeline():
     for csv in sorted((ROOT / "profiles").glob("*.csv")):
-        pipeline = "segment" if csv.name.startswith("segment") else "video"
+        pipeline = csv.name.split("-cpu-")[0].split("-h100-")[0]  # profiles/<pipeline>-<machine>.csv
         table = load_profiles(csv, load_pipeline(ROOT / f"configs/pipelines/{pipeline}.yaml"))
         assert table.meta.get("idle_power_w_per_core") is not None
         assert all(p.energy_method for p in table.rows)

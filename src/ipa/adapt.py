@@ -44,6 +44,7 @@ class LoopSettings:
     interval_s: float = 10.0  # IPA's adaptation interval
     history_s: int = 120  # IPA: 2 minutes of monitored load
     solver: str = "exact"
+    margin_pct: float = 0.0  # IPA's predictor_margin: plan for the prediction plus this many percent
 
 
 def adapt(
@@ -79,7 +80,7 @@ def adapt(
             planned = problem.with_profiles(calibrator.table)
             record["calibration"] = calibrator.ratios()
         try:
-            load = oracle(t) if oracle else float(predictor.predict(history))  # type: ignore[union-attr]
+            load = oracle(t) if oracle else float(predictor.predict(history)) * (1 + settings.margin_pct / 100)  # type: ignore[union-attr]
             decision = solve(planned, load, solver, policy)
         except Exception as e:  # keep serving: a bad prediction or solve must not stop the pipeline
             log.warning("decision at t=%.0f s failed (%s); keeping the current config", t, e)

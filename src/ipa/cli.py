@@ -100,8 +100,10 @@ def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_po
     from ipa.profiles.serving import from_meta
     from ipa.spec import load_model, load_pipeline
 
+    from ipa.experiment.config import default_profiles
+
     spec = load_pipeline(resolve(pipeline))
-    table = load_profiles(resolve(profiles), spec)
+    table = load_profiles(resolve(profiles or default_profiles(pipeline)), spec)
     weights = load_model(Weights, {"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta or 0.0}, "options")
     return make_problem(
         policy, spec, table, weights, idle_power_w_per_core=idle_power_w, scaling_cap=scaling_cap,
@@ -119,7 +121,8 @@ def serving_line(problem, load: float) -> str:
 
 @cli.command()
 @click.option("--pipeline", type=click.Path(), default="configs/pipelines/video.yaml", show_default=True)
-@click.option("--profiles", type=click.Path(), default="profiles/video-cpu-2core.csv", show_default=True)
+@click.option("--profiles", type=click.Path(), default=None,
+              help="profile CSV (default: the shipped profiles/<pipeline>-cpu-2core.csv)")
 @click.option("--load", "load", type=float, required=True, help="requests per second to sustain")
 @click.option("--policy", type=click.Choice(["ipa", "ipa-energy", "fa2-low", "fa2-high", "rim-high"]), default="ipa")
 @click.option("--solver", type=click.Choice(["exact", "brute-force", "q-learning", "milp", "gurobi"]), default="exact",
@@ -153,6 +156,33 @@ def optimize(pipeline, profiles, load, policy, solver, as_json, **problem_kw):
            "latency are for what it serves)" if a.capacity_rps < load else ""),
         markup=False, highlight=False,
     )
+
+
+@cli.command()
+@click.option("--pipeline", type=click.Path(), default="configs/pipelines/video.yaml", show_default=True)
+@click.option("--profiles", type=click.Path(), default=None,
+              help="profile CSV (default: the shipped profiles/<pipeline>-cpu-2core.csv)")
+@click.option("--sla-factor", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="IPA's sla_factor: each variant's batch-1 p99 at its fewest cores is multiplied by it")
+@click.option("--json", "as_json", is_flag=True)
+def sla(pipeline, profiles, sla_factor, as_json):
+    """The SLA IPA derives from the profiles: per stage 5 x the mean over variants of sla_factor x the batch-1
+    p99 at the fewest cores, summed over the stages."""
+    from ipa.experiment.config import default_profiles, resolve
+    from ipa.profiles import load_profiles
+    from ipa.profiles.sla import ipa_sla
+    from ipa.spec import load_pipeline
+
+    spec = load_pipeline(resolve(pipeline))
+    profiles = profiles or default_profiles(pipeline)
+    derived = ipa_sla(spec, load_profiles(resolve(profiles), spec), sla_factor)
+    if as_json:
+        click.echo(json.dumps({"sla_s": derived.sla_s, "stages": derived.stages, "spec_sla_s": spec.sla_s}))
+        return
+    rows = [{"stage": st, "variant": v, "batch-1 p99 at fewest cores (s)": lat, "stage SLA (s)": derived.stages[st]}
+            for (st, v), lat in derived.variants.items()]
+    print_table(rows, f"{spec.name}: IPA's SLA from {profiles}")
+    console.print(f"pipeline SLA {derived.sla_s:.2f} s (the spec says {spec.sla_s:g} s)")
 
 
 @cli.group()
@@ -277,7 +307,7 @@ def profile(pipeline, stage, variants, batches, cores, repeats, warmup, min_wind
             bar.console.print(msg, highlight=False)
             bar.advance(task, 1 if "done before" not in msg else len(int_list(batches)))
 
-        table = profiler.run(plan_list, Path(out), detection.meter, detection.meter.description, settings, step)
+        table = profiler.run(spec, plan_list, Path(out), detection.meter, detection.meter.description, settings, step)
     console.print(f"wrote {len(table.rows)} rows to {out} (+ {profiler.meta_path(out).name}), energy: {table.energy_label}")
 
 
@@ -292,14 +322,22 @@ def _profile_serving(spec, out, n_requests: int) -> None:
     if n_requests < 4:
         raise click.BadParameter(f"{n_requests}: at least 4 requests are needed", param_hint="--requests")
     _log_to(err_console)
-    err_console.print(f"measuring the serving cost: {n_requests} requests at 2 rps on a local Ray cluster "
-                      "(about a minute)", highlight=False)
-    cost, meta = measure_serving(spec, RaySettings(port=_free_port()), requests=n_requests)
+    rate = _serving_rate(spec, table)
+    err_console.print(f"measuring the serving cost: {n_requests} requests at {rate:.2g} rps on a local Ray cluster "
+                      f"(about {n_requests / rate / 60 + 0.5:.0f} min)", highlight=False)
+    cost, meta = measure_serving(spec, RaySettings(port=_free_port()), requests=n_requests, rate_rps=rate)
     write_json(meta_path(out), table.meta | {"serving": cost.to_meta() | meta})
     console.print(f"serving on this machine: {cost.latency_s * 1000:.0f} ms per request outside the models, "
                   f"{cost.cpu_fixed_cores:.2f} cores with no traffic + {cost.cpu_per_request_s * 1000:.1f} ms CPU per "
                   f"request (+ {cost.client_cpu_per_request_s * 1000:.1f} ms for a local load generator); "
                   f"written to {meta_path(out)}", markup=False, highlight=False)
+
+
+def _serving_rate(spec, table) -> float:
+    """2 rps, or half of what the cheapest config (one 1-core replica per stage) sustains if that is less."""
+    rates = [p.throughput_rps for s in spec.stages for p in table.for_stage(s.name)
+             if p.variant == s.least_accurate.name and p.batch == 1 and p.cores == 1]
+    return min([2.0] + [0.5 * r for r in rates])
 
 
 def _free_port() -> int:
@@ -395,8 +433,13 @@ def predictor_eval(trace, predictors, stride, as_json):
         print_table(rows, f"predictors on test days, one point every {stride} s")
 
 
+SUITE = ("video", "audio-qa", "audio-sent", "sum-qa", "nlp")  # IPA's five pipelines: configs/experiments/<name>.yaml
+
+
 @cli.command()
-@click.argument("config", required=False, type=click.Path())
+@click.argument("configs", nargs=-1, type=click.Path())
+@click.option("--all-pipelines", is_flag=True,
+              help=f"run IPA's five pipelines ({', '.join(SUITE)}) into one report, a section each")
 @click.option("--workload", "workloads", multiple=True, help="any workload form; repeat for several")
 @click.option("--policy", "policies", multiple=True,
               help="ipa, ipa-energy, fa2-low, fa2-high, rim-high, oracle (the default six), ipa-q (ipa by Q-learning)")
@@ -412,29 +455,49 @@ def predictor_eval(trace, predictors, stride, as_json):
 @ray_options
 @trace_option
 @click.option("--out", type=click.Path(), default=None, help="result folder (default results/<timestamp>); resumed if it exists")
-def experiment(config, workloads, policies, predictor, solver, runtime, profiles, pipeline, seed, duration, load_scale,
-               max_cores, address, port, ray_cpus, device, trace, out):
-    """Compare policies on workloads: summary table, CSVs, plots and report.html."""
+def experiment(configs, all_pipelines, workloads, policies, predictor, solver, runtime, profiles, pipeline, seed,
+               duration, load_scale, max_cores, address, port, ray_cpus, device, trace, out):
+    """Compare policies on workloads: summary table, CSVs, plots and report.html.
+
+    Several CONFIGs (or --all-pipelines) run one after the other into OUT/<config name>/, with one
+    report.html and summary.csv over all of them."""
     import datetime as dt
     from pathlib import Path
 
+    from ipa.experiment.config import load_experiment, resolve
+
+    if all_pipelines:
+        if configs:
+            raise click.UsageError("give CONFIG files or --all-pipelines, not both")
+        configs = tuple(str(resolve(f"configs/experiments/{name}.yaml")) for name in SUITE)
+    overrides = dict(workloads=list(workloads), policies=list(policies), predictor=predictor, solver=solver,
+                     runtime=runtime, profiles=profiles, pipeline=pipeline, seed=seed, trace=trace, duration_s=duration,
+                     load_scale=load_scale, max_cores=max_cores,
+                     ray={"address": address, "port": port, "cpus": ray_cpus, "device": device})
+    cfgs = [load_experiment(c, **overrides) for c in (configs or (None,))]  # every config checked before any runs
+    out_dir = Path(out or f"results/{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    if len(cfgs) == 1:
+        summaries, report = _experiment(cfgs[0], out_dir)
+        _print_summary(summaries)
+        console.print(f"results in {out_dir}/ (summary.csv, cells/*/timeseries.csv, decisions.csv, *.png); "
+                      f"report: {report}")
+        return
+    _experiment_suite([Path(c).stem for c in configs], cfgs, out_dir)
+
+
+def _experiment(cfg, out_dir, title: str = "ipa experiment"):
+    """One experiment config: its cells, then its report. Returns (summaries, report path)."""
     from rich.progress import Progress
 
-    from ipa.experiment.config import load_experiment
     from ipa.experiment.report import build_report
     from ipa.experiment.runner import run_experiment
 
-    cfg = load_experiment(config, workloads=list(workloads), policies=list(policies), predictor=predictor,
-                          solver=solver, runtime=runtime, profiles=profiles, pipeline=pipeline, seed=seed, trace=trace,
-                          duration_s=duration, load_scale=load_scale, max_cores=max_cores,
-                          ray={"address": address, "port": port, "cpus": ray_cpus, "device": device})
     if cfg.runtime == "ray":
         _log_to(err_console)
         seconds = (cfg.duration_s or 1200) * len(cfg.workloads) * len(cfg.policies)
         err_console.print(f"serving {len(cfg.workloads) * len(cfg.policies)} cells in real time: up to "
                           f"{seconds / 60:.0f} min{'' if cfg.duration_s else ' (--duration S serves the first S seconds)'}",
                           highlight=False)
-    out_dir = Path(out or f"results/{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     cells = len(cfg.workloads) * len(cfg.policies)
     with Progress(console=err_console, transient=True) as bar:
         task = bar.add_task("simulating" if cfg.runtime == "sim" else "serving on Ray", total=cells)
@@ -450,11 +513,38 @@ def experiment(config, workloads, policies, predictor, solver, runtime, profiles
             bar.advance(task)
 
         summaries = run_experiment(cfg, out_dir, step)
-    report = build_report(out_dir, summaries)
-    cols = ["workload", "policy", "pas", "cost_cores", "energy_j", "energy_method", "sla_violation_pct",
-            "dropped_pct", "p99_latency_s", "objective", "solve_ms_mean"]
-    print_table([{c: s[c] for c in cols} for s in summaries], "summary")
-    console.print(f"results in {out_dir}/ (summary.csv, cells/*/timeseries.csv, decisions.csv, *.png); "
+    return summaries, build_report(out_dir, summaries, title)
+
+
+SUMMARY_SHOWN = ["workload", "policy", "pas", "cost_cores", "energy_j", "energy_method", "sla_violation_pct",
+                 "dropped_pct", "p99_latency_s", "objective", "solve_ms_mean"]
+
+
+def _print_summary(summaries, title: str = "summary") -> None:
+    print_table([{c: s[c] for c in SUMMARY_SHOWN} for s in summaries], title)
+
+
+def _experiment_suite(names: list[str], cfgs, out_dir) -> None:
+    """Several experiments, each in its own folder, then one report and one summary over all of them."""
+    from ipa._io import write_csv
+    from ipa.experiment.cells import SUMMARY_COLUMNS
+    from ipa.experiment.config import resolve
+    from ipa.experiment.report import build_suite_report
+    from ipa.spec import load_pipeline
+
+    if len(set(names)) != len(names):
+        raise click.UsageError(f"config file names must differ (each names its folder): {', '.join(names)}")
+    parts, rows = [], []
+    for name, cfg in zip(names, cfgs):
+        pipeline = load_pipeline(resolve(cfg.pipeline)).name
+        err_console.print(f"{name}: pipeline {pipeline}, profiles {cfg.profiles}", highlight=False)
+        summaries, _ = _experiment(cfg, out_dir / name, f"ipa experiment: {name}")
+        _print_summary(summaries, f"{name} ({pipeline})")
+        parts.append((f"{name} ({pipeline})", name, summaries))
+        rows += [{"experiment": name} | s for s in summaries]
+        write_csv(out_dir / "summary.csv", rows, ["experiment", *SUMMARY_COLUMNS])
+    report = build_suite_report(out_dir, parts)
+    console.print(f"results in {out_dir}/<experiment>/ for {', '.join(names)}; summary.csv over all; "
                   f"report: {report}")
 
 
@@ -472,7 +562,8 @@ def _log_to(con: Console) -> None:
 
 @cli.command()
 @click.option("--pipeline", type=click.Path(), default="configs/pipelines/video.yaml", show_default=True)
-@click.option("--profiles", type=click.Path(), default="profiles/video-cpu-2core.csv", show_default=True)
+@click.option("--profiles", type=click.Path(), default=None,
+              help="profile CSV (default: the shipped profiles/<pipeline>-cpu-2core.csv)")
 @click.option("--policy", type=click.Choice(["ipa", "ipa-energy", "fa2-low", "fa2-high", "rim-high"]), default="ipa")
 @click.option("--predictor", default="lstm", show_default=True, help="reactive, max, avg, arima, lstm")
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
@@ -529,8 +620,10 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
                           + (f"; measured slower than profiled: {calibrated}" if calibrated else "")
                           + ("" if d["feasible"] else f"  [infeasible: {d['reason']}]"), markup=False, highlight=False)
 
+    takes = _takes(problem.spec)
     runtime.on_start = lambda t0: err_console.print(
-        f"serving on {runtime.url} (POST a JPEG/PNG; GET {runtime.url}metrics for Prometheus); Ctrl-C stops", highlight=False)
+        f"serving on {runtime.url} (POST {takes}; GET {runtime.url}metrics for Prometheus); Ctrl-C stops",
+        highlight=False)
     try:
         adapt(runtime, problem, make_predictor(predictor), duration if duration else float("inf"),
               LoopSettings(interval_s=interval), policy, initial_rate=initial_load, on_decision=show,
@@ -544,6 +637,15 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
         write_runtime_logs(out_dir, runtime.samples, runtime.reconfigurations, runtime.events)
         err_console.print(f"logs in {out_dir}/ (decisions.csv, energy.csv, reconfigurations.csv, events.csv)",
                           highlight=False)
+
+
+def _takes(spec) -> str:
+    """What a client POSTs to this pipeline, in words."""
+    from ipa.profiles.zoo import pipeline_kinds
+    from ipa.runtime.serving import ACCEPTS
+    from ipa.spec import MEDIA
+
+    return ACCEPTS[MEDIA[pipeline_kinds(spec)[0]][0]][2]
 
 
 def _fit_to_cluster(problem, settings):

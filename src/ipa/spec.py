@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import typing
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ipa.errors import ConfigError
 
 AccuracyMethod = Literal["multiply", "sum", "average"]
+AccuracyNormalization = Literal["none", "rank"]
+StageKind = Literal["detection", "classification", "segmentation", "speech-recognition", "question-answering",
+                    "text-classification", "translation", "summarization"]
+SampleSet = Literal["photos", "speech", "english", "french"]
 M = TypeVar("M", bound=BaseModel)
+
+# What each kind of stage takes and gives on: a stage takes what the one before it gives. Detection gives
+# the photo on (with its boxes); text-classification passes its input text on (IPA's language id does).
+MEDIA: dict[str, tuple[str, str]] = {
+    "detection": ("image", "image"), "classification": ("image", "label"), "segmentation": ("image", "mask"),
+    "speech-recognition": ("audio", "text"), "question-answering": ("text", "text"),
+    "text-classification": ("text", "text"), "translation": ("text", "text"), "summarization": ("text", "text"),
+}
+GENERATIVE = ("speech-recognition", "translation", "summarization")
 
 
 class Strict(BaseModel):
@@ -22,19 +36,36 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ArchitectureSpec(Strict):
+    """A `transformers` model built from its config with random weights: `model_class(config_class(**config))`."""
+
+    model_class: str = Field(min_length=1, description="transformers class, e.g. RobertaForQuestionAnswering")
+    config: dict[str, typing.Any] = Field(default_factory=dict, description="sizes given to the class's config")
+
+
 class VariantSpec(Strict):
     name: str = Field(min_length=1)
-    accuracy: float = Field(gt=0, le=100, description="published accuracy in percent")
+    accuracy: float = Field(ge=-100, le=100, description="published figure in percent; negative: a negated "
+                            "error rate, as IPA writes word error rates (-WER)")
     source: str = ""
     weights: str | None = Field(default=None, description="local checkpoint; None builds weights=None")
+    architecture: ArchitectureSpec | None = Field(default=None, description="transformers variants: the class "
+                                                  "and sizes (default: the zoo's entry for the variant's name)")
 
     @property
     def accuracy_fraction(self) -> float:
-        return self.accuracy / 100.0
+        """The figure as a fraction in [0, 1] where higher is better: a negated error rate -e scores 1 - e
+        (word accuracy for -WER), so every accuracy method (a product too) sees a positive score."""
+        return (100.0 + self.accuracy if self.accuracy < 0 else self.accuracy) / 100.0
 
 
 class StageSpec(Strict):
     name: str = Field(min_length=1)
+    kind: StageKind | None = Field(default=None, description="what the stage does (default: inferred from "
+                                   "torchvision or Segment Anything variant names)")
+    metric: str = Field(default="", description="what the variants' accuracy measures, e.g. 'COCO box mAP', '-WER'")
+    max_new_tokens: int | None = Field(default=None, ge=1, le=1024, description="generation cap of a generative "
+                                       "stage: random weights never emit an end token, so every answer has this many")
     variants: list[VariantSpec] = Field(min_length=1)
 
     @field_validator("variants")
@@ -44,7 +75,19 @@ class StageSpec(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"variant names must be unique, repeated: {', '.join(dupes)}")
+        signs = {v.accuracy < 0 for v in variants}
+        if len(signs) > 1:
+            raise ValueError("accuracies of one stage must all be scores (>= 0) or all negated error rates (< 0), "
+                             f"got {', '.join(f'{v.name}: {v.accuracy:g}' for v in variants)}")
         return variants
+
+    @model_validator(mode="after")
+    def _generation_cap(self) -> StageSpec:
+        if self.kind in GENERATIVE and self.max_new_tokens is None:
+            raise ValueError(f"a {self.kind} stage needs max_new_tokens (random weights never end a generation)")
+        if self.max_new_tokens is not None and self.kind not in GENERATIVE:
+            raise ValueError(f"max_new_tokens applies to {', '.join(GENERATIVE)} stages, not to kind {self.kind}")
+        return self
 
     def variant(self, name: str) -> VariantSpec:
         for v in self.variants:
@@ -62,6 +105,10 @@ class PipelineSpec(Strict):
     name: str = Field(min_length=1)
     sla_s: float = Field(gt=0, description="end-to-end latency SLA in seconds")
     accuracy_method: AccuracyMethod = "multiply"
+    normalize_accuracy: AccuracyNormalization = Field(default="none", description="rank: IPA's normalisation, "
+                                                      "each stage's variants scored 0..1 by accuracy rank")
+    samples: SampleSet | None = Field(default=None, description="the shipped inputs profiles and load use "
+                                      "(default: photos, or the speech clip for a speech pipeline, or English text)")
     stages: list[StageSpec] = Field(min_length=1)
 
     @field_validator("stages")
@@ -71,6 +118,38 @@ class PipelineSpec(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got: {', '.join(names)}")
         return stages
+
+    @model_validator(mode="after")
+    def _stages_chain(self) -> PipelineSpec:
+        """Each declared kind takes what the stage before it gives (a label or a mask ends a pipeline)."""
+        for before, after in zip(self.stages, self.stages[1:]):
+            if before.kind and after.kind and MEDIA[before.kind][1] != MEDIA[after.kind][0]:
+                raise ValueError(f"stage '{after.name}' ({after.kind}) takes {MEDIA[after.kind][0]}, but stage "
+                                 f"'{before.name}' ({before.kind}) gives {MEDIA[before.kind][1]}")
+        if self.samples and self.stages[0].kind:
+            want = {"photos": "image", "speech": "audio", "english": "text", "french": "text"}[self.samples]
+            if MEDIA[self.stages[0].kind][0] != want:
+                raise ValueError(f"samples '{self.samples}' are {want}, but the first stage "
+                                 f"'{self.stages[0].name}' ({self.stages[0].kind}) takes {MEDIA[self.stages[0].kind][0]}")
+        return self
+
+    def accuracy_score(self, stage: str, variant: str) -> float:
+        """The score plans and PAS use for a variant: its fraction, or IPA's rank normalisation of it."""
+        try:
+            return self._scores[(stage, variant)]
+        except KeyError:
+            self.stage(stage).variant(variant)  # raises naming the allowed stages or variants
+            raise
+
+    @cached_property
+    def _scores(self) -> dict[tuple[str, str], float]:
+        out = {}
+        for st in self.stages:
+            ranked = sorted(st.variants, key=lambda v: v.accuracy)
+            for i, v in enumerate(ranked):
+                rank = 1.0 if len(ranked) == 1 else i / (len(ranked) - 1)
+                out[(st.name, v.name)] = v.accuracy_fraction if self.normalize_accuracy == "none" else rank
+        return out
 
     def stage(self, name: str) -> StageSpec:
         for s in self.stages:

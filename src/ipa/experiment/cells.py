@@ -102,7 +102,8 @@ def control(c: ExperimentConfig, workload: Workload, policy: str) -> tuple[Predi
     initial = float(workload.rps[0]) if workload.seconds else 0.0
     predictor = None if policy == "oracle" else make_predictor(c.predictor, c.load_scale, initial)
     solver = "q-learning" if policy == "ipa-q" else c.solver
-    return predictor, LoopSettings(c.interval_s, history_s(predictor, c.history_s), solver), initial
+    return predictor, LoopSettings(c.interval_s, history_s(predictor, c.history_s), solver,
+                                   c.predictor_margin_pct), initial
 
 
 def score_decisions(setup: Setup, decisions: list[dict[str, Any]], peak: Callable[[float], float]) -> None:

@@ -25,10 +25,13 @@ REPO = Path(__file__).resolve().parents[3]
 
 class ExperimentConfig(Strict):
     pipeline: str = "configs/pipelines/video.yaml"
-    profiles: str = "profiles/video-cpu-2core.csv"
+    profiles: str = Field(default=None, validate_default=True,  # type: ignore[assignment]
+                          description="default: the shipped profiles/<pipeline>-cpu-2core.csv")
     workloads: list[str] = Field(default_factory=lambda: list(PAPER_WORKLOADS), min_length=1)
     policies: list[str] = Field(default_factory=lambda: list(DEFAULT_POLICIES), min_length=1)
     predictor: str = "lstm"
+    predictor_margin_pct: float = Field(default=0.0, ge=0, le=1000, description="IPA's predictor_margin: plan for "
+                                        "the predicted load plus this many percent (20 for its audio pipelines)")
     runtime: Literal["sim", "ray"] = "sim"
     solver: str = "exact"
     seed: int = Field(default=0, ge=0)
@@ -50,6 +53,11 @@ class ExperimentConfig(Strict):
     duration_s: int | None = Field(default=None, ge=1, description="serve only the first S seconds of each workload")
     load_scale: float = Field(default=1.0, gt=0, description="multiply every workload's rate (fit it to the machine)")
     trace: str | None = None
+
+    @field_validator("profiles", mode="before")
+    @classmethod
+    def _profiles_of_the_pipeline(cls, v: str | None, info) -> str:
+        return v if v is not None else default_profiles(info.data.get("pipeline") or "configs/pipelines/video.yaml")
 
     @field_validator("policies")
     @classmethod
@@ -85,6 +93,11 @@ def load_experiment(path: str | Path | None, ray: dict | None = None, **override
     if given:
         data["ray"] = dict(data.get("ray") or {}) | given
     return load_model(ExperimentConfig, data, str(path or "options"))
+
+
+def default_profiles(pipeline: str | Path) -> str:
+    """The shipped profiles of a pipeline spec: profiles/<spec file name>-cpu-2core.csv."""
+    return f"profiles/{Path(pipeline).stem}-cpu-2core.csv"
 
 
 def resolve(path: str) -> Path:

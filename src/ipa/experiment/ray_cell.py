@@ -23,7 +23,9 @@ from ipa.adapt import adapt
 from ipa.energy.detect import open_meter
 from ipa.experiment.cells import Setup, control, score_decisions, true_peak, write_cell
 from ipa.experiment.metrics import summarize
-from ipa.runtime.loadgen import LoadGenerator, RequestRecord, arrival_times, photo_jpegs
+from ipa.profiles.samples import request_bodies
+from ipa.profiles.zoo import pipeline_kinds
+from ipa.runtime.loadgen import LoadGenerator, RequestRecord, arrival_times
 from ipa.runtime.ray_runtime import CHANGE_KINDS, RayRuntime, Reconfiguration, ReconfigurationError, Sample
 from ipa.runtime.sim import SimResult, _per_second_percentiles
 from ipa.spec import PipelineSpec, aggregate_accuracy
@@ -85,7 +87,9 @@ def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRunt
     problem = setup.problem(policy, client=True)  # the load generator runs on this machine
     peak = true_peak(workload.rps, c.interval_s)
     rng = np.random.default_rng(c.seed)
-    loadgen = LoadGenerator(runtime.url, arrival_times(workload.rps, rng), photo_jpegs(), runtime.drop_limit_s + 5)
+    bodies, content_type = request_bodies(setup.spec, pipeline_kinds(setup.spec))
+    loadgen = LoadGenerator(runtime.url, arrival_times(workload.rps, rng), bodies, runtime.drop_limit_s + 5,
+                            content_type)
     def start_load(t0: float) -> None:
         loadgen.start(t0)
         while loadgen.thread_id is None and loadgen.running:
@@ -169,7 +173,7 @@ def collect(spec: PipelineSpec, seconds: int, records: list[RequestRecord], sent
 
 def request_pas(spec: PipelineSpec, variants: dict[str, str]) -> float:
     """The PAS of one request from the variants that served it, as the simulator scores its requests."""
-    accs = [spec.stage(s.name).variant(variants[s.name]).accuracy_fraction for s in spec.stages]
+    accs = [spec.accuracy_score(s.name, variants[s.name]) for s in spec.stages]
     return aggregate_accuracy(spec.accuracy_method, accs)
 
 

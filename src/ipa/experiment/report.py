@@ -21,6 +21,28 @@ def fmt(v) -> str:
 
 
 def build_report(out: Path, summaries: list[dict], title: str = "ipa experiment") -> Path:
+    method = summaries[0]["energy_method"] if summaries else "estimate"
+    body = _section(out, summaries, "", 2)
+    return atomic_write_text(out / "report.html", _page(title, _note(summaries, method), body))
+
+
+def build_suite_report(out: Path, parts: list[tuple[str, str, list[dict]]], title: str = "ipa: every pipeline") -> Path:
+    """One page for several experiments (`parts`: pipeline name, its folder under `out`, its summaries), a
+    section each, its figures drawn in its own folder."""
+    sections = []
+    for name, folder, summaries in parts:
+        sections.append(f'<h2 id="{html.escape(slug(folder))}">{html.escape(name)}</h2>\n'
+                        f'<p>Files: <a href="{html.escape(folder)}/report.html">{html.escape(folder)}/</a></p>\n'
+                        + _section(out / folder, summaries, f"{folder}/", 3))
+    toc = "".join(f'<li><a href="#{html.escape(slug(f))}">{html.escape(n)}</a></li>' for n, f, _ in parts)
+    everything = [s for _, _, summaries in parts for s in summaries]
+    method = everything[0]["energy_method"] if everything else "estimate"
+    return atomic_write_text(out / "report.html", _page(title, _note(everything, method), f"<ul>{toc}</ul>\n"
+                                                       + "\n".join(sections)))
+
+
+def _section(out: Path, summaries: list[dict], prefix: str, level: int) -> str:
+    """Summary table, Ray sections, figures (drawn into `out`, linked as `prefix` + name) and configuration."""
     workloads = list(dict.fromkeys(s["workload"] for s in summaries))
     policies = list(dict.fromkeys(s["policy"] for s in summaries))
     method = summaries[0]["energy_method"] if summaries else "estimate"
@@ -33,8 +55,16 @@ def build_report(out: Path, summaries: list[dict], title: str = "ipa experiment"
         images.append(plots.energy_per_minute(cells, w, policies, out / f"energy_{slug(w)}.png", method).name)
     images.append(plots.energy_vs_pas(summaries, out / "energy_vs_pas.png", method).name)
     config = (out / "config.yaml").read_text() if (out / "config.yaml").exists() else ""
-    page = _page(title, summaries, images, config, method, _real_sections(out, summaries))
-    return atomic_write_text(out / "report.html", page)
+    h = f"h{level}"
+    imgs = "".join(f'<figure><img src="{html.escape(prefix + i)}" alt="{html.escape(i)}"><figcaption>'
+                   f"{html.escape(i)}</figcaption></figure>" for i in images)
+    return f"""<{h}>Summary</{h}>
+{_table(summaries, [c for c in SHOWN if c in SUMMARY_COLUMNS])}
+{_real_sections(out, summaries, h)}
+<{h}>Figures</{h}>
+{imgs}
+<{h}>Configuration</{h}>
+<pre>{html.escape(config)}</pre>"""
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -53,7 +83,7 @@ def _num(v: str):
         return v
 
 
-def _real_sections(out: Path, summaries: list[dict]) -> str:
+def _real_sections(out: Path, summaries: list[dict], h: str = "h2") -> str:
     """For Ray runs: the fidelity table (sim vs real), reconfiguration timings, and fault events."""
     fidelity = _read_csv(out / "fidelity.csv")
     if not fidelity:
@@ -64,14 +94,14 @@ def _real_sections(out: Path, summaries: list[dict]) -> str:
         reconf += [{"workload": s["workload"], "policy": s["policy"]} | r for r in _read_csv(cell / "reconfigurations.csv")]
         events += [{"workload": s["workload"], "policy": s["policy"]} | r for r in _read_csv(cell / "events.csv")]
     parts = [
-        "<h2>Fidelity: simulator vs Ray Serve</h2><p>The same workload and policy, simulated on the machine as the "
+        f"<{h}>Fidelity: simulator vs Ray Serve</{h}><p>The same workload and policy, simulated on the machine as the "
         "real run measured it (its calibrated batch times and reconfiguration delays, the same admission rule). Real "
         "energy is what the run-time meter read for the whole machine (Ray, HTTP and the load generator included); "
         "the simulator's comes from the profiles.</p>",
         _table(fidelity, ["workload", "policy", "metric", "sim", "real", "real_vs_sim_pct", "note"]),
-        "<h2>Reconfigurations (measured)</h2>",
+        f"<{h}>Reconfigurations (measured)</{h}>",
         _table(reconf, ["workload", "policy", "t_s", "kinds", "seconds", "ok", "error"]) if reconf else "<p>none</p>",
-        "<h2>Fault events</h2>",
+        f"<{h}>Fault events</{h}>",
         _table(events, ["workload", "policy", "t_s", "event", "detail"]) if events else "<p>none</p>",
     ]
     return "\n".join(parts)
@@ -83,15 +113,18 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _page(title: str, summaries: list[dict], images: list[str], config: str, method: str, extra: str = "") -> str:
+def _note(summaries: list[dict], method: str) -> str:
     real = any(s.get("runtime") == "ray" for s in summaries)
-    note = (f"Served on Ray Serve; energy read every second by the run-time meter (<b>{html.escape(method)}</b>"
-            f"{', an estimate: no energy counter on this machine' if 'estimate' in method else ''})." if real else
-            "Energy figures are <b>estimates</b> (no energy counter on the profiling machine: CPU time x per-core "
-            "power model, see ipa.energy.estimate)." if "estimate" in method else
-            f"Energy figures come from the profiles' measured method: <b>{html.escape(method)}</b>.")
-    imgs = "".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(i)}"><figcaption>{html.escape(i)}'
-                   "</figcaption></figure>" for i in images)
+    if real:
+        return (f"Served on Ray Serve; energy read every second by the run-time meter (<b>{html.escape(method)}</b>"
+                f"{', an estimate: no energy counter on this machine' if 'estimate' in method else ''}).")
+    if "estimate" in method:
+        return ("Energy figures are <b>estimates</b> (no energy counter on the profiling machine: CPU time x per-core "
+                "power model, see ipa.energy.estimate).")
+    return f"Energy figures come from the profiles' measured method: <b>{html.escape(method)}</b>."
+
+
+def _page(title: str, note: str, body: str) -> str:
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -108,12 +141,6 @@ pre {{ background: #f7f7f7; padding: 1em; font-size: 12px; }}
 <p>{note} PAS: mean accuracy score of completed requests; cost: mean reserved cores; SLA violations: late or
 dropped requests over arrivals; objective: IPA's objective of each decision scored at the interval's true peak
 load; sized_for_true_peak_pct: decisions whose config sustained that peak within the SLA.</p>
-<h2>Summary</h2>
-{_table(summaries, [c for c in SHOWN if c in SUMMARY_COLUMNS])}
-{extra}
-<h2>Figures</h2>
-{imgs}
-<h2>Configuration</h2>
-<pre>{html.escape(config)}</pre>
+{body}
 </body></html>
 """

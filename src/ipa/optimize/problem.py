@@ -92,7 +92,7 @@ class Problem:
         served = min(load, n * profile.throughput_rps)  # a replica cannot burn more than it can serve
         power = n * profile.cores * self.idle_power_w_per_core + served * profile.energy_j_per_batch / profile.batch
         w = self.weights
-        acc = self.spec.stage(profile.stage).variant(profile.variant).accuracy_fraction
+        acc = self.spec.accuracy_score(profile.stage, profile.variant)
         return Option(
             stage=profile.stage,
             variant=profile.variant,

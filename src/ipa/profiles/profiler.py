@@ -114,6 +114,7 @@ def _sync(device: str) -> Callable[[], None]:
 
 
 def run(
+    spec: PipelineSpec,
     plan_list: list[Plan],
     out: Path,
     meter: EnergyMeter,
@@ -121,7 +122,11 @@ def run(
     settings: ProfilerSettings,
     progress: Callable[[str], None] = lambda s: None,
 ) -> ProfileTable:
-    """Profile every plan, writing the CSV after each row so an interrupted run resumes where it stopped."""
+    """Profile every plan, writing the CSV after each row so an interrupted run resumes where it stopped.
+
+    Each variant runs on what its stage receives in the pipeline (`ipa.profiles.samples`); the inputs are
+    made before the timed window, the model's own pre- and post-processing (tokens, features, decoding)
+    inside it."""
     import torch
 
     done = load_profiles(out).rows if out.is_file() else []
@@ -130,7 +135,7 @@ def run(
     photos_hwc()  # read the photos once, outside every timed window
     meter.start()
     idle_w = idle_power_w(meter, settings.idle_s)
-    meta = _meta(meter, meter_description, idle_w, settings)
+    meta = _meta(meter, meter_description, idle_w, settings) | {"inputs": describe_inputs(spec)}
     try:
         for plan in plan_list:
             for c in plan.cores:
@@ -141,7 +146,7 @@ def run(
                 with pinned(c, settings.device):
                     rss0 = rss_mb()
                     t0 = time.perf_counter()
-                    model = build(plan.variant, settings.weights, settings.device)
+                    model = build(plan.variant, settings.weights, settings.device, spec.stage(plan.stage), spec)
                     model(model.inputs(1))
                     _sync(settings.device)()
                     load_s = time.perf_counter() - t0
@@ -181,14 +186,36 @@ def _meta(meter: EnergyMeter, description: str, idle_w: float, settings: Profile
         "repeats": settings.repeats,
         "min_window_s": settings.min_window_s,
         "warmup": settings.warmup,
-        "inputs": "scikit-learn sample photos (china.jpg, flower.jpg), 427x640; classifier crops resized to 224; "
-                  "SAM: the photo resized to 1024 on its long side, its middle half as the box prompt",
         "weights": settings.weights or "random (torchvision weights=None, SAM checkpoint=None): latency and "
                                         "energy are real, accuracy is the published figure",
     }
     if settings.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name(0)
     return meta | settings.meta_extra
+
+
+def describe_inputs(spec: PipelineSpec) -> str:
+    """What the variants were fed, for the meta file."""
+    from ipa.profiles.samples import sample_set
+    from ipa.profiles.zoo import pipeline_kinds
+
+    kinds = pipeline_kinds(spec)
+    source = sample_set(spec, kinds)
+    caps = ", ".join(f"{s.name} generates {s.max_new_tokens} tokens" for s in spec.stages if s.max_new_tokens)
+    text = {
+        "photos": "scikit-learn sample photos (china.jpg, flower.jpg), 427x640; classifier crops resized to 224; "
+                  "SAM: the photo resized to 1024 on its long side, its middle half as the box prompt",
+        "speech": "the LibriSpeech clip 1272-128104-0000 (5.86 s, 16 kHz) as 80-bin log-mel features",
+        "english": "ipa.profiles.corpus.ENGLISH paragraphs (about 230 words)",
+        "french": "ipa.profiles.corpus.FRENCH passages (45-55 words)",
+    }[source]
+    if caps:
+        text += f"; {caps}, and the next stage reads as many words"
+    if "question-answering" in kinds:
+        text += "; question answering: that text as the question, ipa.profiles.corpus.QA_CONTEXT as the context"
+    if any(k not in ("detection", "classification", "segmentation") for k in kinds):
+        text += "; tokens: words hashed into each variant's vocabulary (ipa.profiles.hf)"
+    return text
 
 
 def _idle_per_core(meter: EnergyMeter, idle_w: float, cpus: int) -> float:

@@ -1,17 +1,24 @@
-"""Model zoo: real torchvision architectures (weights=None unless a local checkpoint is given) and real photos."""
+"""Model zoo: every variant as a runnable model, built with random weights (nothing is downloaded) or a local
+checkpoint. Vision variants are torchvision architectures and Segment Anything; speech and text variants are
+`transformers` architectures (`ipa.profiles.hf`). The stage's kind, from the pipeline spec, says which.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ipa.errors import ConfigError
-from ipa.profiles import sam
+from ipa.profiles import hf, sam
+from ipa.spec import PipelineSpec, StageSpec, VariantSpec
 
 CLASSIFIER_INPUT = 224
+SCORE_THRESHOLD = 0.05  # detections below this score are not reported
+VISION_KINDS = ("detection", "classification", "segmentation")
 
 
 @dataclass
@@ -41,8 +48,33 @@ class Model:
         with torch.inference_mode():
             return self.module(x)
 
+    def serve(self, items: list) -> list[dict[str, Any]]:
+        """A served batch: photos for detection and classification, (photo, box) for segmentation."""
+        import torch
+
+        device = self.device
+        if self.kind == "segmentation":
+            return self([sam.request(im, box, device) for im, box in items])
+        if self.kind == "detection":
+            x = [torch.from_numpy(np.array(im)).permute(2, 0, 1).float().div(255).to(device) for im in items]
+            out = []
+            for d in self(x):
+                d = {k: v.cpu() for k, v in d.items()}
+                keep = d["scores"] >= SCORE_THRESHOLD
+                out.append({"boxes": d["boxes"][keep].round().int().tolist(), "labels": d["labels"][keep].tolist(),
+                            "scores": [round(float(s), 4) for s in d["scores"][keep]]})
+            return out
+        probs = self(torch.stack([to_classifier_input(im) for im in items]).to(device)).softmax(-1).cpu()
+        score, label = probs.max(-1)
+        return [{"label": int(c), "score": round(float(s), 4)} for c, s in zip(label, score)]
+
+    def warmup_item(self) -> Any:
+        blank = np.zeros((64, 64, 3), np.uint8)
+        return (blank, None) if self.kind == "segmentation" else blank
+
 
 def kind_of(name: str) -> str:
+    """The kind of a torchvision or Segment Anything variant, from its name (specs that give no kind)."""
     import torchvision
 
     if sam.is_sam(name):
@@ -53,16 +85,49 @@ def kind_of(name: str) -> str:
         return "classification"
     raise ConfigError(
         f"variant '{name}' is not a torchvision classification or detection architecture "
-        f"(see torchvision.models.list_models()) nor a Segment Anything variant ({', '.join(sam.VARIANTS)})"
+        f"(see torchvision.models.list_models()) nor a Segment Anything variant ({', '.join(sam.VARIANTS)}); "
+        f"a speech or text stage needs its kind in the pipeline spec ({', '.join(hf.KINDS)})"
     )
 
 
-def build(name: str, weights: str | Path | None = None, device: str = "cpu") -> Model:
-    """Build the architecture with random weights (nothing is downloaded) or load a local checkpoint."""
+def stage_kind(stage: StageSpec) -> str:
+    """The stage's kind: as the spec says, else what its variants' names make it (one kind for all)."""
+    if stage.kind:
+        return stage.kind
+    kinds = {v.name: kind_of(v.name) for v in stage.variants}
+    if len(set(kinds.values())) > 1:
+        raise ConfigError(f"stage '{stage.name}' mixes variants of different kinds ({kinds}): one kind per stage "
+                          "(give the stage a kind, and variants of that kind)")
+    return next(iter(kinds.values()))
+
+
+def pipeline_kinds(spec: PipelineSpec) -> list[str]:
+    return [stage_kind(s) for s in spec.stages]
+
+
+def build(name: str, weights: str | Path | None = None, device: str = "cpu", stage: StageSpec | None = None,
+          spec: PipelineSpec | None = None):
+    """Build a variant ready to run. `stage` (its spec) gives the kind and, for speech and text variants, the
+    architecture and generation cap; `spec` the pipeline, whose inputs a speech or text model is profiled with."""
+    variant = stage.variant(name) if stage else VariantSpec(name=name, accuracy=0)
+    kind = stage_kind(stage) if stage else kind_of(name)
+    if kind not in VISION_KINDS:
+        if stage is None:
+            raise ConfigError(f"variant '{name}' is a {kind} model: build it with its stage's spec")
+        model = hf.build(variant, stage.model_copy(update={"kind": kind}), weights, device)
+        if spec is not None:
+            from ipa.profiles.samples import stage_items
+
+            kinds = pipeline_kinds(spec)
+            model.samples = lambda batch: stage_items(spec, kinds, stage.name, batch)
+        return model
+    return _build_vision(name, kind, weights, device)
+
+
+def _build_vision(name: str, kind: str, weights: str | Path | None, device: str) -> Model:
     import torch
     import torchvision
 
-    kind = kind_of(name)
     if kind == "segmentation":
         module = sam.build_module(name)
     else:

@@ -67,12 +67,14 @@ class RequestRecord:
 
 @dataclass
 class LoadGenerator:
-    """Replays arrival times against `url` from a background thread; `records` fills as answers come."""
+    """Replays arrival times against `url` from a background thread; `records` fills as answers come.
+    `bodies` are sent in turn, all as `content_type` (photos, a WAV clip, texts)."""
 
     url: str
     arrivals_s: np.ndarray
-    images: list[bytes]
+    bodies: list[bytes]
     timeout_s: float
+    content_type: str = "image/jpeg"
     records: list[RequestRecord] = field(default_factory=list)
     sent: int = 0
     thread_id: int | None = None  # the sending thread (its CPU is the client's, not serving's)
@@ -120,7 +122,7 @@ class LoadGenerator:
                     await asyncio.sleep(min(delay, 0.2))
                 if self._stop.is_set():
                     break
-                task = asyncio.create_task(self._send(session, self.images[i % len(self.images)]))
+                task = asyncio.create_task(self._send(session, self.bodies[i % len(self.bodies)]))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 self.sent += 1
@@ -133,7 +135,7 @@ class LoadGenerator:
         t0 = time.monotonic()
         sent = t0 - self._start
         try:
-            async with session.post(self.url, data=body, headers={"content-type": "image/jpeg"}) as r:
+            async with session.post(self.url, data=body, headers={"content-type": self.content_type}) as r:
                 text = await r.text()
                 status = r.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:

@@ -113,7 +113,9 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 40, rate_rps: 
 
     Returns the cost and what it was measured on (for the profile's meta).
     """
-    from ipa.runtime.loadgen import LoadGenerator, photo_jpegs
+    from ipa.profiles.samples import request_bodies
+    from ipa.profiles.zoo import pipeline_kinds
+    from ipa.runtime.loadgen import LoadGenerator
     from ipa.runtime.ray_runtime import APP, RayRuntime, connect, shutdown
 
     if settings.address:
@@ -127,8 +129,8 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 40, rate_rps: 
         raise ValueError("measuring the serving cost needs Linux's /proc")
     try:
         runtime.start(config)
-        images = photo_jpegs()
-        warm = LoadGenerator(runtime.url, np.arange(3, dtype=float), images, timeout_s=120)
+        bodies, ctype = request_bodies(spec, pipeline_kinds(spec))
+        warm = LoadGenerator(runtime.url, np.arange(3, dtype=float), bodies, timeout_s=120, content_type=ctype)
         warm.start()
         warm.join(180)
         time.sleep(1.0)
@@ -136,7 +138,8 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 40, rate_rps: 
         time.sleep(idle_s)
         b, t_b = cpu.read(), time.monotonic()
         fixed = (b.serving - a.serving) / (t_b - t_a)
-        gen = LoadGenerator(runtime.url, np.arange(requests, dtype=float) / rate_rps, images, timeout_s=120)
+        gen = LoadGenerator(runtime.url, np.arange(requests, dtype=float) / rate_rps, bodies, timeout_s=120,
+                            content_type=ctype)
         gen.start()
         gen.join(requests / rate_rps + 180)
         time.sleep(0.5)

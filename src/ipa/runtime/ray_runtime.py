@@ -306,12 +306,25 @@ def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
         if settings.address:
             ray.init(address=settings.address, **kwargs)
         else:
-            ray.init(num_cpus=settings.cpus or os.cpu_count(), **kwargs)
+            ray.init(num_cpus=local_cpus(settings, spec), **kwargs)
         started = True
         stop_on_sigterm()  # Ray's own handler exits on the spot; ours stops like Ctrl-C, logs and all
     # One HTTP proxy, on the head node: the pipeline has one address however many nodes serve it.
     serve.start(proxy_location="HeadOnly", http_options={"host": settings.host, "port": settings.port})
     return started
+
+
+def local_cpus(settings: RaySettings, spec: PipelineSpec) -> int:
+    """The local cluster's logical CPUs: as asked, else this machine's, and at least one per stage (a 3-stage
+    pipeline cannot be placed on 2 CPUs; declared CPUs beyond the physical ones share them)."""
+    if settings.cpus:
+        return settings.cpus
+    cpus = os.cpu_count() or 1
+    if cpus < len(spec.stages):
+        log.warning("%d stages need %d CPUs: the local Ray cluster declares %d logical CPUs on this %d-CPU machine "
+                    "(they share the physical ones; --ray-cpus sets the count)", len(spec.stages), len(spec.stages),
+                    len(spec.stages), cpus)
+    return max(cpus, len(spec.stages))
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -339,14 +352,10 @@ def shutdown(started_ray: bool) -> None:
 
 
 def _check_stage_kinds(spec: PipelineSpec) -> None:
-    """A stage's variants must all be of one kind (detect, classify, segment): the ingress chains stages by kind."""
-    from ipa.profiles.zoo import kind_of
+    """Every stage has one kind (the ingress chains stages by kind): a mixed or unknown stage is refused here."""
+    from ipa.profiles.zoo import pipeline_kinds
 
-    for stage in spec.stages:
-        kinds = {v.name: kind_of(v.name) for v in stage.variants}
-        if len(set(kinds.values())) > 1:
-            raise ConfigError(f"stage '{stage.name}' mixes variants of different kinds ({kinds}); "
-                              "Ray serving needs one kind (detection, classification or segmentation) per stage")
+    pipeline_kinds(spec)
 
 
 def _ingress_handle():

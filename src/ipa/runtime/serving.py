@@ -37,9 +37,7 @@ from ipa.spec import PipelineConfig, PipelineSpec
 
 MAX_BATCH = 64  # the decorator's ceiling; each config sets the real size with set_max_batch_size
 EXPIRED = {"expired": True}  # what a replica answers for an item past its start-by time (no model ran)
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_CROPS = 1  # crops classified per request: one per request, as the profiles and the simulator count it
-SCORE_THRESHOLD = 0.05
 
 
 class BadInput(ValueError):
@@ -50,34 +48,56 @@ class BadInput(ValueError):
         self.status = status
 
 
+# What a pipeline takes, by what its first stage reads: content types, size limit, and the words a 4xx uses
+ACCEPTS: dict[str, tuple[tuple[str, ...], int, str]] = {
+    "image": (("image/jpeg", "image/png", "application/octet-stream", "application/json"), 20 * 1024 * 1024,
+              "a JPEG or PNG image, or JSON {\"image\": \"<base64>\"}"),
+    "audio": (("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "application/octet-stream"),
+              8 * 1024 * 1024, "a WAV file (PCM), or raw 16 kHz mono float32 samples as application/octet-stream"),
+    "text": (("text/plain", "application/json"), 64 * 1024, "UTF-8 text as text/plain, or JSON {\"text\": \"...\"}"),
+}
+
+
 def decode_image(body: bytes, content_type: str) -> np.ndarray:
     """JPEG/PNG bytes, or JSON {"image": base64}, to an RGB uint8 HxWxC array."""
     return decode(image_bytes(body, content_type))
 
 
-def check_headers(content_type: str, content_length: str | None) -> None:
+def _ctype(content_type: str) -> str:
+    return content_type.split(";")[0].strip().lower()
+
+
+def check_headers(content_type: str, content_length: str | None, media: str = "image") -> None:
     """What the headers alone say is wrong (type, size): a 4xx before admission, so even under overload."""
-    ctype = content_type.split(";")[0].strip().lower()
-    if ctype not in ("image/jpeg", "image/png", "application/octet-stream", "application/json"):
-        raise BadInput(415, f"content type {ctype or '(none)'!r} not supported "
-                            "(allowed: image/jpeg, image/png, application/json)")
+    types, limit, expected = ACCEPTS[media]
+    ctype = _ctype(content_type)
+    if ctype not in types:
+        raise BadInput(415, f"content type {ctype or '(none)'!r} not supported: this pipeline takes {expected} "
+                            f"(allowed: {', '.join(types)})")
+    charset = content_type.lower().partition("charset=")[2].split(";")[0].strip().strip('"')
+    if media == "text" and charset and charset not in ("utf-8", "utf8"):
+        raise BadInput(415, f"charset {charset!r} not supported: send UTF-8 text")
     if content_length is not None and content_length.strip().isdigit():
         size = int(content_length)
         if size == 0:
-            raise BadInput(400, "empty body: send a JPEG or PNG image, or JSON {\"image\": \"<base64>\"}")
-        if size > MAX_IMAGE_BYTES:
-            raise BadInput(413, f"image of {size} bytes exceeds the limit of {MAX_IMAGE_BYTES}")
+            raise BadInput(400, f"empty body: send {expected}")
+        if size > limit:
+            raise BadInput(413, f"body of {size} bytes exceeds the limit of {limit}")
+
+
+def _checked_body(body: bytes, content_type: str, media: str) -> None:
+    check_headers(content_type, None, media)
+    _, limit, expected = ACCEPTS[media]
+    if not body:
+        raise BadInput(400, f"empty body: send {expected}")
+    if len(body) > limit:
+        raise BadInput(413, f"body of {len(body)} bytes exceeds the limit of {limit}")
 
 
 def image_bytes(body: bytes, content_type: str) -> bytes:
     """The image's bytes, after the checks that need the body but not its decoding (size, JSON shape)."""
-    check_headers(content_type, None)
-    ctype = content_type.split(";")[0].strip().lower()
-    if not body:
-        raise BadInput(400, "empty body: send a JPEG or PNG image, or JSON {\"image\": \"<base64>\"}")
-    if len(body) > MAX_IMAGE_BYTES:
-        raise BadInput(413, f"image of {len(body)} bytes exceeds the limit of {MAX_IMAGE_BYTES}")
-    if ctype == "application/json":
+    _checked_body(body, content_type, "image")
+    if _ctype(content_type) == "application/json":
         try:
             payload = json.loads(body)
             return base64.b64decode(payload["image"], validate=True)
@@ -99,6 +119,47 @@ def decode(data: bytes) -> np.ndarray:
         raise BadInput(400, f"not a decodable JPEG or PNG image ({e})") from None
 
 
+def decode_audio(body: bytes, content_type: str) -> np.ndarray:
+    """A WAV file, or raw float32 PCM at 16 kHz, to 16 kHz float32 samples."""
+    from ipa.profiles.audio import AudioError, read_pcm, read_wav
+
+    _checked_body(body, content_type, "audio")
+    try:
+        if _ctype(content_type) == "application/octet-stream" and not body.startswith(b"RIFF"):
+            return read_pcm(body)
+        return read_wav(body)
+    except AudioError as e:
+        raise BadInput(400, f"{e}; this pipeline takes {ACCEPTS['audio'][2]}") from None
+
+
+def decode_text(body: bytes, content_type: str) -> str:
+    """UTF-8 text, or JSON {"text": "..."}, with something in it."""
+    _checked_body(body, content_type, "text")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadInput(400, f"body is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if _ctype(content_type) == "application/json":
+        try:
+            text = json.loads(text)["text"]
+        except (ValueError, KeyError, TypeError):
+            raise BadInput(400, "JSON body must be {\"text\": \"...\"}") from None
+        if not isinstance(text, str):
+            raise BadInput(400, "JSON field 'text' must be a string")
+    if not text.strip():
+        raise BadInput(400, f"no text in the body: send {ACCEPTS['text'][2]}")
+    return text
+
+
+def decode_body(body: bytes, content_type: str, media: str) -> Any:
+    """The request body as the first stage takes it (the costly part: after admission)."""
+    if media == "audio":
+        return decode_audio(body, content_type)
+    if media == "text":
+        return decode_text(body, content_type)
+    return decode(image_bytes(body, content_type))
+
+
 @dataclass(frozen=True)
 class StageSettings:
     """What a stage replica is told through `user_config` (plain values: Serve compares and ships them)."""
@@ -117,12 +178,14 @@ class StageSettings:
 
 @serve.deployment(max_ongoing_requests=MAX_BATCH * 2)
 class StageReplica:
-    """Runs one stage's current variant on batches of requests."""
+    """Runs one stage's current variant on batches of requests. `spec` is the stage's spec as a dict (its kind,
+    variants and generation cap: what building a variant needs)."""
 
-    def __init__(self, stage: str):
+    def __init__(self, spec: dict[str, Any]):
         import uuid
 
-        self.stage = stage
+        self.spec = spec
+        self.stage = spec["name"]
         self.model = None
         self.variant = ""
         self.cores = 1
@@ -138,7 +201,8 @@ class StageReplica:
         torch.set_num_threads(self.cores)
         if cfg["variant"] != self.variant:
             t0 = time.perf_counter()
-            model = await asyncio.to_thread(_load, cfg["variant"], cfg.get("weights"), cfg.get("device", "cpu"))
+            model = await asyncio.to_thread(_load, self.spec, cfg["variant"], cfg.get("weights"),
+                                            cfg.get("device", "cpu"))
             self.model, self.variant = model, cfg["variant"]
             self.loads.append({"variant": self.variant, "seconds": time.perf_counter() - t0})
         self.infer.set_max_batch_size(int(cfg["batch"]))
@@ -171,12 +235,12 @@ class StageReplica:
                 "node": ray.get_runtime_context().get_node_id()}
 
 
-def _load(variant: str, weights: str | None, device: str = "cpu"):
+def _load(stage: dict[str, Any], variant: str, weights: str | None, device: str = "cpu"):
     from ipa.profiles.zoo import build
+    from ipa.spec import StageSpec
 
-    model = build(variant, weights, device)
-    blank = np.zeros((64, 64, 3), np.uint8)
-    _run(model, [(blank, None) if model.kind == "segmentation" else blank])  # first call allocates: before serving
+    model = build(variant, weights, device, StageSpec.model_validate(stage))
+    model.serve([model.warmup_item()])  # the first call allocates: before serving
     return model
 
 
@@ -184,32 +248,8 @@ def _timed_run(model, items: list) -> tuple[list[dict[str, Any]], float, float]:
     """The batch, how long it took (timed where it runs, not counting the wait for a thread) and the CPU the
     replica's process burned meanwhile (the model's threads, and the little else a replica does)."""
     t0, c0 = time.perf_counter(), time.process_time()
-    out = _run(model, items)
+    out = model.serve(items)
     return out, time.perf_counter() - t0, time.process_time() - c0
-
-
-def _run(model, images: list) -> list[dict[str, Any]]:
-    """A batch through one model: photos for detection and classification, (photo, box) for segmentation."""
-    import torch
-
-    from ipa.profiles import sam
-    from ipa.profiles.zoo import to_classifier_input
-
-    device = model.device
-    if model.kind == "segmentation":
-        return model([sam.request(im, box, device) for im, box in images])
-    if model.kind == "detection":
-        x = [torch.from_numpy(np.array(im)).permute(2, 0, 1).float().div(255).to(device) for im in images]
-        out = []
-        for d in model(x):
-            d = {k: v.cpu() for k, v in d.items()}
-            keep = d["scores"] >= SCORE_THRESHOLD
-            out.append({"boxes": d["boxes"][keep].round().int().tolist(), "labels": d["labels"][keep].tolist(),
-                        "scores": [round(float(s), 4) for s in d["scores"][keep]]})
-        return out
-    probs = model(torch.stack([to_classifier_input(im) for im in images]).to(device)).softmax(-1).cpu()
-    score, label = probs.max(-1)
-    return [{"label": int(c), "score": round(float(s), 4)} for c, s in zip(label, score)]
 
 
 def crops(image: np.ndarray, detection: dict[str, Any], limit: int = MAX_CROPS) -> list[tuple[list[int], np.ndarray]]:
@@ -231,7 +271,9 @@ class Expired(Exception):
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class Ingress:
-    """HTTP in, admission, the stages in order through their handles (detect -> classify or segment), JSON out.
+    """HTTP in, admission, the stages in order through their handles, JSON out. Images go detect -> classify
+    or segment; speech and text go from stage to stage as the text each one gives on (a transcript, a
+    translation, a summary; a text classifier passes its input on).
 
     It counts arrivals per second, the requests admitted and not yet through each stage (the work
     ahead of a new one), and the batch times the replicas report. Its `user_config` carries what the
@@ -241,10 +283,14 @@ class Ingress:
     def __init__(self, stages: list[tuple[str, str]], handles: list, sla_s: float, drop_limit_s: float):
         from prometheus_client import CollectorRegistry, Counter as PCounter, Gauge, Histogram
 
+        from ipa.spec import MEDIA
+
         self.stages = stages  # (name, kind) in pipeline order
+        self.media = MEDIA[stages[0][1]][0]  # what the pipeline takes: image, audio or text
         self.handles = [h.options(method_name="infer") for h in handles]
         self.sla_s, self.drop_limit_s = sla_s, drop_limit_s
-        self.admission = Admission(sla_s)
+        self.deadline_s = min(sla_s, drop_limit_s)  # admission's: the SLA, or a shorter drop limit
+        self.admission = Admission(self.deadline_s)
         self.plan: list[dict[str, Any]] = []
         self.at = [0] * len(stages)  # admitted requests now at each stage (decode counts as the first)
         self.arrivals: Counter[int] = Counter()  # epoch second -> requests that arrived
@@ -268,7 +314,7 @@ class Ingress:
         """The plan's expectations per stage; a stage whose config did not change keeps its measured times."""
         settings = AdmissionSettings(**cfg["admission"])
         if (settings, cfg["overhead_s"]) != (self.admission.settings, self.admission.overhead_s):
-            self.admission = Admission(self.sla_s, cfg["overhead_s"], settings)
+            self.admission = Admission(self.deadline_s, cfg["overhead_s"], settings)
             self.plan = []
         for i, st in enumerate(cfg["stages"]):
             if i < len(self.plan) and self.plan[i]["config"] == st["config"] and i < len(self.admission.stages):
@@ -291,25 +337,26 @@ class Ingress:
         t0 = time.time()
         self.arrivals[int(t0)] += 1
         if request.method != "POST":
-            return self._answer(JSONResponse({"error": "POST an image"}, 405), t0)
+            return self._answer(JSONResponse({"error": f"POST {ACCEPTS[self.media][2]}"}, 405), t0)
         ctype = request.headers.get("content-type", "")
         try:
-            check_headers(ctype, request.headers.get("content-length"))
+            check_headers(ctype, request.headers.get("content-length"), self.media)
         except BadInput as e:
             return self._answer(JSONResponse({"error": str(e)}, e.status), t0)
         verdict = self.admission.decide(self.at, float(self.arrivals.get(int(t0) - 1, 0)))
         if not verdict.admit:
             self.m_rejected.labels("admission").inc()
             return self._answer(JSONResponse(
-                {"error": f"overloaded: an answer would take about {verdict.estimate_s:.1f} s, the SLA is "
-                          f"{self.sla_s:g} s; retry in {verdict.retry_after_s} s", "reason": "admission"},
+                {"error": f"overloaded: an answer would take about {verdict.estimate_s:.1f} s, the deadline is "
+                          f"{self.deadline_s:g} s; retry in {verdict.retry_after_s} s", "reason": "admission"},
                 503, headers={"Retry-After": str(verdict.retry_after_s)}), t0)
         where = [0]  # the stage this request is at, for the work-ahead counts
         self.at[0] += 1
         self.m_in_flight.set(sum(self.at))
         try:  # the body is read only now: Serve's proxy streams it on demand, a refused request never moves it
-            image = decode(image_bytes(await request.body(), ctype))
-            result = await asyncio.wait_for(self.pipeline(image, t0, where), self.drop_limit_s)
+            payload = decode_body(await request.body(), ctype, self.media)
+            chain = self.pipeline if self.media == "image" else self.chain
+            result = await asyncio.wait_for(chain(payload, t0, where), self.drop_limit_s)
         except BadInput as e:
             return self._answer(JSONResponse({"error": str(e)}, e.status), t0)
         except Expired:
@@ -370,6 +417,23 @@ class Ingress:
                     d |= {"label": o["label"], "score": o["score"]}
         return {"detections": detections, "variants": variants, "service_s": service}
 
+    async def chain(self, item: Any, t0: float, where: list[int]) -> dict[str, Any]:
+        """Speech or text: each stage gets what the one before gave on; the answer holds every stage's output."""
+        outputs: dict[str, dict[str, Any]] = {}
+        variants: dict[str, str] = {}
+        service = 0.0
+        for i, ((name, _), handle) in enumerate(zip(self.stages, self.handles)):
+            o = await handle.remote(item, self.admission.start_by(t0, i))
+            self._move(where, i + 1)
+            if o.get("expired"):
+                raise Expired()
+            self._record(i, [o])
+            service += o["timing"]["seconds"]
+            variants[name] = o["variant"]
+            outputs[name] = {k: v for k, v in o.items() if k not in ("text", "variant", "batch", "timing")}
+            item = o.get("text", item)
+        return {"outputs": outputs, "variants": variants, "service_s": service}
+
     def _move(self, where: list[int], to: int) -> None:
         self.at[where[0]] -= 1
         where[0] = to
@@ -423,20 +487,22 @@ def build_app(spec: PipelineSpec, config: PipelineConfig, expected: dict[str, St
     """
     from ray.serve.config import BackpressureConfig
 
-    from ipa.profiles.zoo import kind_of
+    from ipa.profiles.zoo import stage_kind
 
     kinds = []
     handles = []
     plan = []
     for stage in spec.stages:
         c = config[stage.name]
-        kinds.append((stage.name, kind_of(c.variant)))
+        kind = stage_kind(stage)
+        kinds.append((stage.name, kind))
         settings = StageSettings(c.variant, c.batch, c.cores, batch_wait_s, weights, device)
         resources = {"num_cpus": c.cores} | ({"num_gpus": gpus_per_replica} if device != "cpu" else {})
+        stage_spec = stage.model_copy(update={"kind": kind}).model_dump()
         dep = StageReplica.options(name=stage.name, num_replicas=c.replicas, user_config=settings.user_config(),
                                    ray_actor_options=resources, max_ongoing_requests=MAX_BATCH * 2,
-                                   **_stable(stage.name))
-        handles.append(dep.bind(stage.name))
+                                   **_stable(stage.name, stage_spec))
+        handles.append(dep.bind(stage_spec))
         e = (expected or {}).get(stage.name, UNKNOWN)
         known = not math.isnan(e.batch_s)
         plan.append({"config": c.as_dict(), "wait_s": batch_wait_s, "batch_s": e.batch_s if known else None,

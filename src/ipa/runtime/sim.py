@@ -105,7 +105,8 @@ class Simulator:
                               else spec.sla_s / (2 * len(spec.stages)))
         self.reconfig_s = settings.reconfig_s
         self.serving_latency = settings.serving_latency_s or 0.0
-        self.admission = Admission(spec.sla_s, self.serving_latency, admission)
+        # admit what can finish within the SLA, or within the drop limit where that is shorter (IPA's sum-qa)
+        self.admission = Admission(min(spec.sla_s, self.drop_limit), self.serving_latency, admission)
         # (stage, row, size, seconds) of the latest batches: calibration keeps at most 200 per variant
         self._timings: deque[tuple[int, Profile, int, float]] = deque(maxlen=TIMINGS_KEPT)
         self.rng = np.random.default_rng(seed)
@@ -146,7 +147,7 @@ class Simulator:
         if not any(p.batch == cfg.batch for p in rows):
             raise ValueError(f"no profile for {st.name}/{cfg.variant} batch {cfg.batch} cores {cfg.cores}")
         st.cfg, st.rows = cfg, [p for p in rows if p.batch <= cfg.batch]
-        st.accuracy = self.spec.stage(st.name).variant(cfg.variant).accuracy_fraction
+        st.accuracy = self.spec.accuracy_score(st.name, cfg.variant)
         self.admission.configure(st.idx, cfg.replicas, cfg.batch, self.batch_timeout, expected)
 
     # -- control ---------------------------------------------------------------------------
