@@ -272,3 +272,34 @@ def test_all_five_pipelines_run_into_one_report(tmp_path):
     fa2 = {row["experiment"]: float(row["pas"]) for row in rows if row["policy"] == "fa2-low"}
     assert fa2["audio-qa"] == 0.0 and fa2["nlp"] == 1.0  # nlp's language id has one variant (score 1)
 
+
+# -- IPA's own video variants: YOLOv5 (an optional extra) --------------------------------------
+
+def test_yolo_boxes_come_back_in_the_photos_own_pixels():
+    import torch
+
+    from ipa.profiles.yolo import _detections, letterbox
+
+    photo = torch.rand(3, 427, 640)
+    x, frame = letterbox(photo)
+    assert x.shape == (3, 640, 640) and frame == (1.0, 0, 106)  # 427 rows padded to 640: 106 above
+    pred = torch.zeros(84, 3)
+    pred[:4, 0] = torch.tensor([320.0, 306.0, 100.0, 50.0])  # cx, cy, w, h in the letterboxed frame
+    pred[4 + 5, 0] = 0.9  # class 5, confident
+    pred[4 + 7, 1] = 0.1  # below the confidence threshold
+    out = _detections(pred, frame)
+    assert out["boxes"].tolist() == [[270.0, 175.0, 370.0, 225.0]] and out["labels"].tolist() == [6]
+    assert out["scores"].tolist() == pytest.approx([0.9])
+
+
+def test_yolov5_variants_are_detectors_built_from_ultralytics():
+    from ipa.profiles.zoo import kind_of
+
+    assert kind_of("yolov5x") == "detection"
+    pytest.importorskip("ultralytics", reason="the optional extra: pip install -e '.[yolo]'")
+    model = build("yolov5n")
+    from ipa.profiles.zoo import photos_hwc
+
+    out = model.serve([photos_hwc()[0]])
+    assert model.kind == "detection" and set(out[0]) == {"boxes", "labels", "scores"}
+    assert sum(p.numel() for p in model.module.parameters()) / 1e6 == pytest.approx(2.65, abs=0.1)

@@ -74,18 +74,23 @@ class Model:
 
 
 def kind_of(name: str) -> str:
-    """The kind of a torchvision or Segment Anything variant, from its name (specs that give no kind)."""
+    """The kind of a torchvision, YOLOv5 or Segment Anything variant, from its name (specs that give no kind)."""
     import torchvision
+
+    from ipa.profiles import yolo
 
     if sam.is_sam(name):
         return "segmentation"
+    if yolo.is_yolo(name):
+        return "detection"
     if name in torchvision.models.list_models(module=torchvision.models.detection):
         return "detection"
     if name in torchvision.models.list_models(module=torchvision.models):
         return "classification"
     raise ConfigError(
         f"variant '{name}' is not a torchvision classification or detection architecture "
-        f"(see torchvision.models.list_models()) nor a Segment Anything variant ({', '.join(sam.VARIANTS)}); "
+        f"(see torchvision.models.list_models()), a YOLOv5 variant ({', '.join(yolo.VARIANTS)}) nor a Segment "
+        f"Anything variant ({', '.join(sam.VARIANTS)}); "
         f"a speech or text stage needs its kind in the pipeline spec ({', '.join(hf.KINDS)})"
     )
 
@@ -128,8 +133,12 @@ def _build_vision(name: str, kind: str, weights: str | Path | None, device: str)
     import torch
     import torchvision
 
+    from ipa.profiles import yolo
+
     if kind == "segmentation":
         module = sam.build_module(name)
+    elif yolo.is_yolo(name):
+        module = yolo.build_module(name)
     else:
         kwargs = {"weights": None} | ({"weights_backbone": None} if kind == "detection" else {})
         module = torchvision.models.get_model(name, **kwargs)
