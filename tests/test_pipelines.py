@@ -275,6 +275,14 @@ def test_all_five_pipelines_run_into_one_report(tmp_path):
 
 # -- IPA's own video variants: YOLOv5 (an optional extra) --------------------------------------
 
+def need_ultralytics() -> None:
+    """Skip without the extra, without importing it (importing Ultralytics patches PIL and torch)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ultralytics") is None:
+        pytest.skip("the optional extra is not installed: pip install -e '.[yolo]'")
+
+
 def test_yolo_boxes_come_back_in_the_photos_own_pixels():
     import torch
 
@@ -296,10 +304,25 @@ def test_yolov5_variants_are_detectors_built_from_ultralytics():
     from ipa.profiles.zoo import kind_of
 
     assert kind_of("yolov5x") == "detection"
-    pytest.importorskip("ultralytics", reason="the optional extra: pip install -e '.[yolo]'")
+    need_ultralytics()
     model = build("yolov5n")
     from ipa.profiles.zoo import photos_hwc
 
     out = model.serve([photos_hwc()[0]])
     assert model.kind == "detection" and set(out[0]) == {"boxes", "labels", "scores"}
     assert sum(p.numel() for p in model.module.parameters()) / 1e6 == pytest.approx(2.65, abs=0.1)
+
+
+def test_building_a_yolo_variant_leaves_pil_and_torch_as_they_were():
+    need_ultralytics()
+    import torch
+    from PIL import Image
+
+    from ipa.runtime.serving import decode_image
+
+    before = Image.open, torch.save
+    build("yolov5n")
+    assert (Image.open, torch.save) == before
+    with pytest.raises(BadInput) as e:  # not a ModuleNotFoundError from a HEIF plugin Ultralytics would install
+        decode_image(b"\xff\xd8 truncated", "image/jpeg")
+    assert e.value.status == 400

@@ -30,13 +30,21 @@ def is_yolo(name: str) -> bool:
 
 def build_module(name: str):
     """The architecture with random weights, wrapped to torchvision's detection interface."""
+    from PIL import Image
+
     os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "ipa-ultralytics"))
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    # Importing Ultralytics replaces PIL.Image.open (to pip-install a HEIF plugin when Pillow cannot read a file)
+    # and torch.save process-wide: undo both, so the rest of ipa decodes and saves as it does without the extra.
+    originals = Image.open, torch.save
     try:
         from ultralytics.nn.tasks import DetectionModel
     except ImportError as e:
         raise ConfigError(f"variant '{name}' needs Ultralytics' model definitions: pip install 'ipa[yolo]' "
                           "(ultralytics, AGPL-3.0 licensed, so not installed by default)") from e
+    finally:
+        Image.open, torch.save = originals
     return Detector(DetectionModel(f"{name}u.yaml", nc=80, verbose=False))
 
 
