@@ -347,8 +347,8 @@ class Ingress:
         if not verdict.admit:
             self.m_rejected.labels("admission").inc()
             return self._answer(JSONResponse(
-                {"error": f"overloaded: an answer would take about {verdict.estimate_s:.1f} s, the deadline is "
-                          f"{self.deadline_s:g} s; retry in {verdict.retry_after_s} s", "reason": "admission"},
+                {"error": f"overloaded: an answer would take about {verdict.estimate_s:.1f} s, "
+                          f"{self._deadline_words()}; retry in {verdict.retry_after_s} s", "reason": "admission"},
                 503, headers={"Retry-After": str(verdict.retry_after_s)}), t0)
         where = [0]  # the stage this request is at, for the work-ahead counts
         self.at[0] += 1
@@ -373,6 +373,11 @@ class Ingress:
             self.m_in_flight.set(sum(self.at))
         result["latency_s"] = time.time() - t0
         return self._answer(JSONResponse(result), t0)
+
+    def _deadline_words(self) -> str:
+        if self.deadline_s >= self.sla_s:
+            return f"the SLA is {self.sla_s:g} s"
+        return f"the drop limit is {self.drop_limit_s:g} s (shorter than the SLA, {self.sla_s:g} s)"
 
     def status(self) -> dict[str, Any]:
         """What `GET /` answers: the stages, the requests at each, and what admission expects now."""
