@@ -13,7 +13,7 @@ import pytest
 
 from ipa.errors import ConfigError
 from ipa.profiles import hf
-from ipa.profiles.audio import AudioError, log_mel, read_pcm, read_wav, to_wav
+from ipa.profiles.audio import log_mel, read_pcm, read_wav, to_wav
 from ipa.profiles.samples import find_speech
 from ipa.profiles.zoo import build, pipeline_kinds
 from ipa.runtime.serving import BadInput, decode_body

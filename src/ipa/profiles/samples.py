@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ipa._shared import shared_locations
 from ipa.errors import ConfigError
 from ipa.profiles import corpus
 from ipa.spec import GENERATIVE, MEDIA, PipelineSpec
@@ -35,10 +36,8 @@ def find_speech(explicit: str | Path | None = None) -> Path:
         if not p.is_file():
             raise ConfigError(f"speech clip {p}: no such file")
         return p
-    repo = Path(__file__).resolve().parents[3]
     tried = []
-    for base in (Path.cwd().parent, repo.parent):
-        p = (base / SPEECH_SHARED).resolve()
+    for p in shared_locations(SPEECH_SHARED):
         if p.is_file():
             return p
         tried.append(str(p))

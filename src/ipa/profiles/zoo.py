@@ -14,7 +14,7 @@ import numpy as np
 
 from ipa.errors import ConfigError
 from ipa.profiles import hf, sam
-from ipa.spec import PipelineSpec, StageSpec, VariantSpec
+from ipa.spec import PipelineSpec, StageSpec
 
 CLASSIFIER_INPUT = 224
 SCORE_THRESHOLD = 0.05  # detections below this score are not reported
@@ -114,12 +114,11 @@ def build(name: str, weights: str | Path | None = None, device: str = "cpu", sta
           spec: PipelineSpec | None = None):
     """Build a variant ready to run. `stage` (its spec) gives the kind and, for speech and text variants, the
     architecture and generation cap; `spec` the pipeline, whose inputs a speech or text model is profiled with."""
-    variant = stage.variant(name) if stage else VariantSpec(name=name, accuracy=0)
     kind = stage_kind(stage) if stage else kind_of(name)
     if kind not in VISION_KINDS:
         if stage is None:
             raise ConfigError(f"variant '{name}' is a {kind} model: build it with its stage's spec")
-        model = hf.build(variant, stage.model_copy(update={"kind": kind}), weights, device)
+        model = hf.build(stage.variant(name), stage.model_copy(update={"kind": kind}), weights, device)
         if spec is not None:
             from ipa.profiles.samples import stage_items
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ipa._shared import shared_locations
 from ipa.errors import ConfigError, TraceNotFoundError
 
 ENV = "IPA_TRACE"
@@ -24,13 +25,7 @@ GET_IT = (
 
 def default_locations() -> list[Path]:
     """`../shared/...` next to the working directory and next to the checkout that holds this package."""
-    repo = Path(__file__).resolve().parents[3]
-    seen: list[Path] = []
-    for base in (Path.cwd().parent, repo.parent):
-        p = (base / SHARED).resolve()
-        if p not in seen:
-            seen.append(p)
-    return seen
+    return shared_locations(SHARED)
 
 
 def find_trace(explicit: str | Path | None = None) -> Path:
