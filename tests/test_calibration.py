@@ -113,3 +113,30 @@ def test_the_measured_spread_sets_the_p99(tiny):
     row = c.table.lookup("classify", "r18", 1, 1)
     assert row.p50 == pytest.approx(raw.p50)
     assert row.latency_p99_s == pytest.approx(raw.p50 * 3.0)
+
+
+def test_it_learns_the_cpu_share_a_batch_keeps_when_it_has_its_cores(tiny):
+    """Batches timed on a busy machine: most waited for a core; the few that did not show the share."""
+    _, table = tiny
+    p50 = table.lookup("detect", "small", 1, 1).p50
+    c = Calibrator(table)
+    busy = [BatchTiming("detect", "small", 1, 1, 2 * p50, p50) for _ in range(16)]  # half the wall on the CPU
+    free = [BatchTiming("detect", "small", 1, 1, p50, 0.95 * p50) for _ in range(4)]  # nearly all of it
+    c.observe(busy + free)
+    row = c.table.lookup("detect", "small", 1, 1)
+    assert row.p50 == pytest.approx(2 * p50)  # the wall time as served: the median
+    assert row.cpu_share == pytest.approx(0.95)  # the 90th percentile of CPU / wall
+    assert row.alone_s == pytest.approx(p50 / 0.95)  # its CPU time at that share: the wait for a core left out
+    assert table.lookup("detect", "small", 1, 1).alone_s == table.lookup("detect", "small", 1, 1).p50
+
+
+def test_a_whole_run_is_measured_from_all_its_batches_not_the_last_window(tiny):
+    from ipa.profiles.calibration import measured
+
+    _, table = tiny
+    run = timings("detect", "small", 1.0, table, n=60) + timings("detect", "small", 2.0, table, n=40)
+    online = Calibrator(table)
+    online.observe(run)
+    assert online.ratios()["detect/small"] == pytest.approx(2.0)  # the last 32 batches: what plans need now
+    whole = measured(table, run).lookup("detect", "small", 1, 1)
+    assert whole.p50 == pytest.approx(table.lookup("detect", "small", 1, 1).p50)  # the median of all 100

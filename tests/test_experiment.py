@@ -157,3 +157,21 @@ def test_ipa_q_stands_beside_ipa_in_the_same_experiment(tmp_path, small_cfg):
     assert rows["ipa-q"]["cost_cores"] == pytest.approx(rows["ipa"]["cost_cores"], rel=0.1)
     with (tmp_path / "q" / "cells" / "sine_12_10_120_240__ipa-q" / "decisions.csv").open() as f:
         assert all(d["config"] for d in csv.DictReader(f))
+
+
+def test_a_replayed_cell_serves_the_configs_of_the_run_it_replays_and_matches_it(small_cfg):
+    """The fidelity twin: the decisions of a run, replayed on the same machine, give that run back."""
+    from ipa.experiment.cells import Setup, shape
+    from ipa.experiment.sim_cell import run_sim_cell
+    from ipa.workload import load_workload
+
+    setup = Setup.load(small_cfg)
+    w = shape(load_workload("step:2:30:240", None), None, 1.0)
+    run = run_sim_cell(setup, w, "ipa")
+    assert len({json.dumps(d["config"], sort_keys=True) for d in run["decisions"]}) > 1  # it did reconfigure
+    again = run_sim_cell(setup, w, "ipa", replay=run["decisions"])
+    assert [d["config"] for d in again["decisions"]] == [d["config"] for d in run["decisions"]]
+    for metric in ("completed", "throughput_rps", "p99_latency_s", "cost_cores", "reconfigurations"):
+        assert again["summary"][metric] == pytest.approx(run["summary"][metric], rel=0.02), metric
+    frozen = [{"t": d["t"], "config": run["decisions"][0]["config"]} for d in run["decisions"]]
+    assert run_sim_cell(setup, w, "ipa", replay=frozen)["summary"]["reconfigurations"] == 0

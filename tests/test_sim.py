@@ -4,6 +4,7 @@ import pytest
 from ipa.adapt import LoopSettings, adapt
 from ipa.optimize import make_problem, solve
 from ipa.predict.simple import Window, WindowMax
+from ipa.runtime.admission import AdmissionSettings
 from ipa.runtime.sim import SimSettings, Simulator
 from ipa.spec import StageConfig
 
@@ -139,3 +140,75 @@ def test_oracle_objective_bounds_feasible_policies(tiny):
             scored = make_problem("ipa", spec, table).assess_config(d.config, load)
             if scored.feasible:
                 assert scored.objective <= best + 1e-9
+
+
+# -- shared CPUs (processor sharing) -----------------------------------------------------------------
+
+
+def exact(table):
+    """The same table with no spread: every batch takes its p50, so times can be checked by hand."""
+    from dataclasses import replace
+
+    from ipa.profiles.table import ProfileTable
+
+    return ProfileTable([replace(p, latency_p99_s=p.p50) for p in table.rows], table.meta, table.source)
+
+
+def one_request(tiny, settings, serving=None):
+    spec, table = tiny
+    sim = Simulator(spec, exact(table), 3.0, np.array([1.0] + [0.0] * 9), settings, seed=0, serving=serving)
+    sim.start(config())
+    sim.run_until(10)
+    return sim.result()
+
+
+def test_a_lone_request_with_cpus_to_spare_takes_what_it_takes_on_its_own_cores(tiny):
+    alone = one_request(tiny, SimSettings()).latencies
+    shared = one_request(tiny, SimSettings(cpus=1)).latencies  # its two batches run one after the other
+    assert len(alone) == 1 and shared == pytest.approx(alone)
+    assert alone[0] == pytest.approx(0.05 * 0.9 + 0.02 * 0.9)  # the two p50s
+
+
+def test_serving_that_takes_cpu_slows_every_batch_by_the_share_left(tiny):
+    from ipa.profiles.serving import ServingCost
+
+    # one CPU, serving takes half a core: a 1-core batch gets 1 / 1.5 of its pace
+    r = one_request(tiny, SimSettings(cpus=1), ServingCost(cpu_fixed_cores=0.5))
+    assert r.latencies[0] == pytest.approx((0.05 * 0.9 + 0.02 * 0.9) * 1.5)
+    # the same cost on two CPUs leaves the batch its whole core
+    r = one_request(tiny, SimSettings(cpus=2), ServingCost(cpu_fixed_cores=0.5))
+    assert r.latencies[0] == pytest.approx(0.05 * 0.9 + 0.02 * 0.9)
+
+
+def test_replicas_sharing_cpus_never_use_more_than_there_are(tiny):
+    """Two 1-core replicas on one CPU: the pipeline holds 1 / (0.045 + 0.018) = 15.9 rps, not the detector's 22."""
+    spec, table = tiny
+    table = exact(table)
+    rps = np.full(60, 20.0)
+    off = AdmissionSettings(enabled=False)
+    own = Simulator(spec, table, 3.0, rps, SimSettings(drop_limit_s=100), seed=0, admission=off)
+    one = Simulator(spec, table, 3.0, rps, SimSettings(drop_limit_s=100, cpus=1), seed=0, admission=off)
+    for sim in (own, one):
+        sim.start(config())
+        sim.run_until(60)
+    done_own, done_one = (s.result().series["completions"][10:].mean() for s in (own, one))
+    assert done_own == pytest.approx(20.0, rel=0.1)  # each replica has its core: the load is held
+    assert done_one == pytest.approx(1 / (0.045 + 0.018), rel=0.05)  # work-conserving: the CPU is full
+    assert sum(t.cpu_s for t in one.batch_timings()) <= 1.0 * 60 + 1e-6  # the CPU seconds burned fit in one CPU
+
+
+def test_a_wall_time_measured_on_a_busy_machine_is_not_slowed_twice(tiny):
+    """A calibrated row whose batches burned their core half the wall time (the rest waiting for it) runs at its
+    CPU time on a machine with CPUs to spare."""
+    from dataclasses import replace
+
+    from ipa.profiles.table import ProfileTable
+
+    spec, table = tiny
+    busy = ProfileTable([replace(p, cpu_s_per_batch=p.cores * p.p50 / 2, cpu_share=1.0) for p in exact(table).rows],
+                        table.meta, "calibrated on a busy machine")
+    for cpus, expected in ((None, 0.05 * 0.9 + 0.02 * 0.9), (4, (0.05 * 0.9 + 0.02 * 0.9) / 2)):
+        sim = Simulator(spec, busy, 3.0, np.array([1.0] + [0.0] * 9), SimSettings(cpus=cpus), seed=0)
+        sim.start(config())
+        sim.run_until(10)
+        assert sim.result().latencies[0] == pytest.approx(expected)

@@ -1,9 +1,12 @@
 """Fidelity: a real cell beside its simulated twin, metric by metric.
 
-The twin runs the same workload, policy, predictor and seed in the simulator, on the machine as the
-real run measured it: the profiles corrected by the run's batch times (its calibration), the
-reconfiguration delays it timed, its drop limit and batch timeout, and the same admission rule. What
-still differs is what the simulator does not model, which is what the table is for.
+The twin serves the same workload (same seed, so the same arrivals) with the configs the real run chose,
+each from the time it was chosen, so the table measures the simulator, not two control loops that
+drifted apart (a plan one interval later on one side moves every figure after it). It runs on the
+machine as the real run measured it: the profiles corrected by every batch the run timed (calibration
+over the whole run, so the batch times hold the contention of that load), the reconfiguration delays it
+timed, its drop limit and batch timeout, and the same admission rule. What still differs is what the
+simulator does not model, which is what the table is for.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ COLUMNS = ["workload", "policy", "metric", "sim", "real", "real_vs_sim_pct", "no
 
 
 def twin(setup: Setup, real: dict[str, Any]) -> Setup:
-    """The setup that simulates the machine the real cell ran on."""
+    """The setup that simulates the machine the real cell ran on. Each replica keeps its cores (no `sim.cpus`):
+    the batch times the run measured already hold the contention of its load, and processor sharing on
+    top, even with that contention taken out first, predicted less of it than this VM showed."""
     sim = SimSettings(drop_limit_s=real["drop_limit_s"], batch_timeout_s=real["batch_wait_s"],
                       reconfig_s=real["delays"] or None, serving_latency_s=setup.serving_latency_s)
     cfg = setup.cfg.model_copy(update={"sim": sim})

@@ -23,6 +23,7 @@ from ipa.adapt import adapt
 from ipa.energy.detect import open_meter
 from ipa.experiment.cells import Setup, control, score_decisions, true_peak, write_cell
 from ipa.experiment.metrics import summarize
+from ipa.profiles.calibration import BatchTiming, measured
 from ipa.profiles.samples import request_bodies
 from ipa.profiles.zoo import pipeline_kinds
 from ipa.runtime.loadgen import LoadGenerator, RequestRecord, arrival_times
@@ -117,7 +118,7 @@ def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRunt
                 "replica_cores": _mean(runtime.samples, "replica_cpus")}
     return {"series": result.series, "decisions": decisions, "summary": summary, "records": loadgen.records,
             "samples": runtime.samples, "reconfigurations": runtime.reconfigurations, "events": runtime.events,
-            "learned": calibrator.learned, "delays": delays, "drop_limit_s": runtime.drop_limit_s,
+            "batches": runtime.batches, "learned": measured(setup.profiles, runtime.batches, c.calibration), "delays": delays, "drop_limit_s": runtime.drop_limit_s,
             "batch_wait_s": runtime.batch_wait_s}
 
 
@@ -189,13 +190,17 @@ def measured_delays(reconfigurations: list[Reconfiguration]) -> dict[str, float]
 
 
 def save_cell(folder: Path, cell: dict[str, Any], sim_summary: dict[str, Any] | None) -> None:
-    """What only a real run has (every request, energy, reconfigurations, faults), the twin's summary,
-    then the simulator's files, summary.json last: the cell is finished."""
+    """What only a real run has (every request and batch, energy, reconfigurations, faults, the profiles as
+    calibrated on the machine), the twin's summary, then the simulator's files, summary.json last: the cell
+    is finished."""
     write_csv(folder / "requests.csv",
-              ({"sent_s": r.sent_s, "latency_s": r.latency_s, "status": r.status, "reason": r.reason,
-                "variants": json.dumps(r.variants) if r.variants else "", "error": r.error} for r in cell["records"]),
-              ["sent_s", "latency_s", "status", "reason", "variants", "error"])
+              ({"sent_s": r.sent_s, "latency_s": r.latency_s, "service_s": r.service_s, "status": r.status,
+                "reason": r.reason, "variants": json.dumps(r.variants) if r.variants else "", "error": r.error}
+               for r in cell["records"]),
+              ["sent_s", "latency_s", "service_s", "status", "reason", "variants", "error"])
     write_runtime_logs(folder, cell["samples"], cell["reconfigurations"], cell["events"])
+    write_csv(folder / "batches.csv", (t._asdict() for t in cell["batches"]), list(BatchTiming._fields))
+    cell["learned"].save(folder / "calibrated-profiles.csv")
     if sim_summary is not None:
         write_json(folder / "sim_summary.json", sim_summary)
     write_cell(folder, cell)

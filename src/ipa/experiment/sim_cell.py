@@ -1,19 +1,24 @@
-"""One (workload, policy) cell in the simulator: the control loop driving `ipa.runtime.sim`."""
+"""One (workload, policy) cell in the simulator: the control loop driving `ipa.runtime.sim`, or the configs
+of a real run replayed at the times it chose them (its fidelity twin)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from ipa.adapt import adapt
 from ipa.experiment.cells import Setup, control, score_decisions, true_peak
 from ipa.experiment.metrics import summarize
+from ipa.runtime.admission import stage_estimates
 from ipa.runtime.sim import Simulator
+from ipa.spec import StageConfig
 from ipa.workload import Workload
 
 
-def run_sim_cell(setup: Setup, workload: Workload, policy: str, weights: dict[str, float] | None = None
-                 ) -> dict[str, Any]:
-    """Simulate one policy on one workload; returns the series, decisions and summary."""
+def run_sim_cell(setup: Setup, workload: Workload, policy: str, weights: dict[str, float] | None = None,
+                 replay: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Simulate one policy on one workload; returns the series, decisions and summary. With `replay` (the
+    decisions of a real run), the simulator serves those configs from those times instead of deciding."""
     c = setup.cfg
     problem = setup.problem(policy, weights)
     peak = true_peak(workload.rps, c.interval_s)
@@ -21,13 +26,35 @@ def run_sim_cell(setup: Setup, workload: Workload, policy: str, weights: dict[st
     if settings.serving_latency_s is None:
         settings = settings.model_copy(update={"serving_latency_s": setup.serving_latency_s})
     sim = Simulator(setup.spec, setup.machine, problem.idle_power_w_per_core, workload.rps, settings, c.seed,
-                    c.admission)
-    predictor, loop, initial = control(c, workload, policy)
-    decisions = adapt(sim, problem, predictor, workload.seconds, loop, policy,
-                      oracle=peak if policy == "oracle" else None, initial_rate=initial, calibrator=setup.calibrator())
+                    c.admission, setup.serving)
+    if replay is None:
+        predictor, loop, initial = control(c, workload, policy)
+        decisions = adapt(sim, problem, predictor, workload.seconds, loop, policy,
+                          oracle=peak if policy == "oracle" else None, initial_rate=initial,
+                          calibrator=setup.calibrator())
+    else:
+        decisions = replayed(sim, setup, replay, workload.seconds)
     sim.drain()
     score_decisions(setup, decisions, peak)
     result = sim.result()
     summary = {"workload": workload.name, "policy": policy, "runtime": "sim"}
     summary |= summarize(result, decisions, setup.profiles.energy_label, setup.spec.sla_s)
     return {"series": result.series, "decisions": decisions, "summary": summary}
+
+
+def replayed(sim: Simulator, setup: Setup, decisions: list[dict[str, Any]], duration_s: float) -> list[dict[str, Any]]:
+    """Serve each decision's config from its time on (a failed decision keeps the config before it), admission
+    expecting what the simulated machine's profiles say; returns the decisions, copied."""
+    started = False
+    for i, d in enumerate(decisions):
+        if "config" in d:
+            config = {stage: StageConfig(**c) for stage, c in d["config"].items()}
+            expected = stage_estimates(setup.machine, config)
+            if started:
+                sim.apply(config, expected)
+            else:
+                sim.start(config, expected)
+                started = True
+        if started:
+            sim.run_until(decisions[i + 1]["t"] if i + 1 < len(decisions) else duration_s)
+    return copy.deepcopy(decisions)

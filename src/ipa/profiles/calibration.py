@@ -13,7 +13,11 @@ Latencies are multiplied by the ratio and throughputs divided by it. Served batc
 than one model alone on idle cores: once `spread_batches` batches are in, the p99 is the p50 times the
 measured p99/p50 of the last of them. A third ratio, learned the same
 way from the CPU seconds each batch burned, corrects the CPU a batch costs: wall time under contention
-includes waiting for a core, which is not CPU the plan must find room for. Energy per batch keeps the
+includes waiting for a core, which is not CPU the plan must find room for. The last kind is the CPU
+share: of its cores, the share a batch keeps busy when it has the machine to itself (the 90th
+percentile of CPU / (wall x cores) over the last batches; under contention the rest is the wait for
+a core). With it a simulator can take the contention out of a wall time measured on a busy machine
+and put back the contention of its own load (`Profile.alone_s`). Energy per batch keeps the
 profiled value: a slower batch under contention does not burn more joules, and the run's meter
 measures what it really costs.
 """
@@ -72,6 +76,9 @@ class Calibrator:
         self._ratios: dict[tuple[str, str], float] = {}
         self._cpu_ratios: dict[tuple[str, str], float] = {}
         self._spreads: dict[tuple[str, str], float] = {}
+        self._share_samples: dict[tuple[str, str], deque[float]] = defaultdict(
+            lambda: deque(maxlen=4 * self.settings.spread_batches))
+        self._shares: dict[tuple[str, str], float] = {}
         self._learned: ProfileTable = profiles
         self._rows: dict[tuple[str, str, int, int], Profile | None] = {}
         self._keys = list(dict.fromkeys((p.stage, p.variant) for p in profiles.rows))
@@ -89,10 +96,12 @@ class Calibrator:
             tail[key].append(t.seconds / row.p50)
             if t.cpu_s is not None and 0 < t.cpu_s < math.inf:
                 cpu_samples[key].append(t.cpu_s / row.cpu_s)
+                self._share_samples[key].append(min(1.0, t.cpu_s / (t.seconds * t.cores)))
             self.observed += 1
         s = self.settings
         moved = self._update(self._samples, self._ratios, _median, s.min_batches)
         moved |= self._update(self._tail, self._spreads, _spread, s.spread_batches)
+        moved |= self._update(self._share_samples, self._shares, _share, s.min_batches, (0.05, 1.0))
         if self._update(self._cpu_samples, self._cpu_ratios, _median, s.min_batches) or moved:
             self._learned = self._corrected()
 
@@ -106,25 +115,28 @@ class Calibrator:
         return self._rows[key]
 
     def _corrected(self) -> ProfileTable:
-        time_r, cpu_r, spread = dict(self._ratios), dict(self._cpu_ratios), dict(self._spreads)
+        time_r, cpu_r, spread, share = dict(self._ratios), dict(self._cpu_ratios), dict(self._spreads), dict(self._shares)
         slower = self.profiles.slower(lambda p: time_r.get((p.stage, p.variant), 1.0),
                                       f"{self.profiles.source} (calibrated)")
+        cpu_known = any(self._cpu_samples.values())
         rows = []
         for p, raw in zip(slower.rows, self.profiles.rows):
             key = (p.stage, p.variant)
-            if key in cpu_r:
-                p = replace(p, cpu_s_per_batch=cpu_r[key] * raw.cpu_s)
+            if key in cpu_r or cpu_known:  # a ratio of 1 (not stored) is the profiled CPU, not the slower wall time
+                p = replace(p, cpu_s_per_batch=cpu_r.get(key, 1.0) * raw.cpu_s)
             if key in spread:
                 p = replace(p, latency_p99_s=p.p50 * spread[key])
+            if key in share:
+                p = replace(p, cpu_share=share[key])
             rows.append(p)
         return ProfileTable(rows, slower.meta, slower.source)
 
     def _update(self, samples: dict[tuple[str, str], deque[float]], ratios: dict[tuple[str, str], float],
-                stat, at_least: int) -> bool:
-        """Recompute one kind of ratio (time, spread or CPU) for every variant, from its own batches, its stage's
-        or the pipeline's; True if any moved by more than the tolerance."""
+                stat, at_least: int, bounds: tuple[float, float] | None = None) -> bool:
+        """Recompute one kind of ratio (time, spread, CPU share or CPU) for every variant, from its own batches,
+        its stage's or the pipeline's; True if any moved by more than the tolerance."""
         s = self.settings
-        lo, hi = s.bounds
+        lo, hi = bounds or s.bounds
         if not any(samples.values()):
             return False
         own = {key: stat(q, at_least) for key, q in samples.items()}
@@ -177,6 +189,18 @@ class Calibrator:
                 if r != 1.0}
 
 
+def measured(profiles: ProfileTable, batches: list[BatchTiming], settings: CalibrationSettings | None = None
+             ) -> ProfileTable:
+    """The profiles as a whole run measured them: the same corrections from every batch it ran, not the last
+    window of them (what a simulator of that run should serve with)."""
+    n = max(len(batches), 1)
+    settings = (settings or CalibrationSettings()).model_copy(
+        update={"window": n, "spread_batches": max(10, math.ceil(n / 4)), "tolerance": 0.0})
+    calibrator = Calibrator(profiles, settings)
+    calibrator.observe(batches)
+    return calibrator.learned
+
+
 def _median(values: Iterable[float], at_least: int) -> float | None:
     v = sorted(values)
     return _quantile(v, 0.5) if len(v) >= at_least else None
@@ -188,6 +212,12 @@ def _spread(values: Iterable[float], at_least: int) -> float | None:
     if len(v) < at_least:
         return None
     return max(1.0, _quantile(v, 0.99) / _quantile(v, 0.5))
+
+
+def _share(values: Iterable[float], at_least: int) -> float | None:
+    """The CPU share of the batches that had their cores (nearly) to themselves: the 90th percentile."""
+    v = sorted(values)
+    return _quantile(v, 0.9) if len(v) >= at_least else None
 
 
 def _quantile(ordered: list[float], q: float) -> float:

@@ -34,6 +34,7 @@ class Profile:
     load_s: float | None = None
     memory_mb: float | None = None
     cpu_s_per_batch: float | None = None  # CPU seconds a batch burns (all its threads); None: cores x p50
+    cpu_share: float | None = None  # of its cores, the share a batch keeps busy with the machine to itself; None: all
 
     @property
     def p50(self) -> float:
@@ -43,6 +44,12 @@ class Profile:
     def cpu_s(self) -> float:
         """CPU seconds per batch: measured, or the reserved cores busy for the whole batch."""
         return self.cpu_s_per_batch if self.cpu_s_per_batch is not None else self.cores * self.p50
+
+    @property
+    def alone_s(self) -> float:
+        """Seconds a batch takes with the machine to itself: its CPU over the CPUs it keeps busy then. Below the
+        p50 when the p50 was measured on a busy machine (it holds the wait for a core)."""
+        return min(self.p50, self.cpu_s / (self.cores * (self.cpu_share or 1.0)))
 
 
 _INT = {"batch", "cores"}

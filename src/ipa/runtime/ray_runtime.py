@@ -87,6 +87,7 @@ class RayRuntime:
     reconfigurations: list[Reconfiguration] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    batches: list[BatchTiming] = field(default_factory=list)  # every batch the replicas reported, oldest first
     config: PipelineConfig | None = None
     _t0: float = 0.0  # monotonic
     _epoch0: int = 0
@@ -164,7 +165,9 @@ class RayRuntime:
         except Exception as e:  # calibration is best effort; serving goes on
             log.warning("could not read the batch timings: %s", e)
             return []
-        return [BatchTiming(**r) for r in rows]
+        timings = [BatchTiming(**r) for r in rows]
+        self.batches.extend(timings)
+        return timings
 
     def observed_rates(self) -> np.ndarray:
         """Requests per second that reached the ingress, for every whole second since start."""

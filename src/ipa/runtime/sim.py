@@ -10,6 +10,14 @@ others (`true_profiles`, `true_scale`), which is how calibration is tested witho
 load as the real ingress does (`ipa.runtime.admission`): a request that cannot finish within the SLA
 is refused at arrival, one that waited past its start-by time leaves the queue before any model
 runs on it, and none outlives the drop limit. Every executed batch is reported for calibration.
+
+With `cpus` set, the replicas and serving share that many CPUs, as on one real machine. Each running
+batch needs its row's CPU share (cores x `cpu_share`, CPU seconds per second with the machine to
+itself) and serving needs `ServingCost.cores` at the last second's load; while the sum passes `cpus`,
+every running batch progresses at cpus / demand of its uncontended pace (processor sharing, which is
+what Linux's scheduler approximates). A row calibrated on a busy machine has a wall time that already
+holds that machine's contention: the batch's work is its CPU over its share (`Profile.alone_s`), and the
+simulator adds back the contention its own load makes. Without `cpus` each replica owns its cores.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from ipa.profiles.calibration import BatchTiming
+from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import Profile, ProfileTable
 from ipa.runtime.admission import Admission, AdmissionSettings, StageEstimate, stage_estimates
 from ipa.runtime.loadgen import arrival_times
@@ -46,6 +55,8 @@ class SimSettings(Strict):
                               "than its profiles say (2: every batch takes twice as long)")
     serving_latency_s: float | None = Field(default=None, ge=0, description="added to every answer (default: the "
                                             "profiles' measured serving latency, 0 when not measured)")
+    cpus: float | None = Field(default=None, gt=0, description="CPUs the replicas and serving share (processor "
+                               "sharing once their demand passes them); default: each replica owns its cores")
 
     @field_validator("reconfig_s")
     @classmethod
@@ -93,8 +104,9 @@ class SimResult:
 class Simulator:
     def __init__(self, spec: PipelineSpec, profiles: ProfileTable, idle_w_per_core: float,
                  rps: np.ndarray, settings: SimSettings | None = None, seed: int = 0,
-                 admission: AdmissionSettings | None = None):
-        """`profiles` are the simulated machine's (scaled by `settings.true_scale`); plans may differ."""
+                 admission: AdmissionSettings | None = None, serving: ServingCost | None = None):
+        """`profiles` are the simulated machine's (scaled by `settings.true_scale`); plans may differ.
+        `serving`: the CPU serving takes beside the replicas (only with `settings.cpus`)."""
         settings = settings or SimSettings()
         self.spec = spec
         self.profiles = scaled(profiles, settings.true_scale)
@@ -107,8 +119,8 @@ class Simulator:
         self.serving_latency = settings.serving_latency_s or 0.0
         # admit what can finish within the SLA, or within the drop limit where that is shorter (IPA's sum-qa)
         self.admission = Admission(min(spec.sla_s, self.drop_limit), self.serving_latency, admission)
-        # (stage, row, size, seconds) of the latest batches: calibration keeps at most 200 per variant
-        self._timings: deque[tuple[int, Profile, int, float]] = deque(maxlen=TIMINGS_KEPT)
+        # (stage, row, size, seconds, CPU seconds) of the latest batches: calibration keeps at most 200 per variant
+        self._timings: deque[tuple[int, Profile, int, float, float]] = deque(maxlen=TIMINGS_KEPT)
         self.rng = np.random.default_rng(seed)
         self.duration = len(rps)
         self.arrival_t = arrival_times(rps, self.rng)
@@ -128,6 +140,18 @@ class Simulator:
         self._lat_sec: list[int] = []
         self._pas: list[float] = []
         self.dropped = self.completed = self.reconfigurations = self.rejected = 0
+        # processor sharing (settings.cpus): every running batch advances on one virtual clock at `_rate`
+        self.cpus = settings.cpus
+        self.serving = serving or ServingCost()
+        self._running: list = []  # (virtual finish, seq, payload, CPU demand) of the batches running
+        self._virtual = self._virtual_at = 0.0  # the virtual clock's reading, and when it was taken
+        self._rate = 1.0
+        self._batch_demand = 0.0  # CPUs the running batches would use with the machine to themselves
+        self._serving_demand = self.serving.cores(0.0)
+        self.s["cpu_rate"] = np.ones(n)  # the pace of the slowest moment of each second (1: no contention)
+        if self.cpus is not None:
+            for sec in range(1, n):
+                self._push(float(sec), 3, sec)
 
     # -- setup -----------------------------------------------------------------------------
     def start(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None:
@@ -194,8 +218,8 @@ class Simulator:
         """The batches executed since the last call, the latest TIMINGS_KEPT of them (what replicas report
         for calibration)."""
         raw, self._timings = self._timings, deque(maxlen=TIMINGS_KEPT)
-        return [BatchTiming(self.stages[i].name, row.variant, row.cores, size, took, row.cpu_s * took / row.p50)
-                for i, row, size, took in raw]
+        return [BatchTiming(self.stages[i].name, row.variant, row.cores, size, took, cpu)
+                for i, row, size, took, cpu in raw]
 
     # -- event loop ------------------------------------------------------------------------
     def _push(self, t: float, kind: int, payload) -> None:
@@ -208,16 +232,18 @@ class Simulator:
         while True:
             t_arr = arr[self._next_arrival] if self._next_arrival < len(arr) else math.inf
             t_evt = self._events[0][0] if self._events else math.inf
-            t = min(t_arr, t_evt)
+            t_run = self._next_finish() if self._running else math.inf
+            t = min(t_arr, t_evt, t_run)
             if t >= t_end:
                 break
             self.now = t
-            if t_arr <= t_evt:
+            if t_run <= t_arr and t_run <= t_evt:
+                self._finish()
+            elif t_arr <= t_evt:
                 self._arrive(self._next_arrival)
                 self._next_arrival += 1
             else:
-                _, kind, _, payload = heapq.heappop(self._events)
-                (self._done, self._timeout, self._switch)[kind](payload)
+                self._event()
         self.now = t_end
         self._accrue(t_end)
 
@@ -226,14 +252,24 @@ class Simulator:
         queues are empty or the drop limit has passed. Late answers count in the last second."""
         self.run_until(self.duration)
         end = self.duration + self.drop_limit
-        while self._events and self._events[0][0] <= end:
-            t, kind, _, payload = heapq.heappop(self._events)
-            self.now = t
-            (self._done, self._timeout, self._switch)[kind](payload)
+        while True:
+            t_evt = self._events[0][0] if self._events else math.inf
+            t_run = self._next_finish() if self._running else math.inf
+            if min(t_evt, t_run) > end:
+                break
+            self.now = min(t_evt, t_run)
+            if t_run <= t_evt:
+                self._finish()
+            else:
+                self._event()
         for st in self.stages:  # what waited past the drop limit was never served
             while st.queue:
                 self._drop(st.queue.popleft()[0])
         self.now = max(self.now, float(self.duration))
+
+    def _event(self) -> None:
+        _, kind, _, payload = heapq.heappop(self._events)
+        (self._done, self._timeout, self._switch, self._tick)[kind](payload)
 
     def _arrive(self, req: int) -> None:
         sec = int(self.now)
@@ -277,7 +313,11 @@ class Simulator:
             st.busy += 1
             st.in_service += len(batch)
             took = self._service_time(row)
-            self._push(self.now + took, 0, (st.idx, batch, st.accuracy, row, took))
+            payload = (st.idx, batch, st.accuracy, row, took, self.now)
+            if self.cpus is None:
+                self._push(self.now + took, 0, payload)
+            else:
+                self._share(payload, took * row.alone_s / row.p50, row.cpu_s / row.alone_s)
 
     def _service_time(self, row: Profile) -> float:
         p50, p99 = row.p50, row.latency_p99_s
@@ -285,13 +325,55 @@ class Simulator:
             return p99
         return float(p50 * math.exp(math.log(p99 / p50) / Z99 * self.rng.standard_normal()))
 
+    # -- processor sharing -----------------------------------------------------------------
+    def _share(self, payload, work_s: float, demand: float) -> None:
+        """Start a batch that needs `work_s` seconds with the machine to itself, using `demand` CPUs meanwhile."""
+        self._advance()
+        self._seq += 1
+        heapq.heappush(self._running, (self._virtual + work_s, self._seq, payload, demand))
+        self._batch_demand += demand
+        self._set_rate()
+
+    def _advance(self) -> None:
+        self._virtual += (self.now - self._virtual_at) * self._rate
+        self._virtual_at = self.now
+
+    def _set_rate(self) -> None:
+        demand = self._batch_demand + self._serving_demand
+        self._rate = 1.0 if demand <= self.cpus else self.cpus / demand
+        if self._running and self._rate < 1.0:
+            sec = min(int(self.now), self.duration - 1)
+            self.s["cpu_rate"][sec] = min(self.s["cpu_rate"][sec], self._rate)
+
+    def _next_finish(self) -> float:
+        return self._virtual_at + (self._running[0][0] - self._virtual) / self._rate
+
+    def _finish(self) -> None:
+        self._advance()
+        _, _, payload, demand = heapq.heappop(self._running)
+        self._batch_demand = max(0.0, self._batch_demand - demand) if self._running else 0.0
+        self._set_rate()
+        self._done(payload)
+
+    def _tick(self, sec: int) -> None:
+        """Serving's CPU follows the load of the second that just ended: its arrivals (the load generator's,
+        when it shares the machine) and the requests it admitted (the proxy's and the ingress's)."""
+        self._advance()
+        arrived, refused = self.s["arrivals"][sec - 1], self.s["rejected"][sec - 1]
+        cost = self.serving
+        self._serving_demand = (cost.cpu_fixed_cores + cost.cpu_per_request_s * (arrived - refused)
+                                + (cost.client_cpu_per_request_s * arrived if cost.client else 0.0))
+        self._set_rate()
+
     def _done(self, payload) -> None:
-        idx, batch, accuracy, row, took = payload
+        idx, batch, accuracy, row, sampled, started = payload
+        # what the replica would measure: with shared CPUs, the wall time includes the wait for them
+        took = sampled if self.cpus is None else self.now - started
         st = self.stages[idx]
         st.busy -= 1
         st.in_service -= len(batch)
         self.admission.observe(idx, took, len(batch))
-        self._timings.append((idx, row, len(batch), took))
+        self._timings.append((idx, row, len(batch), took, row.cpu_s * sampled / row.p50))
         sec = min(int(self.now), self.duration - 1)
         self.s["energy_dynamic_j"][sec] += row.energy_j_per_batch
         last = idx == len(self.stages) - 1
