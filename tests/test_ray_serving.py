@@ -109,6 +109,7 @@ def test_bad_input_gets_4xx_and_the_pipeline_keeps_serving(cluster):
     rt = RayRuntime(spec, settings)
     rt.start(config())
     try:
+        assert rt.batch_timings() == []  # the ingress kept the earlier test's batches: not this run's
         jpeg = photo_jpegs(width=320)[0]
         assert post(rt.url, b"not an image", "image/jpeg").status_code == 400
         r = post(rt.url, b"hello", "text/plain")
@@ -118,6 +119,7 @@ def test_bad_input_gets_4xx_and_the_pipeline_keeps_serving(cluster):
         assert post(rt.url, b"", "image/png").status_code == 400
         ok = post(rt.url, json.dumps({"image": base64.b64encode(jpeg).decode()}).encode(), "application/json")
         assert ok.status_code == 200 and ok.json()["variants"]["classify"] == CLS
+        assert sorted(t.stage for t in rt.batch_timings()) == ["classify", "detect"]  # this run's only request
         metrics = requests.get(rt.url + "metrics", timeout=30).text
         assert 'ipa_requests_total{code="400"}' in metrics and 'ipa_requests_total{code="415"}' in metrics
         assert 'ipa_stage_config{knob="replicas",stage="classify",variant="resnet18"} 1.0' in metrics

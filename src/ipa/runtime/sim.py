@@ -76,7 +76,7 @@ class _Stage:
     accuracy: float
     busy: int = 0
     in_service: int = 0  # requests in the batches being served
-    queue: deque = field(default_factory=deque)  # (request id, time it joined this queue)
+    queue: deque = field(default_factory=deque)  # (request id, time it joined this queue, latest start)
     timeout_at: float = -1.0
     pending: tuple[float, StageConfig, StageEstimate] | None = None
 
@@ -286,18 +286,21 @@ class Simulator:
         self._enqueue(self.stages[0], req)
 
     def _enqueue(self, st: _Stage, req: int) -> None:
-        st.queue.append((req, self.now))
+        st.queue.append((req, self.now, self._start_by(st.idx, req)))
         self._dispatch(st)
+
+    def _start_by(self, idx: int, req: int) -> float:
+        """When the request must start at stage idx, fixed as it joins the stage's queue (as the ingress stamps
+        each stage call): a later reconfiguration does not move it. Never past the drop limit."""
+        return self._arrived[req] + min(self.admission.start_by(0.0, idx), self.drop_limit)
 
     def _dispatch(self, st: _Stage) -> None:
         q = st.queue
         if not q or st.busy >= st.cfg.replicas:
             return
-        # a request that arrived before `cutoff` can no longer start here in time (or outlived the drop limit)
-        cutoff = self.now - min(self.admission.start_by(0.0, st.idx), self.drop_limit)
-        arrivals = self._arrived
+        now = self.now
         while q and st.busy < st.cfg.replicas:
-            while q and arrivals[q[0][0]] < cutoff:
+            while q and q[0][2] < now:  # it can no longer start here in time (or outlived the drop limit)
                 self._drop(q.popleft()[0])
             if not q:
                 return
@@ -382,7 +385,7 @@ class Simulator:
             if last:
                 self._complete(req, sec)
             else:
-                self.stages[idx + 1].queue.append((req, self.now))
+                self.stages[idx + 1].queue.append((req, self.now, self._start_by(idx + 1, req)))
         if not last:
             self._dispatch(self.stages[idx + 1])
         self._dispatch(st)
