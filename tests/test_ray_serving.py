@@ -72,6 +72,7 @@ def test_reconfigures_under_load_without_losing_a_request(cluster):
     first = post(rt.url, jpeg, "image/jpeg").json()
     assert first["variants"] == {"detect": DET, "classify": CLS}
     assert first["detections"] and "label" in first["detections"][0]
+    assert first["service_s"] > 0 and 0 <= first["queued_s"] < first["latency_s"] - first["service_s"]
 
     gen = LoadGenerator(rt.url, arrival_times(np.full(60, 3.0), np.random.default_rng(0)), photo_jpegs(),
                         timeout_s=60)

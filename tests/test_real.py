@@ -137,3 +137,30 @@ def test_replicas_run_where_the_profiles_were_measured_unless_told():
     assert for_profiles(RaySettings(), {"device": "cpu"}).device == "cpu"
     assert for_profiles(RaySettings(), {}).device == "cpu"
     assert for_profiles(RaySettings(device="cpu"), {"device": "cuda"}).device == "cpu"  # explicit wins
+
+
+def test_servings_own_latency_is_what_an_answer_spent_neither_in_a_model_nor_queued_for_one():
+    from ipa.experiment.fidelity import serving_latency
+
+    r = RequestRecord(0.0, 0.5, 200, service_s=0.3, queued_s=0.15)
+    assert r.overhead_s == pytest.approx(0.05)
+    assert RequestRecord(0.0, 0.5, 200, service_s=0.3).overhead_s is None  # an older ingress: not said
+    records = [RequestRecord(0.0, 0.3 + 0.01 * i, 200, service_s=0.2, queued_s=0.05) for i in range(100)]
+    records += [RequestRecord(0.0, 0.01, 503, reason="admission")] * 50  # refusals say nothing of it
+    p50, p99 = serving_latency(records)
+    assert p50 == pytest.approx(0.05 + 0.495) and p99 == pytest.approx(0.05 + 0.9801)
+    assert serving_latency(records[:19]) is None
+
+
+def test_the_twins_pace_is_each_measured_batch_over_its_row_in_time_order(tiny):
+    from ipa.experiment.fidelity import pace
+    from ipa.profiles.calibration import BatchTiming
+
+    _, table = tiny
+    p50 = {b: table.lookup("detect", "small", b, 1).p50 for b in (1, 4)}
+    batches = [BatchTiming("detect", "small", 1, 3, 2 * p50[4], None, 7.0),  # a batch of 3 runs as the batch-4 row
+               BatchTiming("detect", "small", 1, 1, 1.5 * p50[1], None, 2.0),
+               BatchTiming("detect", "small", 1, 1, p50[1], None, None)]  # an older ingress: no time, left out
+    ends, ratios = pace(batches, table)["detect"]
+    assert list(ends) == [2.0, 7.0] and list(ratios) == pytest.approx([1.5, 2.0])
+    assert "classify" not in pace(batches, table)

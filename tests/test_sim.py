@@ -212,3 +212,32 @@ def test_a_wall_time_measured_on_a_busy_machine_is_not_slowed_twice(tiny):
         sim.start(config())
         sim.run_until(10)
         assert sim.result().latencies[0] == pytest.approx(expected)
+
+
+def test_answers_draw_servings_latency_from_what_a_run_measured(tiny):
+    spec, table = tiny
+    cfg = config(("small", 1, 4, 1), ("r18", 1, 4, 1))  # replicas to spare: nothing waits
+    models = 0.05 * 0.9 + 0.02 * 0.9
+    sims = {}
+    for name, settings in (("constant", SimSettings(serving_latency_s=0.05)),
+                           ("measured", SimSettings(serving_latency_s=0.05, serving_latency_spread_s=(0.05, 0.2)))):
+        sim = Simulator(spec, exact(table), 3.0, np.full(300, 2.0), settings, seed=0)
+        sim.start(cfg)
+        sim.run_until(300)
+        sims[name] = sim.result().latencies - models
+    assert np.allclose(sims["constant"], 0.05)
+    p50, p99 = np.percentile(sims["measured"], [50, 99])
+    assert p50 == pytest.approx(0.05, rel=0.1) and p99 == pytest.approx(0.2, rel=0.25)
+
+
+def test_a_measured_pace_puts_a_slow_spell_where_the_run_had_it(tiny):
+    """Batches take their row's p50 times the pace the run measured then: three times slower in [0, 10)."""
+    spec, table = tiny
+    arrivals = np.zeros(20)
+    arrivals[[5, 15]] = 1.0
+    slow = (np.array([10.0, 20.0]), np.array([3.0, 1.0]))  # batches that ended at 10 s and 20 s
+    sim = Simulator(spec, exact(table), 3.0, arrivals, SimSettings(), seed=0, pace={"detect": slow, "classify": slow})
+    sim.start(config())
+    sim.run_until(20)
+    first, second = sim.result().latencies
+    assert first == pytest.approx(3 * (0.05 * 0.9 + 0.02 * 0.9)) and second == pytest.approx(0.05 * 0.9 + 0.02 * 0.9)

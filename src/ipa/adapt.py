@@ -96,6 +96,7 @@ def adapt(
                 "reason": decision.reason, "config": config_as_dict(a.config),
             }
             expected = stage_estimates(planned.profiles, decision.config)
+            record["expected"] = {stage: [e.batch_s, e.per_request_s] for stage, e in expected.items()}  # admission's start
             if config is None:
                 runtime.start(decision.config, expected)
             elif decision.config != config:

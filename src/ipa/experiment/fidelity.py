@@ -5,8 +5,11 @@ each from the time it was chosen, so the table measures the simulator, not two c
 drifted apart (a plan one interval later on one side moves every figure after it). It runs on the
 machine as the real run measured it: the profiles corrected by every batch the run timed (calibration
 over the whole run, so the batch times hold the contention of that load), the reconfiguration delays it
-timed, its drop limit and batch timeout, and the same admission rule. What still differs is what the
-simulator does not model, which is what the table is for.
+timed, its drop limit and batch timeout, the same admission rule, and serving's own latency per answer
+as the run measured it (each answer's time neither in a model nor queued for one: HTTP, decode, hops).
+Each simulated batch takes its row's p50 times the pace the run's batches had at that moment (`pace`),
+so the machine's slow spells fall where they fell.
+What still differs is what the simulator does not model, which is what the table is for.
 """
 
 from __future__ import annotations
@@ -15,9 +18,14 @@ import csv
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ipa._io import write_csv
 from ipa.experiment.cells import Setup
-from ipa.runtime.sim import SimSettings
+from ipa.profiles.calibration import BatchTiming
+from ipa.profiles.table import ProfileTable
+from ipa.runtime.loadgen import RequestRecord
+from ipa.runtime.sim import Pace, SimSettings
 
 METRICS = ["throughput_rps", "completed", "goodput_rps", "p99_latency_s", "sla_violation_pct", "dropped_pct",
            "rejected_pct", "energy_j", "avg_power_w", "cost_cores", "pas"]
@@ -29,9 +37,37 @@ def twin(setup: Setup, real: dict[str, Any]) -> Setup:
     the batch times the run measured already hold the contention of its load, and processor sharing on
     top, even with that contention taken out first, predicted less of it than this VM showed."""
     sim = SimSettings(drop_limit_s=real["drop_limit_s"], batch_timeout_s=real["batch_wait_s"],
-                      reconfig_s=real["delays"] or None, serving_latency_s=setup.serving_latency_s)
+                      reconfig_s=real["delays"] or None, serving_latency_s=setup.serving_latency_s,
+                      serving_latency_spread_s=serving_latency(real["records"]))
     cfg = setup.cfg.model_copy(update={"sim": sim})
     return Setup(cfg, setup.spec, setup.profiles, real["learned"], setup.serving)
+
+
+def pace(batches: list[BatchTiming], machine: ProfileTable) -> Pace:
+    """Per stage, the measured batches over time as multiples of their rows' p50 on `machine` (the run's own
+    calibrated profiles): a machine has slow spells (here a slow detector batch is followed by another one
+    time in two), and queues grow in them, which independent draws of batch times do not reproduce."""
+    out: Pace = {}
+    by_stage: dict[str, list[tuple[float, float]]] = {}
+    for b in batches:
+        rows = [p for p in machine.for_stage(b.stage) if p.variant == b.variant and p.cores == b.cores and p.batch >= b.size]
+        if b.t_s is None or not rows or b.seconds <= 0:
+            continue
+        by_stage.setdefault(b.stage, []).append((b.t_s, b.seconds / min(rows, key=lambda p: p.batch).p50))
+    for stage, points in by_stage.items():
+        points.sort()
+        out[stage] = (np.array([t for t, _ in points]), np.array([r for _, r in points]))
+    return out
+
+
+def serving_latency(records: list[RequestRecord], at_least: int = 20) -> tuple[float, float] | None:
+    """(p50, p99) of what serving itself took of each answer (neither in a model nor queued for one), or None
+    with fewer than `at_least` answers that say."""
+    overheads = [r.overhead_s for r in records if r.ok and r.overhead_s is not None]
+    if len(overheads) < at_least:
+        return None
+    p50, p99 = np.percentile(np.maximum(overheads, 0.0), [50, 99])
+    return float(p50), float(p99)
 
 
 def compare(workload: str, policy: str, sim: dict[str, Any], real: dict[str, Any]) -> list[dict[str, Any]]:

@@ -194,10 +194,10 @@ def save_cell(folder: Path, cell: dict[str, Any], sim_summary: dict[str, Any] | 
     calibrated on the machine), the twin's summary, then the simulator's files, summary.json last: the cell
     is finished."""
     write_csv(folder / "requests.csv",
-              ({"sent_s": r.sent_s, "latency_s": r.latency_s, "service_s": r.service_s, "status": r.status,
-                "reason": r.reason, "variants": json.dumps(r.variants) if r.variants else "", "error": r.error}
-               for r in cell["records"]),
-              ["sent_s", "latency_s", "service_s", "status", "reason", "variants", "error"])
+              ({"sent_s": r.sent_s, "latency_s": r.latency_s, "service_s": r.service_s, "queued_s": r.queued_s,
+                "status": r.status, "reason": r.reason, "variants": json.dumps(r.variants) if r.variants else "",
+                "error": r.error} for r in cell["records"]),
+              ["sent_s", "latency_s", "service_s", "queued_s", "status", "reason", "variants", "error"])
     write_runtime_logs(folder, cell["samples"], cell["reconfigurations"], cell["events"])
     write_csv(folder / "batches.csv", (t._asdict() for t in cell["batches"]), list(BatchTiming._fields))
     cell["learned"].save(folder / "calibrated-profiles.csv")

@@ -85,7 +85,8 @@ def _serve_cell(cluster, setup: Setup, w: Workload, policy: str, folder: Path, o
     real = cluster.run(w, policy)
     if real is None:
         return None
-    sim = run_sim_cell(fidelity.twin(setup, real), w, policy, replay=real["decisions"])["summary"]
+    sim = run_sim_cell(fidelity.twin(setup, real), w, policy, replay=real["decisions"],
+                       pace=fidelity.pace(real["batches"], real["learned"]))["summary"]
     save_cell(folder, real, sim)
     fidelity.merge(out / "fidelity.csv", fidelity.compare(w.name, policy, sim, real["summary"]))
     return real["summary"]

@@ -9,16 +9,17 @@ from typing import Any
 from ipa.adapt import adapt
 from ipa.experiment.cells import Setup, control, score_decisions, true_peak
 from ipa.experiment.metrics import summarize
-from ipa.runtime.admission import stage_estimates
-from ipa.runtime.sim import Simulator
+from ipa.runtime.admission import StageEstimate, stage_estimates
+from ipa.runtime.sim import Pace, Simulator
 from ipa.spec import StageConfig
 from ipa.workload import Workload
 
 
 def run_sim_cell(setup: Setup, workload: Workload, policy: str, weights: dict[str, float] | None = None,
-                 replay: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 replay: list[dict[str, Any]] | None = None, pace: Pace | None = None) -> dict[str, Any]:
     """Simulate one policy on one workload; returns the series, decisions and summary. With `replay` (the
-    decisions of a real run), the simulator serves those configs from those times instead of deciding."""
+    decisions of a real run), the simulator serves those configs from those times instead of deciding;
+    with `pace`, its batches take the times that run's batches took then (`ipa.runtime.sim.Simulator`)."""
     c = setup.cfg
     problem = setup.problem(policy, weights)
     peak = true_peak(workload.rps, c.interval_s)
@@ -26,7 +27,7 @@ def run_sim_cell(setup: Setup, workload: Workload, policy: str, weights: dict[st
     if settings.serving_latency_s is None:
         settings = settings.model_copy(update={"serving_latency_s": setup.serving_latency_s})
     sim = Simulator(setup.spec, setup.machine, problem.idle_power_w_per_core, workload.rps, settings, c.seed,
-                    c.admission, setup.serving)
+                    c.admission, setup.serving, pace)
     if replay is None:
         predictor, loop, initial = control(c, workload, policy)
         decisions = adapt(sim, problem, predictor, workload.seconds, loop, policy,
@@ -44,12 +45,14 @@ def run_sim_cell(setup: Setup, workload: Workload, policy: str, weights: dict[st
 
 def replayed(sim: Simulator, setup: Setup, decisions: list[dict[str, Any]], duration_s: float) -> list[dict[str, Any]]:
     """Serve each decision's config from its time on (a failed decision keeps the config before it), admission
-    expecting what the simulated machine's profiles say; returns the decisions, copied."""
+    expecting what the decision's plan expected of each stage (the simulated machine's profiles where it
+    did not say); returns the decisions, copied."""
     started = False
     for i, d in enumerate(decisions):
         if "config" in d:
             config = {stage: StageConfig(**c) for stage, c in d["config"].items()}
             expected = stage_estimates(setup.machine, config)
+            expected |= {stage: StageEstimate(*e) for stage, e in (d.get("expected") or {}).items()}
             if started:
                 sim.apply(config, expected)
             else:

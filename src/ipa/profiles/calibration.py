@@ -37,8 +37,8 @@ from ipa.spec import Strict
 
 
 class BatchTiming(NamedTuple):
-    """One batch a replica ran: which model, on how many cores, how many requests, how long it took and
-    how much CPU it burned (None: not measured)."""
+    """One batch a replica ran: which model, on how many cores, how many requests, how long it took, how
+    much CPU it burned and when it ended, in seconds since the run started (None: not measured)."""
 
     stage: str
     variant: str
@@ -46,6 +46,7 @@ class BatchTiming(NamedTuple):
     size: int
     seconds: float
     cpu_s: float | None = None
+    t_s: float | None = None
 
 
 class CalibrationSettings(Strict):

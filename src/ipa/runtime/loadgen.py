@@ -59,6 +59,15 @@ class RequestRecord:
     error: str = ""
     reason: str = ""  # why a 503 shed it: admission (refused at arrival), expired (in a queue), timeout
     service_s: float | None = None  # of the latency, the time its batches took in the models
+    queued_s: float | None = None  # and the time it waited for them in the replicas' batch queues
+
+    @property
+    def overhead_s(self) -> float | None:
+        """What serving itself took of an answer: neither in a model nor queued for one (HTTP, decode, the hops
+        between the ingress and the replicas)."""
+        if self.service_s is None or self.queued_s is None:
+            return None
+        return self.latency_s - self.service_s - self.queued_s
 
     @property
     def ok(self) -> bool:
@@ -144,7 +153,7 @@ class LoadGenerator:
         latency = time.monotonic() - t0
         payload = _answer(text, status)
         self.records.append(RequestRecord(sent, latency, status, payload.get("variants"), payload.get("error", ""),
-                                          payload.get("reason", ""), payload.get("service_s")))
+                                          payload.get("reason", ""), payload.get("service_s"), payload.get("queued_s")))
 
 
 def _answer(text: str, status: int) -> dict[str, Any]:

@@ -109,7 +109,8 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 40, rate_rps: 
     - `cpu_fixed_cores`: the cluster's serving processes with no traffic,
     - `cpu_per_request_s`: their CPU beyond that, per request (proxy, ingress, routing),
     - `client_cpu_per_request_s`: the load generator's thread, per request,
-    - `latency_s`: the median of each answer's latency less the time its batches took in the models.
+    - `latency_s`: the median of each answer's latency less the time its batches took in the models and it
+      waited for them at the replicas.
 
     Returns the cost and what it was measured on (for the profile's meta).
     """
@@ -147,12 +148,12 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 40, rate_rps: 
     finally:
         runtime.stop()
         shutdown(started)
-    ok = [r for r in gen.records if r.ok and r.service_s is not None]
+    ok = [r for r in gen.records if r.ok and r.overhead_s is not None]
     if len(ok) < requests // 2:
         raise RuntimeError(f"only {len(ok)} of {requests} requests were answered while measuring the serving cost")
     per_request = max(0.0, (c.serving - b.serving) - fixed * (t_c - t_b)) / len(ok)
     cost = ServingCost(
-        latency_s=float(np.median([r.latency_s - r.service_s for r in ok])),
+        latency_s=float(np.median([r.overhead_s for r in ok])),
         cpu_fixed_cores=fixed,
         cpu_per_request_s=per_request,
         client_cpu_per_request_s=gen.cpu_s / max(len(gen.records), 1),
@@ -161,5 +162,5 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 40, rate_rps: 
             "machine": platform.node() or "unknown", "cpus": len(os.sched_getaffinity(0)),
             "config": {s: c.as_dict() for s, c in config.items()}, "requests": len(ok), "rate_rps": rate_rps,
             "method": "CPU time of the local Ray cluster's processes from /proc (stage replicas excluded), "
-                      "latency = answer time - time in the models' batches"}
+                      "latency = answer time - time in the models' batches and queued for them"}
     return cost, meta

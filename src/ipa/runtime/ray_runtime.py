@@ -91,6 +91,7 @@ class RayRuntime:
     config: PipelineConfig | None = None
     _t0: float = 0.0  # monotonic
     _epoch0: int = 0
+    _wall0: float = 0.0  # time.time() at t = 0
     _handle: Any = None
     _sampler: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -123,7 +124,8 @@ class RayRuntime:
         log.info("pipeline deployed in %.1f s: %s", time.monotonic() - t, config_as_dict(config))
         self.config = config
         self._t0 = time.monotonic()
-        self._epoch0 = int(time.time())
+        self._wall0 = time.time()
+        self._epoch0 = int(self._wall0)
         self._handle = _ingress_handle()
         # an ingress kept from an earlier run (the cells of one experiment share the app) still holds that run's
         # batches: this run's calibration starts after them
@@ -168,7 +170,8 @@ class RayRuntime:
         except Exception as e:  # calibration is best effort; serving goes on
             log.warning("could not read the batch timings: %s", e)
             return []
-        timings = [BatchTiming(**r) for r in rows]
+        timings = [BatchTiming(**{k: v for k, v in r.items() if k != "ended_at"},
+                               t_s=r["ended_at"] - self._wall0 if r.get("ended_at") else None) for r in rows]
         self.batches.extend(timings)
         return timings
 

@@ -208,9 +208,14 @@ class StageReplica:
         self.infer.set_max_batch_size(int(cfg["batch"]))
         self.infer.set_batch_wait_timeout_s(float(cfg["batch_wait_s"]))
 
+    async def call(self, item: Any, start_by: float) -> dict[str, Any]:
+        """One item, as the ingress calls a stage: into the batch queue, stamped with when it got here."""
+        return await self.infer(item, start_by, time.time())
+
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0)
-    async def infer(self, items: list[Any], start_by: list[float]) -> list[dict[str, Any]]:
-        """Run the model on the items still in time; the others answer EXPIRED without costing a model call."""
+    async def infer(self, items: list[Any], start_by: list[float], arrived: list[float]) -> list[dict[str, Any]]:
+        """Run the model on the items still in time; the others answer EXPIRED without costing a model call.
+        Each answer says how long its item waited in this replica for its batch (`queued_s`)."""
         now = time.time()
         live = [i for i, t in enumerate(start_by) if now <= t]
         out: list[dict[str, Any]] = [EXPIRED] * len(items)
@@ -220,9 +225,9 @@ class StageReplica:
         outputs, seconds, cpu_s = await asyncio.to_thread(_timed_run, model, [items[i] for i in live])
         self.batches += 1
         timing = {"id": f"{self.replica}:{self.batches}", "seconds": seconds, "cpu_s": cpu_s, "size": len(live),
-                  "variant": model.name, "cores": self.cores}
+                  "variant": model.name, "cores": self.cores, "ended_at": time.time()}
         for i, o in zip(live, outputs):
-            out[i] = o | {"variant": model.name, "batch": len(live), "timing": timing}
+            out[i] = o | {"variant": model.name, "batch": len(live), "timing": timing, "queued_s": now - arrived[i]}
         return out
 
     def state(self) -> dict[str, Any]:
@@ -287,7 +292,7 @@ class Ingress:
 
         self.stages = stages  # (name, kind) in pipeline order
         self.media = MEDIA[stages[0][1]][0]  # what the pipeline takes: image, audio or text
-        self.handles = [h.options(method_name="infer") for h in handles]
+        self.handles = [h.options(method_name="call") for h in handles]
         self.sla_s, self.drop_limit_s = sla_s, drop_limit_s
         self.deadline_s = min(sla_s, drop_limit_s)  # admission's: the SLA, or a shorter drop limit
         self.admission = Admission(self.deadline_s)
@@ -399,7 +404,7 @@ class Ingress:
         segmentation stage draws the mask of each box on the whole photo (SAM is prompted, not cropped)."""
         items = [([0, 0, image.shape[1], image.shape[0]], image)]
         variants: dict[str, str] = {}
-        service = 0.0  # seconds this request's batches took in the models
+        service = queued = 0.0  # seconds this request's batches took in the models, and it waited for them there
         detections: list[dict[str, Any]] = [{"box": box} for box, _ in items]
         for i, ((name, kind), handle) in enumerate(zip(self.stages, self.handles)):
             inputs = [(image, box) if kind == "segmentation" else img for box, img in items]
@@ -409,7 +414,9 @@ class Ingress:
             if any(o.get("expired") for o in outs):
                 raise Expired()
             self._record(i, outs)
-            service += max(o["timing"]["seconds"] for o in outs)
+            slowest = max(outs, key=lambda o: o["queued_s"] + o["timing"]["seconds"])
+            service += slowest["timing"]["seconds"]
+            queued += slowest["queued_s"]
             variants[name] = outs[0]["variant"]
             if kind == "detection":
                 items = [c for (_, img), o in zip(items, outs) for c in crops(img, o)]
@@ -420,13 +427,13 @@ class Ingress:
             else:
                 for d, o in zip(detections, outs):
                     d |= {"label": o["label"], "score": o["score"]}
-        return {"detections": detections, "variants": variants, "service_s": service}
+        return {"detections": detections, "variants": variants, "service_s": service, "queued_s": queued}
 
     async def chain(self, item: Any, t0: float, where: list[int]) -> dict[str, Any]:
         """Speech or text: each stage gets what the one before gave on; the answer holds every stage's output."""
         outputs: dict[str, dict[str, Any]] = {}
         variants: dict[str, str] = {}
-        service = 0.0
+        service = queued = 0.0
         for i, ((name, _), handle) in enumerate(zip(self.stages, self.handles)):
             o = await handle.remote(item, self.admission.start_by(t0, i))
             self._move(where, i + 1)
@@ -434,10 +441,11 @@ class Ingress:
                 raise Expired()
             self._record(i, [o])
             service += o["timing"]["seconds"]
+            queued += o["queued_s"]
             variants[name] = o["variant"]
-            outputs[name] = {k: v for k, v in o.items() if k not in ("text", "variant", "batch", "timing")}
+            outputs[name] = {k: v for k, v in o.items() if k not in ("text", "variant", "batch", "timing", "queued_s")}
             item = o.get("text", item)
-        return {"outputs": outputs, "variants": variants, "service_s": service}
+        return {"outputs": outputs, "variants": variants, "service_s": service, "queued_s": queued}
 
     def _move(self, where: list[int], to: int) -> None:
         self.at[where[0]] -= 1
@@ -456,7 +464,8 @@ class Ingress:
                 del self._seen[next(iter(self._seen))]
             self.admission.observe(i, t["seconds"], t["size"])
             self.timings.append({"stage": self.stages[i][0], "variant": t["variant"], "cores": t["cores"],
-                                 "size": t["size"], "seconds": t["seconds"], "cpu_s": t.get("cpu_s")})
+                                 "size": t["size"], "seconds": t["seconds"], "cpu_s": t.get("cpu_s"),
+                                 "ended_at": t.get("ended_at")})
         if len(self.timings) > 20_000:  # nobody collected them: keep the newest
             self.timings_dropped += len(self.timings) - 10_000
             del self.timings[:-10_000]

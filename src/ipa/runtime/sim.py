@@ -39,6 +39,7 @@ from ipa.runtime.loadgen import arrival_times
 from ipa.spec import PipelineConfig, PipelineSpec, StageConfig, Strict
 
 Z99 = 2.326  # standard normal 99th percentile
+Pace = dict[str, tuple[np.ndarray, np.ndarray]]  # stage -> (when each batch ended, its time / its row's p50), by time
 DEFAULT_LOAD_S = 1.0  # reconfiguration delay when a profile has no load time
 TIMINGS_KEPT = 2000  # batch timings kept between two reads
 
@@ -55,6 +56,9 @@ class SimSettings(Strict):
                               "than its profiles say (2: every batch takes twice as long)")
     serving_latency_s: float | None = Field(default=None, ge=0, description="added to every answer (default: the "
                                             "profiles' measured serving latency, 0 when not measured)")
+    serving_latency_spread_s: tuple[float, float] | None = Field(
+        default=None, description="(p50, p99) of serving's own latency per answer as a real run measured it: each "
+        "answer draws from a lognormal through them (default: every answer adds serving_latency_s)")
     cpus: float | None = Field(default=None, gt=0, description="CPUs the replicas and serving share (processor "
                                "sharing once their demand passes them); default: each replica owns its cores")
 
@@ -104,9 +108,12 @@ class SimResult:
 class Simulator:
     def __init__(self, spec: PipelineSpec, profiles: ProfileTable, idle_w_per_core: float,
                  rps: np.ndarray, settings: SimSettings | None = None, seed: int = 0,
-                 admission: AdmissionSettings | None = None, serving: ServingCost | None = None):
+                 admission: AdmissionSettings | None = None, serving: ServingCost | None = None,
+                 pace: Pace | None = None):
         """`profiles` are the simulated machine's (scaled by `settings.true_scale`); plans may differ.
-        `serving`: the CPU serving takes beside the replicas (only with `settings.cpus`)."""
+        `serving`: the CPU serving takes beside the replicas (only with `settings.cpus`). `pace`: per stage,
+        how much slower than its row's p50 a real run's batches were, over time (`Pace`); a batch then takes
+        its row's p50 times the pace of the batch the run had running at that moment, instead of a draw."""
         settings = settings or SimSettings()
         self.spec = spec
         self.profiles = scaled(profiles, settings.true_scale)
@@ -117,10 +124,12 @@ class Simulator:
                               else spec.sla_s / (2 * len(spec.stages)))
         self.reconfig_s = settings.reconfig_s
         self.serving_latency = settings.serving_latency_s or 0.0
+        self._answer_latency = settings.serving_latency_spread_s  # None: every answer adds serving_latency
         # admit what can finish within the SLA, or within the drop limit where that is shorter (IPA's sum-qa)
         self.admission = Admission(min(spec.sla_s, self.drop_limit), self.serving_latency, admission)
         # (stage, row, size, seconds, CPU seconds) of the latest batches: calibration keeps at most 200 per variant
         self._timings: deque[tuple[int, Profile, int, float, float]] = deque(maxlen=TIMINGS_KEPT)
+        self.pace = pace or {}
         self.rng = np.random.default_rng(seed)
         self.duration = len(rps)
         self.arrival_t = arrival_times(rps, self.rng)
@@ -148,7 +157,6 @@ class Simulator:
         self._rate = 1.0
         self._batch_demand = 0.0  # CPUs the running batches would use with the machine to themselves
         self._serving_demand = self.serving.cores(0.0)
-        self.s["cpu_rate"] = np.ones(n)  # the pace of the slowest moment of each second (1: no contention)
         if self.cpus is not None:
             for sec in range(1, n):
                 self._push(float(sec), 3, sec)
@@ -323,7 +331,14 @@ class Simulator:
                 self._share(payload, took * row.alone_s / row.p50, row.cpu_s / row.alone_s)
 
     def _service_time(self, row: Profile) -> float:
-        p50, p99 = row.p50, row.latency_p99_s
+        trace = self.pace.get(row.stage)
+        if trace is not None:
+            ends, ratios = trace
+            return row.p50 * float(ratios[min(int(np.searchsorted(ends, self.now)), len(ends) - 1)])
+        return self._draw(row.p50, row.latency_p99_s)
+
+    def _draw(self, p50: float, p99: float) -> float:
+        """Lognormal through p50 and p99 (p99 itself when it is not above p50)."""
         if p99 <= p50:
             return p99
         return float(p50 * math.exp(math.log(p99 / p50) / Z99 * self.rng.standard_normal()))
@@ -344,9 +359,6 @@ class Simulator:
     def _set_rate(self) -> None:
         demand = self._batch_demand + self._serving_demand
         self._rate = 1.0 if demand <= self.cpus else self.cpus / demand
-        if self._running and self._rate < 1.0:
-            sec = min(int(self.now), self.duration - 1)
-            self.s["cpu_rate"][sec] = min(self.s["cpu_rate"][sec], self._rate)
 
     def _next_finish(self) -> float:
         return self._virtual_at + (self._running[0][0] - self._virtual) / self._rate
@@ -391,7 +403,8 @@ class Simulator:
         self._dispatch(st)
 
     def _complete(self, req: int, sec: int) -> None:
-        latency = self.now - self._arrived[req] + self.serving_latency
+        overhead = self._draw(*self._answer_latency) if self._answer_latency else self.serving_latency
+        latency = self.now - self._arrived[req] + overhead
         pas = self.acc[req] / len(self.stages) if self.spec.accuracy_method == "average" else self.acc[req]
         self.completed += 1
         self.s["completions"][sec] += 1
