@@ -60,7 +60,10 @@ def test_config_change_takes_effect_after_the_load_delay(tiny):
     sim = Simulator(spec, table, 3.0, np.full(20, 4.0), seed=0)
     sim.start(config())
     sim.run_until(5)
-    sim.apply(config(("big", 1, 1, 1)))  # the big detector's profiled load time is 1.5 s
+    sim.apply(config(("big", 1, 3, 1)))  # the big detector's profiled load time is 1.5 s
+    # admission plans with the new config at once, as the real ingress does; the replicas serve it later
+    assert sim.admission.stages[0].replicas == 3
+    assert sim.admission.stages[0].batch_s == pytest.approx(table.lookup("detect", "big", 1, 1).p50)
     sim.run_until(6)
     assert sim.stages[0].cfg.variant == "small" and sim.stages[0].pending is not None
     sim.run_until(7)

@@ -3,7 +3,8 @@
 Per stage: one FIFO queue and n replicas. A free replica takes up to `batch` requests, waiting at
 most a batch timeout for a full batch; the batch's service time is drawn from the profile (lognormal
 with the profile's p50 and p99). A new stage config takes effect after the profiled model load
-time while the old one keeps serving (both reserved meanwhile).
+time while the old one keeps serving (both reserved meanwhile); admission plans with it at once, as
+the real ingress does.
 
 The profiles it runs on are the machine's truth; the plans it is given may have been made with
 others (`true_profiles`, `true_scale`), which is how calibration is tested without Ray. It sheds
@@ -82,7 +83,7 @@ class _Stage:
     in_service: int = 0  # requests in the batches being served
     queue: deque = field(default_factory=deque)  # (request id, time it joined this queue, latest start)
     timeout_at: float = -1.0
-    pending: tuple[float, StageConfig, StageEstimate] | None = None
+    pending: tuple[float, StageConfig] | None = None  # (when it switches, the config it switches to)
 
     def reserved_cores(self) -> int:
         own = self.cfg.replicas * self.cfg.cores
@@ -171,20 +172,25 @@ class Simulator:
         for i, s in enumerate(self.spec.stages):
             st = _Stage(i, s.name, config[s.name], [], 0.0)
             self.stages.append(st)
-            self._configure(st, config[s.name], expected[s.name])
+            self._configure(st, config[s.name])
+            self._admit(st, config[s.name], expected[s.name])
 
-    def _configure(self, st: _Stage, cfg: StageConfig, expected: StageEstimate) -> None:
+    def _configure(self, st: _Stage, cfg: StageConfig) -> None:
         rows = sorted((p for p in self.profiles.for_stage(st.name) if p.variant == cfg.variant and p.cores == cfg.cores),
                       key=lambda p: p.batch)
         if not any(p.batch == cfg.batch for p in rows):
             raise ValueError(f"no profile for {st.name}/{cfg.variant} batch {cfg.batch} cores {cfg.cores}")
         st.cfg, st.rows = cfg, [p for p in rows if p.batch <= cfg.batch]
         st.accuracy = self.spec.accuracy_score(st.name, cfg.variant)
+
+    def _admit(self, st: _Stage, cfg: StageConfig, expected: StageEstimate) -> None:
+        """Admission plans with a new config from the moment it is applied, as the real ingress does (its plan
+        is updated within half a second of a deploy starting, while the replicas load for seconds)."""
         self.admission.configure(st.idx, cfg.replicas, cfg.batch, self.batch_timeout, expected)
 
     # -- control ---------------------------------------------------------------------------
     def apply(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None:
-        """Reconfigure at the current time; each changed stage switches after its load delay."""
+        """Reconfigure at the current time; each changed stage switches after its load delay (admission at once)."""
         expected = expected or stage_estimates(self.profiles, config)
         for st in self.stages:
             new = config[st.name]
@@ -194,12 +200,13 @@ class Simulator:
             self.reconfigurations += 1
             delay = self._delay(st, new)
             self._accrue(self.now)
+            self._admit(st, new, expected[st.name])
             if delay == 0:
                 st.pending = None
-                self._configure(st, new, expected[st.name])
+                self._configure(st, new)
                 self._dispatch(st)
             else:
-                st.pending = (self.now + delay, new, expected[st.name])
+                st.pending = (self.now + delay, new)
                 self._push(self.now + delay, 2, (st.idx, new))
 
     def _delay(self, st: _Stage, new: StageConfig) -> float:
@@ -432,9 +439,8 @@ class Simulator:
         if not st.pending or st.pending[1] != cfg or st.pending[0] > self.now + 1e-12:
             return  # superseded by a later apply
         self._accrue(self.now)
-        expected = st.pending[2]
         st.pending = None
-        self._configure(st, cfg, expected)
+        self._configure(st, cfg)
         self._dispatch(st)
 
     def _accrue(self, t: float) -> None:
