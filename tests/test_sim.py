@@ -244,3 +244,9 @@ def test_a_measured_pace_puts_a_slow_spell_where_the_run_had_it(tiny):
     sim.run_until(20)
     first, second = sim.result().latencies
     assert first == pytest.approx(3 * (0.05 * 0.9 + 0.02 * 0.9)) and second == pytest.approx(0.05 * 0.9 + 0.02 * 0.9)
+
+
+def test_simulated_batches_say_when_they_ended(tiny):
+    sim = run(tiny, [5] * 10)
+    ends = [t.t_s for t in sim.batch_timings()]
+    assert ends and ends == sorted(ends) and 0 < ends[0] and ends[-1] <= 10

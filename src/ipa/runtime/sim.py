@@ -128,8 +128,8 @@ class Simulator:
         self._answer_latency = settings.serving_latency_spread_s  # None: every answer adds serving_latency
         # admit what can finish within the SLA, or within the drop limit where that is shorter (IPA's sum-qa)
         self.admission = Admission(min(spec.sla_s, self.drop_limit), self.serving_latency, admission)
-        # (stage, row, size, seconds, CPU seconds) of the latest batches: calibration keeps at most 200 per variant
-        self._timings: deque[tuple[int, Profile, int, float, float]] = deque(maxlen=TIMINGS_KEPT)
+        # (stage, row, size, seconds, CPU seconds, end) of the latest batches: calibration keeps at most 200 per variant
+        self._timings: deque[tuple[int, Profile, int, float, float, float]] = deque(maxlen=TIMINGS_KEPT)
         self.pace = pace or {}
         self.rng = np.random.default_rng(seed)
         self.duration = len(rps)
@@ -233,8 +233,8 @@ class Simulator:
         """The batches executed since the last call, the latest TIMINGS_KEPT of them (what replicas report
         for calibration)."""
         raw, self._timings = self._timings, deque(maxlen=TIMINGS_KEPT)
-        return [BatchTiming(self.stages[i].name, row.variant, row.cores, size, took, cpu)
-                for i, row, size, took, cpu in raw]
+        return [BatchTiming(self.stages[i].name, row.variant, row.cores, size, took, cpu, t)
+                for i, row, size, took, cpu, t in raw]
 
     # -- event loop ------------------------------------------------------------------------
     def _push(self, t: float, kind: int, payload) -> None:
@@ -395,7 +395,7 @@ class Simulator:
         st.busy -= 1
         st.in_service -= len(batch)
         self.admission.observe(idx, took, len(batch))
-        self._timings.append((idx, row, len(batch), took, row.cpu_s * sampled / row.p50))
+        self._timings.append((idx, row, len(batch), took, row.cpu_s * sampled / row.p50, self.now))
         sec = min(int(self.now), self.duration - 1)
         self.s["energy_dynamic_j"][sec] += row.energy_j_per_batch
         last = idx == len(self.stages) - 1
