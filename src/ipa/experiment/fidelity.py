@@ -22,8 +22,8 @@ import numpy as np
 
 from ipa._io import write_csv
 from ipa.experiment.cells import Setup
-from ipa.profiles.calibration import BatchTiming
-from ipa.profiles.table import ProfileTable
+from ipa.profiles.calibration import BatchTiming, row_of
+from ipa.profiles.table import Profile, ProfileTable
 from ipa.runtime.loadgen import RequestRecord
 from ipa.runtime.sim import Pace, SimSettings
 
@@ -49,11 +49,13 @@ def pace(batches: list[BatchTiming], machine: ProfileTable) -> Pace:
     time in two), and queues grow in them, which independent draws of batch times do not reproduce."""
     out: Pace = {}
     by_stage: dict[str, list[tuple[float, float]]] = {}
+    rows: dict[tuple[str, str, int, int], Profile | None] = {}
     for b in batches:
-        rows = [p for p in machine.for_stage(b.stage) if p.variant == b.variant and p.cores == b.cores and p.batch >= b.size]
-        if b.t_s is None or not rows or b.seconds <= 0:
+        key = (b.stage, b.variant, b.cores, b.size)
+        row = rows[key] if key in rows else rows.setdefault(key, row_of(machine, b))
+        if b.t_s is None or row is None or b.seconds <= 0:
             continue
-        by_stage.setdefault(b.stage, []).append((b.t_s, b.seconds / min(rows, key=lambda p: p.batch).p50))
+        by_stage.setdefault(b.stage, []).append((b.t_s, b.seconds / row.p50))
     for stage, points in by_stage.items():
         points.sort()
         out[stage] = (np.array([t for t, _ in points]), np.array([r for _, r in points]))

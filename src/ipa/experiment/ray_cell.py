@@ -118,8 +118,8 @@ def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRunt
                 "replica_cores": _mean(runtime.samples, "replica_cpus")}
     return {"series": result.series, "decisions": decisions, "summary": summary, "records": loadgen.records,
             "samples": runtime.samples, "reconfigurations": runtime.reconfigurations, "events": runtime.events,
-            "batches": runtime.batches, "learned": measured(setup.profiles, runtime.batches, c.calibration), "delays": delays, "drop_limit_s": runtime.drop_limit_s,
-            "batch_wait_s": runtime.batch_wait_s}
+            "batches": runtime.batches, "learned": measured(setup.profiles, list(runtime.batches), c.calibration),
+            "delays": delays, "drop_limit_s": runtime.drop_limit_s, "batch_wait_s": runtime.batch_wait_s}
 
 
 def _mean(samples: list[Sample], field: str) -> float:

@@ -87,9 +87,9 @@ class Calibrator:
 
     def observe(self, timings: Iterable[BatchTiming]) -> None:
         """Take in measured batches, then update the ratios and the calibrated table."""
-        samples, cpu_samples, tail, row_of = self._samples, self._cpu_samples, self._tail, self._row
+        samples, cpu_samples, tail, row_for = self._samples, self._cpu_samples, self._tail, self._row
         for t in timings:
-            row = row_of(t)
+            row = row_for(t)
             if row is None or not 0 < t.seconds < math.inf:
                 continue
             key = (t.stage, t.variant)
@@ -107,12 +107,9 @@ class Calibrator:
             self._learned = self._corrected()
 
     def _row(self, t: BatchTiming) -> Profile | None:
-        """The profiled row this batch corresponds to: the smallest profiled batch that holds it (as the simulator picks)."""
         key = (t.stage, t.variant, t.cores, t.size)
         if key not in self._rows:
-            rows = [p for p in self.profiles.for_stage(t.stage)
-                    if p.variant == t.variant and p.cores == t.cores and p.batch >= t.size]
-            self._rows[key] = min(rows, key=lambda p: p.batch, default=None)
+            self._rows[key] = row_of(self.profiles, t)
         return self._rows[key]
 
     def _corrected(self) -> ProfileTable:
@@ -188,6 +185,12 @@ class Calibrator:
         """'stage/variant' -> CPU ratio (measured CPU seconds per batch / cores x profiled median)."""
         return {f"{stage}/{variant}": round(r, 4) for (stage, variant), r in sorted(self._cpu_ratios.items())
                 if r != 1.0}
+
+
+def row_of(profiles: ProfileTable, t: BatchTiming) -> Profile | None:
+    """The profiled row a batch ran as: the smallest profiled batch that holds it (as the simulator picks)."""
+    rows = [p for p in profiles.for_stage(t.stage) if p.variant == t.variant and p.cores == t.cores and p.batch >= t.size]
+    return min(rows, key=lambda p: p.batch, default=None)
 
 
 def measured(profiles: ProfileTable, batches: list[BatchTiming], settings: CalibrationSettings | None = None

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,6 +30,7 @@ from ipa.spec import PipelineConfig, PipelineSpec, Strict, config_as_dict
 log = logging.getLogger(__name__)
 APP = "ipa"
 CHANGE_KINDS = ("variant", "batch", "replicas", "cores")
+BATCHES_KEPT = 200_000  # batch timings a runtime keeps (hours of a busy pipeline; an experiment cell holds fewer)
 
 
 class RaySettings(Strict):
@@ -87,7 +89,8 @@ class RayRuntime:
     reconfigurations: list[Reconfiguration] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
-    batches: list[BatchTiming] = field(default_factory=list)  # every batch the replicas reported, oldest first
+    # the batches the replicas reported, oldest first: all of an experiment cell's, the latest of a long `ipa serve`
+    batches: deque[BatchTiming] = field(default_factory=lambda: deque(maxlen=BATCHES_KEPT))
     config: PipelineConfig | None = None
     _t0: float = 0.0  # monotonic
     _epoch0: int = 0

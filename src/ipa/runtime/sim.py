@@ -246,19 +246,18 @@ class Simulator:
         arr = self.arrival_t
         while True:
             t_arr = arr[self._next_arrival] if self._next_arrival < len(arr) else math.inf
-            t_evt = self._events[0][0] if self._events else math.inf
-            t_run = self._next_finish() if self._running else math.inf
-            t = min(t_arr, t_evt, t_run)
+            t_evt = self._events[0][0] if self._events else math.inf  # _next_event, inlined: the hot loop
+            if self._running:
+                t_evt = min(t_evt, self._next_finish())
+            t = min(t_arr, t_evt)
             if t >= t_end:
                 break
             self.now = t
-            if t_run <= t_arr and t_run <= t_evt:
-                self._finish()
-            elif t_arr <= t_evt:
+            if t_arr <= t_evt:
                 self._arrive(self._next_arrival)
                 self._next_arrival += 1
             else:
-                self._event()
+                self._fire()
         self.now = t_end
         self._accrue(t_end)
 
@@ -267,22 +266,24 @@ class Simulator:
         queues are empty or the drop limit has passed. Late answers count in the last second."""
         self.run_until(self.duration)
         end = self.duration + self.drop_limit
-        while True:
-            t_evt = self._events[0][0] if self._events else math.inf
-            t_run = self._next_finish() if self._running else math.inf
-            if min(t_evt, t_run) > end:
-                break
-            self.now = min(t_evt, t_run)
-            if t_run <= t_evt:
-                self._finish()
-            else:
-                self._event()
+        while (t := self._next_event()) <= end:
+            self.now = t
+            self._fire()
         for st in self.stages:  # what waited past the drop limit was never served
             while st.queue:
                 self._drop(st.queue.popleft()[0])
         self.now = max(self.now, float(self.duration))
 
-    def _event(self) -> None:
+    def _next_event(self) -> float:
+        """When the next event other than an arrival happens: a batch ending on the shared CPUs, or the heap's next."""
+        t_evt = self._events[0][0] if self._events else math.inf
+        return min(t_evt, self._next_finish()) if self._running else t_evt
+
+    def _fire(self) -> None:
+        """Handle the event `_next_event` named (a shared-CPU batch wins a tie)."""
+        if self._running and self._next_finish() <= (self._events[0][0] if self._events else math.inf):
+            self._finish()
+            return
         _, kind, _, payload = heapq.heappop(self._events)
         (self._done, self._timeout, self._switch, self._tick)[kind](payload)
 
