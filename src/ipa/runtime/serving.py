@@ -157,7 +157,7 @@ def decode_body(body: bytes, content_type: str, media: str) -> Any:
         return decode_audio(body, content_type)
     if media == "text":
         return decode_text(body, content_type)
-    return decode(image_bytes(body, content_type))
+    return decode_image(body, content_type)
 
 
 @dataclass(frozen=True)
@@ -406,17 +406,11 @@ class Ingress:
         variants: dict[str, str] = {}
         service = queued = 0.0  # seconds this request's batches took in the models, and it waited for them there
         detections: list[dict[str, Any]] = [{"box": box} for box, _ in items]
-        for i, ((name, kind), handle) in enumerate(zip(self.stages, self.handles)):
+        for i, (name, kind) in enumerate(self.stages):
             inputs = [(image, box) if kind == "segmentation" else img for box, img in items]
-            start_by = self.admission.start_by(t0, i)
-            outs = await asyncio.gather(*(handle.remote(x, start_by) for x in inputs))
-            self._move(where, i + 1)
-            if any(o.get("expired") for o in outs):
-                raise Expired()
-            self._record(i, outs)
-            slowest = max(outs, key=lambda o: o["queued_s"] + o["timing"]["seconds"])
-            service += slowest["timing"]["seconds"]
-            queued += slowest["queued_s"]
+            outs, took, waited = await self._stage(i, inputs, t0, where)
+            service += took
+            queued += waited
             variants[name] = outs[0]["variant"]
             if kind == "detection":
                 items = [c for (_, img), o in zip(items, outs) for c in crops(img, o)]
@@ -434,18 +428,27 @@ class Ingress:
         outputs: dict[str, dict[str, Any]] = {}
         variants: dict[str, str] = {}
         service = queued = 0.0
-        for i, ((name, _), handle) in enumerate(zip(self.stages, self.handles)):
-            o = await handle.remote(item, self.admission.start_by(t0, i))
-            self._move(where, i + 1)
-            if o.get("expired"):
-                raise Expired()
-            self._record(i, [o])
-            service += o["timing"]["seconds"]
-            queued += o["queued_s"]
+        for i, (name, _) in enumerate(self.stages):
+            (o,), took, waited = await self._stage(i, [item], t0, where)
+            service += took
+            queued += waited
             variants[name] = o["variant"]
             outputs[name] = {k: v for k, v in o.items() if k not in ("text", "variant", "batch", "timing", "queued_s")}
             item = o.get("text", item)
         return {"outputs": outputs, "variants": variants, "service_s": service, "queued_s": queued}
+
+    async def _stage(self, i: int, inputs: list[Any], t0: float, where: list[int]
+                     ) -> tuple[list[dict[str, Any]], float, float]:
+        """Stage i on each input (one call each, batched in the replica), stamped with the request's start-by
+        there: the answers, and the slowest one's seconds in the model and in the replica's queue."""
+        start_by = self.admission.start_by(t0, i)
+        outs = await asyncio.gather(*(self.handles[i].remote(x, start_by) for x in inputs))
+        self._move(where, i + 1)
+        if any(o.get("expired") for o in outs):
+            raise Expired()
+        self._record(i, outs)
+        slowest = max(outs, key=lambda o: o["queued_s"] + o["timing"]["seconds"])
+        return outs, slowest["timing"]["seconds"], slowest["queued_s"]
 
     def _move(self, where: list[int], to: int) -> None:
         self.at[where[0]] -= 1
