@@ -17,7 +17,8 @@ import time
 import torch
 
 from ipa.energy import open_meter
-from ipa.profiles.zoo import build
+from ipa.profiles.builder import build
+from ipa.profiles.zoo import photos_hwc, stage_of
 
 
 def workload(model, x, batches: int, per_batch=None) -> float:
@@ -54,8 +55,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model = build("resnet18")
-    x = model.inputs(1)
+    model = build(stage_of("resnet18"), "resnet18")
+    x = [photos_hwc()[0]]  # one photo: the batch a replica serves, preprocessing included
     workload(model, x, 20)  # warm up
     detection = open_meter(args.meter, gpu=False)
     meter = detection.meter

@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def in_process(models, jpeg: bytes) -> dict:
     image = decode_image(jpeg, "image/jpeg")
-    det = models[0].serve([image])[0]
+    det = models[0]([image])[0]
     box, crop = crops(image, det)[0]
-    return {"box": box, **models[1].serve([crop])[0]}
+    return {"box": box, **models[1]([crop])[0]}
 
 
 def closed_loop(call, clients: int, seconds: float) -> tuple[int, list[float]]:

@@ -15,7 +15,9 @@ from ipa.errors import ConfigError
 from ipa.profiles import hf
 from ipa.profiles.audio import log_mel, read_pcm, read_wav, to_wav
 from ipa.profiles.samples import find_speech
-from ipa.profiles.zoo import build, pipeline_kinds
+from ipa.profiles.builder import build
+from ipa.profiles.samples import stage_items
+from ipa.profiles.zoo import pipeline_kinds, stage_of
 from ipa.runtime.serving import BadInput, decode_body
 from ipa.spec import PipelineSpec, aggregate_accuracy, load_pipeline
 
@@ -135,9 +137,9 @@ def tiny_pipeline(*kinds: str, samples: str | None = None, caps: tuple[int, ...]
 
 def run_stage(spec: PipelineSpec, stage: str, batch: int = 2) -> list[dict]:
     st = spec.stage(stage)
-    model = build(st.variants[0].name, stage=st, spec=spec)
-    assert model.kind == st.kind
-    return model(model.inputs(batch))
+    runner = build(st, st.variants[0].name)
+    assert runner.kind == st.kind
+    return runner(stage_items(spec, pipeline_kinds(spec), stage, batch))
 
 
 def test_speech_recognition_transcribes_the_real_clip_into_capped_words():
@@ -173,14 +175,17 @@ def test_translation_then_summarisation_generate_exactly_their_caps():
 def test_a_text_model_serves_raw_text_as_a_replica_does():
     spec = tiny_pipeline("summarization", samples="english")
     st = spec.stages[0]
-    model = build(st.variants[0].name, stage=st)
-    assert len(model.serve(["a short text", "another, longer text to summarise."])) == 2
-    assert model.serve([model.warmup_item()])[0]["summary"]
+    runner = build(st, st.variants[0].name)
+    assert len(runner(["a short text", "another, longer text to summarise."])) == 2
+    assert runner([runner.warmup_item()])[0]["summary"]
 
 
-def test_a_transformers_variant_without_its_stage_is_a_clear_error():
-    with pytest.raises(ConfigError, match="not a torchvision"):
-        build("facebook/s2t-small-librispeech-asr")
+def test_a_transformers_variant_in_a_stage_without_its_kind_is_a_clear_error():
+    from ipa.spec import StageSpec
+
+    stage = StageSpec(name="asr", variants=[{"name": "facebook/s2t-small-librispeech-asr", "accuracy": -40}])
+    with pytest.raises(ConfigError, match="needs its kind in the pipeline spec"):
+        build(stage, "facebook/s2t-small-librispeech-asr")
 
 
 # -- speech input ----------------------------------------------------------------------------
@@ -305,12 +310,12 @@ def test_yolov5_variants_are_detectors_built_from_ultralytics():
 
     assert kind_of("yolov5x") == "detection"
     need_ultralytics()
-    model = build("yolov5n")
+    runner = build(stage_of("yolov5n"), "yolov5n")
     from ipa.profiles.zoo import photos_hwc
 
-    out = model.serve([photos_hwc()[0]])
-    assert model.kind == "detection" and set(out[0]) == {"boxes", "labels", "scores"}
-    assert sum(p.numel() for p in model.module.parameters()) / 1e6 == pytest.approx(2.65, abs=0.1)
+    out = runner([photos_hwc()[0]])
+    assert runner.kind == "detection" and set(out[0]) == {"boxes", "labels", "scores"}
+    assert sum(p.numel() for p in runner.serve_batch.module.parameters()) / 1e6 == pytest.approx(2.65, abs=0.1)
 
 
 def test_building_a_yolo_variant_leaves_pil_and_torch_as_they_were():
@@ -321,7 +326,7 @@ def test_building_a_yolo_variant_leaves_pil_and_torch_as_they_were():
     from ipa.runtime.serving import decode_image
 
     before = Image.open, torch.save
-    build("yolov5n")
+    build(stage_of("yolov5n"), "yolov5n")
     assert (Image.open, torch.save) == before
     with pytest.raises(BadInput) as e:  # not a ModuleNotFoundError from a HEIF plugin Ultralytics would install
         decode_image(b"\xff\xd8 truncated", "image/jpeg")

@@ -3,7 +3,8 @@ import pytest
 from ipa.energy.estimate import EstimateMeter
 from ipa.profiles import load_profiles
 from ipa.profiles.profiler import Plan, ProfilerSettings, run
-from ipa.profiles.zoo import build, kind_of
+from ipa.profiles.builder import build
+from ipa.profiles.zoo import kind_of, photos_hwc, stage_of
 from ipa.errors import ConfigError
 from ipa.spec import load_pipeline
 
@@ -30,11 +31,12 @@ def test_profiler_measures_a_real_model_and_resumes(tmp_path):
 
 
 def test_zoo_builds_detectors_and_classifiers_without_downloads():
-    det = build("ssdlite320_mobilenet_v3_large")
-    out = det(det.inputs(1))
+    det = build(stage_of("ssdlite320_mobilenet_v3_large"), "ssdlite320_mobilenet_v3_large")
+    out = det([photos_hwc()[0]])
     assert det.kind == "detection" and {"boxes", "labels", "scores"} <= set(out[0])
-    cls = build("resnet18")
-    assert cls.kind == "classification" and tuple(cls(cls.inputs(2)).shape) == (2, 1000)
+    cls = build(stage_of("resnet18"), "resnet18")
+    out = cls(list(photos_hwc()))
+    assert cls.kind == "classification" and len(out) == 2 and all(0 <= o["label"] < 1000 for o in out)
 
 
 def test_unknown_architecture_is_a_clear_error():

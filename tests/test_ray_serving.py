@@ -188,10 +188,11 @@ def test_a_failed_model_load_keeps_the_old_config_serving(cluster, tmp_path):
     """Checkpoints for the serving variants only: switching to a variant without one fails in the replica."""
     import torch
 
-    from ipa.profiles.zoo import build
+    from ipa.profiles.builder import build
+    from ipa.profiles.zoo import stage_of
 
     for name in (DET, CLS):
-        torch.save(build(name).module.state_dict(), tmp_path / f"{name}.pth")
+        torch.save(build(stage_of(name), name).serve_batch.module.state_dict(), tmp_path / f"{name}.pth")
     spec, settings = cluster
     rt = RayRuntime(spec, settings.model_copy(update={"weights": str(tmp_path), "deploy_timeout_s": 120}))
     rt.start(config())

@@ -7,7 +7,8 @@ import pytest
 
 from ipa.errors import ConfigError
 from ipa.profiles import sam
-from ipa.profiles.zoo import build, central_box, kind_of, photos_hwc
+from ipa.profiles.builder import build
+from ipa.profiles.zoo import central_box, kind_of, photos_hwc, stage_of
 from ipa.spec import load_pipeline
 
 
@@ -37,10 +38,10 @@ def test_a_request_resizes_the_photo_to_1024_and_the_box_with_it():
 
 @pytest.mark.slow
 def test_sam_vit_b_draws_a_mask_per_request_at_the_photo_size():
-    model = build("sam_vit_b")
-    assert 90e6 < sum(p.numel() for p in model.module.parameters()) < 95e6  # the paper's 91M encoder + decoder
+    runner = build(stage_of("sam_vit_b"), "sam_vit_b")
+    assert 90e6 < sum(p.numel() for p in runner.serve_batch.module.parameters()) < 95e6  # the paper's 91M encoder + decoder
     photo = photos_hwc()[1]
-    out = model([sam.request(photo, central_box(photo))])
+    out = runner([(photo, central_box(photo))])
     assert len(out) == 1
     assert out[0]["box"] == central_box(photo)
     assert 0 <= out[0]["mask_area"] <= photo.shape[0] * photo.shape[1]

@@ -51,7 +51,7 @@ def test_unknown_field_lists_allowed_fields(tmp_path):
 
 def test_nested_unknown_field_lists_the_variant_fields(tmp_path):
     p = write(tmp_path, "p.yaml", GOOD.replace("accuracy: 69.758}", "accuracy: 69.758, acc5: 89}"))
-    with pytest.raises(ConfigError, match=r"stages.1.variants.0.acc5[\s\S]*name, accuracy, source, weights"):
+    with pytest.raises(ConfigError, match=r"stages.1.variants.0.acc5[\s\S]*name, accuracy, source, model, weights"):
         load_pipeline(p)
 
 

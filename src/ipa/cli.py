@@ -94,16 +94,14 @@ def parse_freeze(items: tuple[str, ...]) -> dict[str, str]:
 
 def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_power_w, scaling_cap,
                   batching_cap, freeze, replicas, max_cores, cpus, with_serving):
-    from ipa.experiment.config import resolve
+    from ipa.experiment.config import resolve, resolve_profiles
     from ipa.optimize import Weights, make_problem
     from ipa.profiles import load_profiles
     from ipa.profiles.serving import from_meta
     from ipa.spec import load_model, load_pipeline
 
-    from ipa.experiment.config import default_profiles
-
     spec = load_pipeline(resolve(pipeline))
-    table = load_profiles(resolve(profiles or default_profiles(pipeline)), spec)
+    table = load_profiles(resolve_profiles(profiles, pipeline), spec)
     weights = load_model(Weights, {"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta or 0.0}, "options")
     return make_problem(
         policy, spec, table, weights, idle_power_w_per_core=idle_power_w, scaling_cap=scaling_cap,
@@ -168,21 +166,78 @@ def optimize(pipeline, profiles, load, policy, solver, as_json, **problem_kw):
 def sla(pipeline, profiles, sla_factor, as_json):
     """The SLA IPA derives from the profiles: per stage 5 x the mean over variants of sla_factor x the batch-1
     p99 at the fewest cores, summed over the stages."""
-    from ipa.experiment.config import default_profiles, resolve
+    from ipa.experiment.config import resolve, resolve_profiles
     from ipa.profiles import load_profiles
     from ipa.profiles.sla import ipa_sla
     from ipa.spec import load_pipeline
 
     spec = load_pipeline(resolve(pipeline))
-    profiles = profiles or default_profiles(pipeline)
-    derived = ipa_sla(spec, load_profiles(resolve(profiles), spec), sla_factor)
+    path = resolve_profiles(profiles, pipeline)
+    derived = ipa_sla(spec, load_profiles(path, spec), sla_factor)
     if as_json:
         click.echo(json.dumps({"sla_s": derived.sla_s, "stages": derived.stages, "spec_sla_s": spec.sla_s}))
         return
     rows = [{"stage": st, "variant": v, "batch-1 p99 at fewest cores (s)": lat, "stage SLA (s)": derived.stages[st]}
             for (st, v), lat in derived.variants.items()]
-    print_table(rows, f"{spec.name}: IPA's SLA from {profiles}")
+    print_table(rows, f"{spec.name}: IPA's SLA from {path}")
     console.print(f"pipeline SLA {derived.sla_s:.2f} s (the spec says {spec.sla_s:g} s)")
+
+
+@cli.group("spec")
+def spec_group() -> None:
+    """Pipeline specs: the YAML's schema, and what a spec makes of itself."""
+
+
+@spec_group.command("schema")
+def spec_schema():
+    """Print the JSON Schema of the pipeline YAML (from the pydantic models that validate it)."""
+    from ipa.spec import PipelineSpec
+
+    click.echo(json.dumps(PipelineSpec.model_json_schema(), indent=2))
+
+
+@spec_group.command("check")
+@click.argument("file", type=click.Path())
+@click.option("--profiles", type=click.Path(), default=None,
+              help="profile CSV to look the variants up in (default: the shipped one of the pipeline, if any)")
+@click.option("--weights", type=click.Path(), default=None, help="folder of checkpoints, as ipa profile and serve take it")
+@click.option("--json", "as_json", is_flag=True)
+def spec_check(file, profiles, weights, as_json):
+    """Validate a pipeline YAML and say what it infers: each stage's kind and media, each variant's builder,
+    checkpoint and profile rows. Exit 2 when something would stop a run."""
+    from dataclasses import asdict
+
+    from ipa.errors import ConfigError
+    from ipa.experiment.config import resolve, resolve_profiles
+    from ipa.profiles import load_profiles
+    from ipa.spec import load_pipeline
+    from ipa.spec_check import check
+
+    spec = load_pipeline(resolve(file))
+    table, missing = None, ""
+    try:
+        table = load_profiles(resolve_profiles(profiles, file), spec)
+    except ConfigError as e:
+        if profiles:
+            raise
+        missing = str(e)
+    report = check(spec, table, weights)
+    if missing:
+        report.notes.append(missing)
+    if as_json:
+        click.echo(json.dumps(asdict(report) | {"valid": not report.problems, "pipeline": spec.name}, indent=2))
+    else:
+        print_table(report.rows, f"{spec.name}: SLA {spec.sla_s:g} s, accuracy {spec.accuracy_method}"
+                                 + (f" ({spec.normalize_accuracy} normalised)" if spec.normalize_accuracy != "none" else ""))
+        if report.media:
+            console.print(f"media: {report.media}")
+        for note in report.notes:
+            console.print(f"note: {note}")
+        for problem in report.problems:
+            error(problem)
+        console.print(f"{file}: " + ("valid" if not report.problems else f"{len(report.problems)} problem(s)"))
+    if report.problems:
+        sys.exit(2)
 
 
 @cli.group()

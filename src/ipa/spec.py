@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ipa.errors import ConfigError
 
@@ -44,13 +44,30 @@ class ArchitectureSpec(Strict):
 
 
 class VariantSpec(Strict):
-    name: str = Field(min_length=1)
+    """One model that can serve a stage: its name, published accuracy, and how it is built (the zoo's model of that
+    name, or the user's own factory named by `model`)."""
+
+    name: str = Field(min_length=1, description="the zoo's name (torchvision, YOLOv5, SAM, the transformers "
+                      "names of PIPELINES.md), or any name for a variant with its own model or checkpoint folder")
     accuracy: float = Field(ge=-100, le=100, description="published figure in percent; negative: a negated "
                             "error rate, as IPA writes word error rates (-WER)")
     source: str = ""
-    weights: str | None = Field(default=None, description="local checkpoint; None builds weights=None")
+    model: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+                              description="the variant's factory as an import path 'package.module:factory' (a "
+                              "module of the environment, of the pipeline YAML's folder or of the working directory); "
+                              "default: the model zoo (torchvision, YOLOv5, Segment Anything, transformers)")
+    weights: str | None = Field(default=None, description="local checkpoint (a file, or a transformers folder "
+                                "with its tokenizer or feature extractor), relative to the YAML's folder; default: "
+                                "random weights, or --weights DIR's DIR/<variant>")
     architecture: ArchitectureSpec | None = Field(default=None, description="transformers variants: the class "
                                                   "and sizes (default: the zoo's entry for the variant's name)")
+
+    @model_validator(mode="after")
+    def _own_model_or_zoo(self) -> VariantSpec:
+        if self.model and self.architecture:
+            raise ValueError(f"variant '{self.name}': architecture applies to the zoo's transformers variants, not "
+                             f"to one with its own model ({self.model})")
+        return self
 
     @property
     def accuracy_fraction(self) -> float:
@@ -60,9 +77,12 @@ class VariantSpec(Strict):
 
 
 class StageSpec(Strict):
+    """One step of the pipeline: what kind of model it runs and the variants it may choose among."""
+
     name: str = Field(min_length=1)
-    kind: StageKind | None = Field(default=None, description="what the stage does (default: inferred from "
-                                   "torchvision or Segment Anything variant names)")
+    kind: StageKind | None = Field(default=None, description="what the stage does, and so what its models are "
+                                   "given and give on (default: inferred from torchvision, YOLOv5 or Segment Anything "
+                                   "variant names; needed for every other stage)")
     metric: str = Field(default="", description="what the variants' accuracy measures, e.g. 'COCO box mAP', '-WER'")
     max_new_tokens: int | None = Field(default=None, ge=1, le=1024, description="generation cap of a generative "
                                        "stage: random weights never emit an end token, so every answer has this many")
@@ -87,6 +107,10 @@ class StageSpec(Strict):
             raise ValueError(f"a {self.kind} stage needs max_new_tokens (random weights never end a generation)")
         if self.max_new_tokens is not None and self.kind not in GENERATIVE:
             raise ValueError(f"max_new_tokens applies to {', '.join(GENERATIVE)} stages, not to kind {self.kind}")
+        own = [v.name for v in self.variants if v.model]
+        if own and self.kind is None:
+            raise ValueError(f"stage '{self.name}' has variants with their own model ({', '.join(own)}): give the "
+                             f"stage a kind (allowed: {', '.join(MEDIA)}), which says what its model is given")
         return self
 
     def variant(self, name: str) -> VariantSpec:
@@ -102,6 +126,9 @@ class StageSpec(Strict):
 
 
 class PipelineSpec(Strict):
+    """A pipeline: its stages in order (each takes what the one before gives on), its SLA and how the stages'
+    accuracies make the Pipeline Accuracy Score."""
+
     name: str = Field(min_length=1)
     sla_s: float = Field(gt=0, description="end-to-end latency SLA in seconds")
     accuracy_method: AccuracyMethod = "multiply"
@@ -110,6 +137,12 @@ class PipelineSpec(Strict):
     samples: SampleSet | None = Field(default=None, description="the shipped inputs profiles and load use "
                                       "(default: photos, or the speech clip for a speech pipeline, or English text)")
     stages: list[StageSpec] = Field(min_length=1)
+    _folder: str | None = PrivateAttr(default=None)  # the YAML's folder, where a variant's own module may be
+
+    @property
+    def folder(self) -> str | None:
+        """The folder of the YAML file this spec was loaded from (None for a spec built in code)."""
+        return self._folder
 
     @field_validator("stages")
     @classmethod
@@ -251,4 +284,17 @@ def read_yaml(path: str | Path) -> typing.Any:
 
 
 def load_pipeline(path: str | Path) -> PipelineSpec:
-    return load_model(PipelineSpec, read_yaml(path), str(path))
+    """The spec in a YAML file; a variant's relative `weights:` are taken from the file's folder."""
+    spec = load_model(PipelineSpec, read_yaml(path), str(path))
+    folder = Path(path).resolve().parent
+    stages = [st.model_copy(update={"variants": [_anchored(v, folder) for v in st.variants]}) for st in spec.stages]
+    spec = spec.model_copy(update={"stages": stages})
+    spec._folder = str(folder)
+    return spec
+
+
+def _anchored(variant: VariantSpec, folder: Path) -> VariantSpec:
+    if not variant.weights:
+        return variant
+    path = Path(variant.weights).expanduser()
+    return variant.model_copy(update={"weights": str(path if path.is_absolute() else folder / path)})

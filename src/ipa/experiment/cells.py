@@ -14,7 +14,7 @@ import numpy as np
 
 from ipa._io import write_csv, write_json
 from ipa.adapt import LoopSettings
-from ipa.experiment.config import ExperimentConfig, resolve
+from ipa.experiment.config import ExperimentConfig, resolve, resolve_profiles
 from ipa.optimize.policies import make_problem
 from ipa.optimize.problem import Problem
 from ipa.predict import Predictor, history_s, make_predictor
@@ -50,7 +50,7 @@ class Setup:
     @classmethod
     def load(cls, cfg: ExperimentConfig) -> Setup:
         spec = load_pipeline(resolve(cfg.pipeline))
-        profiles = load_profiles(resolve(cfg.profiles), spec)
+        profiles = load_profiles(resolve_profiles(cfg.profiles, cfg.pipeline), spec)
         machine = load_profiles(resolve(cfg.sim.true_profiles), spec) if cfg.sim.true_profiles else profiles
         serving = from_meta(profiles.meta, profiles.source) if cfg.serving else None
         return cls(cfg, spec, profiles, machine, serving)

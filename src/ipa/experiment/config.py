@@ -100,6 +100,20 @@ def default_profiles(pipeline: str | Path) -> str:
     return f"profiles/{Path(pipeline).stem}-cpu-2core.csv"
 
 
+def resolve_profiles(profiles: str | None, pipeline: str | Path) -> Path:
+    """The profile CSV to plan with: as given, else the pipeline's shipped one, which a pipeline of one's own
+    does not have: then the error says how to measure it."""
+    default = default_profiles(pipeline)
+    try:
+        return resolve(profiles or default)
+    except ConfigError:
+        if profiles and profiles != default:
+            raise
+        raise ConfigError(f"no profiles for pipeline {pipeline}: {default} is shipped only for the project's own "
+                          f"pipelines. Measure yours (ipa profile --pipeline {pipeline} --out PROFILES.csv) and pass "
+                          "--profiles PROFILES.csv (or profiles: in an experiment config)") from None
+
+
 def resolve(path: str) -> Path:
     """A relative path from the working directory if it exists there, else from the checkout."""
     p = Path(path)

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ipa.energy.common import EnergyMeter
+from ipa.profiles import builder
+from ipa.profiles.samples import stage_items
 from ipa.profiles.table import Profile, ProfileTable, load_profiles, meta_path
-from ipa.profiles.zoo import build, photos_hwc
+from ipa.profiles.zoo import photos_hwc
 from ipa.spec import PipelineSpec
 
 
@@ -79,19 +81,21 @@ def idle_power_w(meter: EnergyMeter, seconds: float) -> float:
     return m.watts
 
 
-def measure(model, batch: int, settings: ProfilerSettings, meter: EnergyMeter, idle_w: float) -> dict:
-    """Latency of each batch; energy of the timed runs minus the idle baseline, per batch."""
+def measure(runner: builder.Runner, items: list, settings: ProfilerSettings, meter: EnergyMeter,
+            idle_w: float) -> dict:
+    """Latency of each batch; energy of the timed runs minus the idle baseline, per batch. A batch is the call a
+    replica makes: the variant's own preprocessing, model and postprocessing."""
     sync = _sync(settings.device)
-    x = model.inputs(batch)
+    batch = len(items)
     for _ in range(settings.warmup):
-        model(x)
+        runner(items)
     sync()
     times: list[float] = []
     with meter.window() as w:
         start = time.perf_counter()
         while len(times) < settings.repeats or time.perf_counter() - start < settings.min_window_s:
             t0 = time.perf_counter()
-            model(x)
+            runner(items)
             sync()
             times.append(time.perf_counter() - t0)
     dynamic = max(0.0, w.total - idle_w * w.seconds)
@@ -124,18 +128,27 @@ def run(
 ) -> ProfileTable:
     """Profile every plan, writing the CSV after each row so an interrupted run resumes where it stopped.
 
-    Each variant runs on what its stage receives in the pipeline (`ipa.profiles.samples`); the inputs are
-    made before the timed window, the model's own pre- and post-processing (tokens, features, decoding)
-    inside it."""
+    Each variant is built by its factory (`ipa.profiles.builder`: the zoo's, or the one its spec names) and runs
+    on what its stage receives in the pipeline (`ipa.profiles.samples`), made before the timed window; the
+    variant's own pre- and post-processing (resizing, tokens, features, decoding) is inside it, as in serving."""
     import torch
 
+    from ipa.profiles.zoo import pipeline_kinds
+
+    kinds = pipeline_kinds(spec)
+    search = builder.search_path(spec)
     done = load_profiles(out).rows if out.is_file() else []
     have = {(p.stage, p.variant, p.batch, p.cores) for p in done}
     rows = list(done)
     photos_hwc()  # read the photos once, outside every timed window
     meter.start()
     idle_w = idle_power_w(meter, settings.idle_s)
-    meta = _meta(meter, meter_description, idle_w, settings) | {"inputs": describe_inputs(spec)}
+    meta = _meta(meter, meter_description, idle_w, settings) | {"inputs": describe_inputs(spec),
+                                                                 "timed": "the batch call a replica makes: the "
+                                                                 "variant's preprocessing, model and postprocessing"}
+    own = {v.name: v.model for st in spec.stages for v in st.variants if v.model}
+    if own:
+        meta["models"] = own
     try:
         for plan in plan_list:
             for c in plan.cores:
@@ -146,21 +159,22 @@ def run(
                 with pinned(c, settings.device):
                     rss0 = rss_mb()
                     t0 = time.perf_counter()
-                    model = build(plan.variant, settings.weights, settings.device, spec.stage(plan.stage), spec)
-                    model(model.inputs(1))
+                    runner = builder.build(spec.stage(plan.stage), plan.variant, weights_dir=settings.weights,
+                                           device=settings.device, search=search)
+                    runner(stage_items(spec, kinds, plan.stage, 1))
                     _sync(settings.device)()
                     load_s = time.perf_counter() - t0
                     for b in todo:
                         if settings.device.startswith("cuda"):
                             torch.cuda.reset_peak_memory_stats()
-                        m = measure(model, b, settings, meter, idle_w)
+                        m = measure(runner, stage_items(spec, kinds, plan.stage, b), settings, meter, idle_w)
                         mem = (torch.cuda.max_memory_allocated() / 2**20 if settings.device.startswith("cuda")
                                else rss_mb() - rss0)
                         rows.append(Profile(plan.stage, plan.variant, b, c, load_s=load_s, memory_mb=mem, **m))
                         ProfileTable(rows, meta, str(out)).save(out)
                         progress(f"{plan.variant} b={b} c={c}: p99 {m['latency_p99_s']:.3f} s, "
                                  f"{m['energy_j_per_batch']:.2f} J/batch")
-                    del model
+                    del runner
     finally:
         meter.stop()
     table = ProfileTable(rows, meta, str(out))
@@ -186,7 +200,8 @@ def _meta(meter: EnergyMeter, description: str, idle_w: float, settings: Profile
         "repeats": settings.repeats,
         "min_window_s": settings.min_window_s,
         "warmup": settings.warmup,
-        "weights": settings.weights or "random (torchvision weights=None, SAM checkpoint=None): latency and "
+        "weights": settings.weights or "random (torchvision weights=None, SAM checkpoint=None; a variant's own "
+                                        "weights: where the spec gives them): latency and "
                                         "energy are real, accuracy is the published figure",
     }
     if settings.device.startswith("cuda"):
@@ -203,9 +218,10 @@ def describe_inputs(spec: PipelineSpec) -> str:
     source = sample_set(spec, kinds)
     caps = ", ".join(f"{s.name} generates {s.max_new_tokens} tokens" for s in spec.stages if s.max_new_tokens)
     text = {
-        "photos": "scikit-learn sample photos (china.jpg, flower.jpg), 427x640; classifier crops resized to 224; "
-                  "SAM: the photo resized to 1024 on its long side, its middle half as the box prompt",
-        "speech": "the LibriSpeech clip 1272-128104-0000 (5.86 s, 16 kHz) as 80-bin log-mel features",
+        "photos": "scikit-learn sample photos (china.jpg, flower.jpg), 427x640, as RGB arrays; zoo classifiers "
+                  "resize to 256 and centre-crop 224; SAM: the photo resized to 1024 on its long side, its middle "
+                  "half as the box prompt",
+        "speech": "the LibriSpeech clip 1272-128104-0000 (5.86 s, 16 kHz, float32 samples)",
         "english": "ipa.profiles.corpus.ENGLISH paragraphs (about 230 words)",
         "french": "ipa.profiles.corpus.FRENCH passages (45-55 words)",
     }[source]
@@ -214,7 +230,9 @@ def describe_inputs(spec: PipelineSpec) -> str:
     if "question-answering" in kinds:
         text += "; question answering: that text as the question, ipa.profiles.corpus.QA_CONTEXT as the context"
     if any(k not in ("detection", "classification", "segmentation") for k in kinds):
-        text += "; tokens: words hashed into each variant's vocabulary (ipa.profiles.hf)"
+        text += ("; zoo variants with random weights: words hashed into each variant's vocabulary, speech as "
+                 "80-bin log-mel features in numpy; with a checkpoint folder: its own tokenizer and feature "
+                 "extractor (ipa.profiles.hf)")
     return text
 
 

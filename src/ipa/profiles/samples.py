@@ -69,7 +69,8 @@ def generated_text(words: int) -> str:
 
 
 def stage_items(spec: PipelineSpec, kinds: list[str], stage: str, batch: int) -> list[Any]:
-    """`batch` inputs of `stage` as the pipeline hands them to it (raw: photos, samples, texts)."""
+    """`batch` inputs of `stage` as the pipeline hands them to it (raw: photos, (photo, box) pairs for a
+    segmenter, samples, texts): what its batch callable is profiled with."""
     i = spec.stage_names.index(stage)
     source = sample_set(spec, kinds)
     for j in range(i - 1, -1, -1):  # the nearest stage before this one that makes new text
@@ -78,10 +79,10 @@ def stage_items(spec: PipelineSpec, kinds: list[str], stage: str, batch: int) ->
     if source == "speech":
         return [speech_samples()] * batch
     if source == "photos":
-        from ipa.profiles.zoo import photos_hwc
+        from ipa.profiles.zoo import central_box, photos_hwc
 
-        photos = photos_hwc()
-        return [photos[k % len(photos)] for k in range(batch)]
+        photos = [photos_hwc()[k % len(photos_hwc())] for k in range(batch)]
+        return [(p, central_box(p)) for p in photos] if kinds[i] == "segmentation" else photos
     pool = texts(source)
     return [pool[k % len(pool)] for k in range(batch)]
 

@@ -1,10 +1,13 @@
-"""Model zoo: every variant as a runnable model, built with random weights (nothing is downloaded) or a local
-checkpoint. Vision variants are torchvision architectures and Segment Anything; speech and text variants are
-`transformers` architectures (`ipa.profiles.hf`). The stage's kind, from the pipeline spec, says which.
+"""Model zoo: the default factory of the builder protocol (`ipa.profiles.builder`). Vision variants are
+torchvision architectures, YOLOv5 and Segment Anything; speech and text variants are `transformers`
+architectures (`ipa.profiles.hf`). The stage's kind, from the pipeline spec, says which. Every variant is built
+with random weights or a local checkpoint: a name that would make torchvision fetch weights (a detector in a
+classification stage, say) is refused before torch is asked.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -16,61 +19,51 @@ from ipa.errors import ConfigError
 from ipa.profiles import hf, sam
 from ipa.spec import PipelineSpec, StageSpec
 
-CLASSIFIER_INPUT = 224
+RESIZE, CROP = 256, 224  # torchvision's ImageNet evaluation transform: shorter side to 256, centre crop 224
 SCORE_THRESHOLD = 0.05  # detections below this score are not reported
 VISION_KINDS = ("detection", "classification", "segmentation")
+OWN_MODEL = "or give the variant its own model (model: \"package.module:factory\", see the README's \"Your own pipeline\")"
 
 
 @dataclass
 class Model:
+    """A vision variant as the builder protocol's batch callable: photos (or (photo, box) for segmentation) in,
+    one JSON answer each out."""
+
     name: str
     kind: str  # "detection", "classification" or "segmentation"
-    module: object  # torch.nn.Module in eval mode
+    module: Any  # torch.nn.Module in eval mode
     device: str = "cpu"
 
-    def inputs(self, batch: int):
-        """A batch of real photos in the form the model takes, on the model's device."""
+    def __call__(self, items: list) -> list[dict[str, Any]]:
         import torch
 
         device = self.device
-        photos = [photos_hwc()[i % len(photos_hwc())] for i in range(batch)]
-        if self.kind == "segmentation":
-            return [sam.request(p, central_box(p), device) for p in photos]
-        if self.kind == "detection":
-            return [torch.from_numpy(p).permute(2, 0, 1).float().div(255).to(device) for p in photos]
-        return torch.stack([to_classifier_input(p) for p in photos]).to(device)
-
-    def __call__(self, x):
-        import torch
-
-        if self.kind == "segmentation":
-            return sam.segment(self.module, x)
         with torch.inference_mode():
-            return self.module(x)
-
-    def serve(self, items: list) -> list[dict[str, Any]]:
-        """A served batch: photos for detection and classification, (photo, box) for segmentation."""
-        import torch
-
-        device = self.device
-        if self.kind == "segmentation":
-            return self([sam.request(im, box, device) for im, box in items])
-        if self.kind == "detection":
-            x = [torch.from_numpy(np.array(im)).permute(2, 0, 1).float().div(255).to(device) for im in items]
-            out = []
-            for d in self(x):
-                d = {k: v.cpu() for k, v in d.items()}
-                keep = d["scores"] >= SCORE_THRESHOLD
-                out.append({"boxes": d["boxes"][keep].round().int().tolist(), "labels": d["labels"][keep].tolist(),
-                            "scores": [round(float(s), 4) for s in d["scores"][keep]]})
-            return out
-        probs = self(torch.stack([to_classifier_input(im) for im in items]).to(device)).softmax(-1).cpu()
+            if self.kind == "segmentation":
+                return sam.segment(self.module, [sam.request(im, box, device) for im, box in items])
+            if self.kind == "detection":
+                x = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div(255).to(device)
+                     for im in items]
+                return [_detections(d) for d in self.module(x)]
+            probs = self.module(torch.stack([to_classifier_input(im) for im in items]).to(device)).softmax(-1).cpu()
         score, label = probs.max(-1)
         return [{"label": int(c), "score": round(float(s), 4)} for c, s in zip(label, score)]
 
-    def warmup_item(self) -> Any:
-        blank = np.zeros((64, 64, 3), np.uint8)
-        return (blank, None) if self.kind == "segmentation" else blank
+
+def _detections(d: dict[str, Any]) -> dict[str, Any]:
+    d = {k: v.cpu() for k, v in d.items()}
+    keep = d["scores"] >= SCORE_THRESHOLD
+    return {"boxes": d["boxes"][keep].round().int().tolist(), "labels": d["labels"][keep].tolist(),
+            "scores": [round(float(s), 4) for s in d["scores"][keep]]}
+
+
+def factory(variant: str, device: str = "cpu", weights: str | None = None, *, stage: StageSpec):
+    """The zoo's builder: the stage's kind says which family `variant` comes from."""
+    kind = stage.kind or stage_kind(stage)
+    if kind not in VISION_KINDS:
+        return hf.build(stage.variant(variant), stage, weights, device)
+    return _build_vision(variant, kind, weights, device)
 
 
 def kind_of(name: str) -> str:
@@ -91,7 +84,7 @@ def kind_of(name: str) -> str:
         f"variant '{name}' is not a torchvision classification or detection architecture "
         f"(see torchvision.models.list_models()), a YOLOv5 variant ({', '.join(yolo.VARIANTS)}) nor a Segment "
         f"Anything variant ({', '.join(sam.VARIANTS)}); "
-        f"a speech or text stage needs its kind in the pipeline spec ({', '.join(hf.KINDS)})"
+        f"a speech or text stage needs its kind in the pipeline spec ({', '.join(hf.KINDS)}); {OWN_MODEL}"
     )
 
 
@@ -110,46 +103,46 @@ def pipeline_kinds(spec: PipelineSpec) -> list[str]:
     return [stage_kind(s) for s in spec.stages]
 
 
-def build(name: str, weights: str | Path | None = None, device: str = "cpu", stage: StageSpec | None = None,
-          spec: PipelineSpec | None = None):
-    """Build a variant ready to run. `stage` (its spec) gives the kind and, for speech and text variants, the
-    architecture and generation cap; `spec` the pipeline, whose inputs a speech or text model is profiled with."""
-    kind = stage_kind(stage) if stage else kind_of(name)
-    if kind not in VISION_KINDS:
-        if stage is None:
-            raise ConfigError(f"variant '{name}' is a {kind} model: build it with its stage's spec")
-        model = hf.build(stage.variant(name), stage.model_copy(update={"kind": kind}), weights, device)
-        if spec is not None:
-            from ipa.profiles.samples import stage_items
-
-            kinds = pipeline_kinds(spec)
-            model.samples = lambda batch: stage_items(spec, kinds, stage.name, batch)
-        return model
-    return _build_vision(name, kind, weights, device)
+def stage_of(name: str, accuracy: float = 0.0) -> StageSpec:
+    """A stage of one zoo variant, its kind from the name: how benches and tests build a variant alone
+    (`builder.build(stage_of("resnet18"), "resnet18")`)."""
+    return StageSpec(name=kind_of(name), kind=kind_of(name), variants=[{"name": name, "accuracy": accuracy}])
 
 
-def _build_vision(name: str, kind: str, weights: str | Path | None, device: str) -> Model:
+def _build_vision(name: str, kind: str, weights: str | None, device: str) -> Model:
     import torch
+
+    module = _vision_module(name, kind)
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise ConfigError(f"weights for '{name}': {path} is not a file (a state dict saved with torch.save)")
+        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    module.eval().to(device)
+    return Model(name, kind, module, device)
+
+
+def _vision_module(name: str, kind: str):
+    """The architecture with random weights; a name of another kind is refused (torchvision would otherwise
+    fetch a backbone's weights for a detector it is asked to build as a classifier)."""
     import torchvision
 
     from ipa.profiles import yolo
 
     if kind == "segmentation":
-        module = sam.build_module(name)
-    elif yolo.is_yolo(name):
-        module = yolo.build_module(name)
-    else:
-        kwargs = {"weights": None} | ({"weights_backbone": None} if kind == "detection" else {})
-        module = torchvision.models.get_model(name, **kwargs)
-    if weights:
-        path = Path(weights)
-        if path.is_dir():
-            path = path / f"{name}.pth"
-        if not path.is_file():
-            raise ConfigError(f"weights for '{name}' not found at {path}")
-        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    module.eval().to(device)
-    return Model(name, kind, module, device)
+        if not sam.is_sam(name):
+            raise ConfigError(f"variant '{name}' in a segmentation stage: the zoo's segmenters are Segment Anything's "
+                              f"({', '.join(sam.VARIANTS)}); {OWN_MODEL}")
+        return sam.build_module(name)
+    actual = kind_of(name)
+    if actual != kind:
+        raise ConfigError(f"variant '{name}' is a {actual} model, but its stage is kind {kind}: put it in a {actual} "
+                          f"stage, or use a {kind} variant")
+    if yolo.is_yolo(name):
+        return yolo.build_module(name)
+    builder = torchvision.models.get_model_builder(name)
+    params = inspect.signature(builder).parameters
+    return builder(**{k: None for k in ("weights", "weights_backbone") if k in params})
 
 
 @cache
@@ -160,19 +153,16 @@ def photos_hwc() -> tuple[np.ndarray, ...]:
     return tuple(np.array(img, copy=True) for img in load_sample_images().images)
 
 
-def to_classifier_input(photo: np.ndarray, box: tuple[int, int, int, int] | None = None):
-    """Crop (x1, y1, x2, y2) if given, resize to 224x224, normalise as ImageNet models expect."""
+def to_classifier_input(photo: np.ndarray):
+    """torchvision's ImageNet evaluation transform, step for step as its weights' `transforms()` do it: shorter side
+    to 256 (bilinear, antialiased, on the uint8 pixels), centre crop 224, to float, normalise. What a torchvision
+    checkpoint expects; with random weights it costs the same."""
     import torch
-    import torch.nn.functional as F
+    import torchvision.transforms.functional as TF
 
-    if box is not None:
-        x1, y1, x2, y2 = box
-        photo = photo[y1:y2, x1:x2]
-    t = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).float().div(255).unsqueeze(0)
-    t = F.interpolate(t, size=(CLASSIFIER_INPUT, CLASSIFIER_INPUT), mode="bilinear", align_corners=False)[0]
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    return (t - mean) / std
+    t = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1)
+    t = TF.center_crop(TF.resize(t, [RESIZE], antialias=True), [CROP, CROP])
+    return TF.normalize(TF.convert_image_dtype(t, torch.float), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
 def central_box(photo: np.ndarray) -> list[int]:

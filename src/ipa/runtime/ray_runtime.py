@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -309,7 +310,7 @@ def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
     import ray
     from ray import serve
 
-    _check_stage_kinds(spec)
+    _check_models(spec)
     if not settings.address and not ray.is_initialized():
         _check_port_free(settings.host, settings.port)
     started = False
@@ -363,11 +364,14 @@ def shutdown(started_ray: bool) -> None:
             ray.shutdown()
 
 
-def _check_stage_kinds(spec: PipelineSpec) -> None:
-    """Every stage has one kind (the ingress chains stages by kind): a mixed or unknown stage is refused here."""
+def _check_models(spec: PipelineSpec) -> None:
+    """Every stage has one kind (the ingress chains stages by kind) and every variant's own factory imports: a
+    mixed or unknown stage, or a module that is not there, is refused here, before Ray starts."""
+    from ipa.profiles.builder import check_factories
     from ipa.profiles.zoo import pipeline_kinds
 
     pipeline_kinds(spec)
+    check_factories(spec)
 
 
 def _ingress_handle():
@@ -385,6 +389,32 @@ def _wait_running(timeout_s: float) -> None:
     except TimeoutError:
         raise ReconfigurationError(f"the pipeline did not become ready within {timeout_s:.0f} s "
                                    "(not enough CPUs in the cluster for this config?)") from None
+    except RuntimeError as e:
+        raise ReconfigurationError(f"the pipeline could not be deployed: {deploy_failure(str(e))}") from None
+
+
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+
+
+def deploy_failure(message: str) -> str:
+    """Why the app failed to deploy: each failed deployment's last error line (Serve keeps a replica's whole
+    traceback there: a variant's factory that raised, a checkpoint that is not there), else Serve's message."""
+    from ray import serve
+
+    details = []
+    try:
+        status = serve.status().applications.get(APP)
+        for name, d in (status.deployments.items() if status else ()):
+            if "FAIL" in str(d.status).upper() and d.message:
+                details.append(f"{name}: {last_error(d.message)}")
+    except Exception as e:  # the reason is best effort; the failure itself is reported either way
+        log.debug("no deployment status: %s", e)
+    return "; ".join(details) or message
+
+
+def last_error(text: str) -> str:
+    found = [m for m in map(_ERROR_LINE.match, (line.strip() for line in text.splitlines())) if m]
+    return f"{found[-1].group(1)}: {found[-1].group(2)}" if found else text.strip().splitlines()[-1]
 
 
 def _running_replicas() -> dict[str, int]:

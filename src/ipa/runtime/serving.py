@@ -13,6 +13,11 @@ ingress holds at most `max_in_flight` requests (`max_ongoing_requests`) and the 
 queue: capped at two batches, the ingress's router handed them over one round trip at a time and on a
 2-core machine the detector idled half the time at 6.5 rps (2.8-3.8 rps of goodput against 6.3).
 Replicas report each batch's time and CPU; the ingress keeps them for calibration.
+
+A replica builds its variant through the builder protocol (`ipa.profiles.builder`: the zoo's factory or the
+user's own) and answers each item in an envelope: the model's `output` (any JSON value), the variant, the batch
+and its timing. The answer to a request holds every stage's output under `outputs.<stage>`; a model that raises
+answers 500 naming the variant and its import path, and the pipeline keeps serving.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import binascii
 import hashlib
 import io
 import json
+import logging
 import math
 import time
 from collections import Counter
@@ -35,6 +41,7 @@ from ray import serve
 from ipa.runtime.admission import UNKNOWN, Admission, AdmissionSettings, StageEstimate
 from ipa.spec import PipelineConfig, PipelineSpec
 
+log = logging.getLogger(__name__)
 MAX_BATCH = 64  # the decorator's ceiling; each config sets the real size with set_max_batch_size
 EXPIRED = {"expired": True}  # what a replica answers for an item past its start-by time (no model ran)
 MAX_CROPS = 1  # crops classified per request: one per request, as the profiles and the simulator count it
@@ -179,12 +186,14 @@ class StageSettings:
 @serve.deployment(max_ongoing_requests=MAX_BATCH * 2)
 class StageReplica:
     """Runs one stage's current variant on batches of requests. `spec` is the stage's spec as a dict (its kind,
-    variants and generation cap: what building a variant needs)."""
+    variants and generation cap: what building a variant needs); `search` the folders a variant's own module is
+    looked for in after the environment (the pipeline YAML's, the driver's working directory)."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: dict[str, Any], search: list[str] | None = None):
         import uuid
 
         self.spec = spec
+        self.search = list(search or [])
         self.stage = spec["name"]
         self.model = None
         self.variant = ""
@@ -202,7 +211,7 @@ class StageReplica:
         if cfg["variant"] != self.variant:
             t0 = time.perf_counter()
             model = await asyncio.to_thread(_load, self.spec, cfg["variant"], cfg.get("weights"),
-                                            cfg.get("device", "cpu"))
+                                            cfg.get("device", "cpu"), self.search)
             self.model, self.variant = model, cfg["variant"]
             self.loads.append({"variant": self.variant, "seconds": time.perf_counter() - t0})
         self.infer.set_max_batch_size(int(cfg["batch"]))
@@ -215,19 +224,27 @@ class StageReplica:
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0)
     async def infer(self, items: list[Any], start_by: list[float], arrived: list[float]) -> list[dict[str, Any]]:
         """Run the model on the items still in time; the others answer EXPIRED without costing a model call.
-        Each answer says how long its item waited in this replica for its batch (`queued_s`)."""
+        Each answer carries the model's output and says how long its item waited in this replica for its batch
+        (`queued_s`); a model that raises answers `failed` with the reason for each item of the batch."""
         now = time.time()
         live = [i for i, t in enumerate(start_by) if now <= t]
         out: list[dict[str, Any]] = [EXPIRED] * len(items)
         if not live:
             return out
         model = self.model  # a swap during this batch changes the next one, not this one
-        outputs, seconds, cpu_s = await asyncio.to_thread(_timed_run, model, [items[i] for i in live])
+        try:
+            outputs, seconds, cpu_s = await asyncio.to_thread(_timed_run, model, [items[i] for i in live])
+        except Exception as e:  # the replica survives a model that fails on some input
+            log.warning("stage %s: %s", self.stage, e)
+            for i in live:
+                out[i] = {"failed": str(e)}
+            return out
         self.batches += 1
         timing = {"id": f"{self.replica}:{self.batches}", "seconds": seconds, "cpu_s": cpu_s, "size": len(live),
-                  "variant": model.name, "cores": self.cores, "ended_at": time.time()}
+                  "variant": model.variant, "cores": self.cores, "ended_at": time.time()}
         for i, o in zip(live, outputs):
-            out[i] = o | {"variant": model.name, "batch": len(live), "timing": timing, "queued_s": now - arrived[i]}
+            out[i] = {"output": o, "variant": model.variant, "batch": len(live), "timing": timing,
+                      "queued_s": now - arrived[i]}
         return out
 
     def state(self) -> dict[str, Any]:
@@ -240,29 +257,29 @@ class StageReplica:
                 "node": ray.get_runtime_context().get_node_id()}
 
 
-def _load(stage: dict[str, Any], variant: str, weights: str | None, device: str = "cpu"):
-    from ipa.profiles.zoo import build
+def _load(stage: dict[str, Any], variant: str, weights: str | None, device: str = "cpu", search: tuple | list = ()):
+    from ipa.profiles.builder import build
     from ipa.spec import StageSpec
 
-    model = build(variant, weights, device, StageSpec.model_validate(stage))
-    model.serve([model.warmup_item()])  # the first call allocates: before serving
-    return model
+    runner = build(StageSpec.model_validate(stage), variant, weights_dir=weights, device=device, search=search)
+    runner([runner.warmup_item()])  # the first call allocates, and shows a misbehaving model, before serving
+    return runner
 
 
-def _timed_run(model, items: list) -> tuple[list[dict[str, Any]], float, float]:
+def _timed_run(model, items: list) -> tuple[list[Any], float, float]:
     """The batch, how long it took (timed where it runs, not counting the wait for a thread) and the CPU the
     replica's process burned meanwhile (the model's threads, and the little else a replica does)."""
     t0, c0 = time.perf_counter(), time.process_time()
-    out = model.serve(items)
+    out = model(items)
     return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def crops(image: np.ndarray, detection: dict[str, Any], limit: int = MAX_CROPS) -> list[tuple[list[int], np.ndarray]]:
-    """The best-scoring boxes with a real area; the whole image when the detector found none."""
+    """The first (best-scoring) boxes with a real area, in whole pixels; the whole image when the detector found none."""
     h, w = image.shape[:2]
     out = []
     for box in detection["boxes"]:
-        x1, y1, x2, y2 = max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3])
+        x1, y1, x2, y2 = max(0, int(box[0])), max(0, int(box[1])), min(w, int(box[2])), min(h, int(box[3]))
         if x2 - x1 >= 2 and y2 - y1 >= 2:
             out.append(([x1, y1, x2, y2], image[y1:y2, x1:x2]))
         if len(out) == limit:
@@ -272,6 +289,10 @@ def crops(image: np.ndarray, detection: dict[str, Any], limit: int = MAX_CROPS) 
 
 class Expired(Exception):
     """A stage answered EXPIRED: the request could no longer be answered within the SLA."""
+
+
+class StageFailed(Exception):
+    """A stage's model raised or answered what the pipeline cannot use; the message names the variant."""
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -372,6 +393,8 @@ class Ingress:
             self.m_rejected.labels("timeout").inc()
             return self._answer(JSONResponse({"error": f"dropped: not served within {self.drop_limit_s} s",
                                               "reason": "timeout"}, 503), t0)
+        except StageFailed as e:
+            return self._answer(JSONResponse({"error": str(e), "reason": "model error"}, 500), t0)
         finally:
             if where[0] < len(self.at):
                 self.at[where[0]] -= 1
@@ -401,8 +424,10 @@ class Ingress:
 
     async def pipeline(self, image: np.ndarray, t0: float, where: list[int]) -> dict[str, Any]:
         """A detection stage turns the items into crops; a classification stage labels each crop; a
-        segmentation stage draws the mask of each box on the whole photo (SAM is prompted, not cropped)."""
+        segmentation stage draws the mask of each box on the whole photo (SAM is prompted, not cropped).
+        `detections` sums up each crop: its box, and what the later stages said of it."""
         items = [([0, 0, image.shape[1], image.shape[0]], image)]
+        outputs: dict[str, Any] = {}
         variants: dict[str, str] = {}
         service = queued = 0.0  # seconds this request's batches took in the models, and it waited for them there
         detections: list[dict[str, Any]] = [{"box": box} for box, _ in items]
@@ -412,20 +437,24 @@ class Ingress:
             service += took
             queued += waited
             variants[name] = outs[0]["variant"]
+            results = [o["output"] for o in outs]
+            outputs[name] = results[0] if len(results) == 1 else results
             if kind == "detection":
-                items = [c for (_, img), o in zip(items, outs) for c in crops(img, o)]
-                detections = [{"box": box, "detections": len(outs[0]["boxes"])} for box, _ in items]
-            elif kind == "segmentation":
-                for d, o in zip(detections, outs):
-                    d |= {"mask_area": o["mask_area"], "mask_score": o["mask_score"]}
-            else:
-                for d, o in zip(detections, outs):
-                    d |= {"label": o["label"], "score": o["score"]}
-        return {"detections": detections, "variants": variants, "service_s": service, "queued_s": queued}
+                items = [c for (_, img), r in zip(items, results) for c in crops(img, r)]
+                detections = [{"box": box, "detections": len(results[0]["boxes"])} for box, _ in items]
+                continue
+            for d, r in zip(detections, results):
+                if isinstance(r, dict):
+                    d |= {k: v for k, v in r.items() if k not in d}
+        return {"outputs": outputs, "detections": detections, "variants": variants, "service_s": service,
+                "queued_s": queued}
 
     async def chain(self, item: Any, t0: float, where: list[int]) -> dict[str, Any]:
-        """Speech or text: each stage gets what the one before gave on; the answer holds every stage's output."""
-        outputs: dict[str, dict[str, Any]] = {}
+        """Speech or text: each stage gets what the one before gave on (its text, or its own input when it gives
+        none); the answer holds every stage's output."""
+        from ipa.profiles.builder import gives_on
+
+        outputs: dict[str, Any] = {}
         variants: dict[str, str] = {}
         service = queued = 0.0
         for i, (name, _) in enumerate(self.stages):
@@ -433,8 +462,8 @@ class Ingress:
             service += took
             queued += waited
             variants[name] = o["variant"]
-            outputs[name] = {k: v for k, v in o.items() if k not in ("text", "variant", "batch", "timing", "queued_s")}
-            item = o.get("text", item)
+            outputs[name] = o["output"]
+            item = gives_on(o["output"], item)
         return {"outputs": outputs, "variants": variants, "service_s": service, "queued_s": queued}
 
     async def _stage(self, i: int, inputs: list[Any], t0: float, where: list[int]
@@ -446,6 +475,9 @@ class Ingress:
         self._move(where, i + 1)
         if any(o.get("expired") for o in outs):
             raise Expired()
+        failed = next((o["failed"] for o in outs if "failed" in o), None)
+        if failed:
+            raise StageFailed(f"stage '{self.stages[i][0]}' failed: {failed}")
         self._record(i, outs)
         slowest = max(outs, key=lambda o: o["queued_s"] + o["timing"]["seconds"])
         return outs, slowest["timing"]["seconds"], slowest["queued_s"]
@@ -504,8 +536,10 @@ def build_app(spec: PipelineSpec, config: PipelineConfig, expected: dict[str, St
     """
     from ray.serve.config import BackpressureConfig
 
+    from ipa.profiles.builder import search_path
     from ipa.profiles.zoo import stage_kind
 
+    search = search_path(spec)
     kinds = []
     handles = []
     plan = []
@@ -518,8 +552,8 @@ def build_app(spec: PipelineSpec, config: PipelineConfig, expected: dict[str, St
         stage_spec = stage.model_copy(update={"kind": kind}).model_dump()
         dep = StageReplica.options(name=stage.name, num_replicas=c.replicas, user_config=settings.user_config(),
                                    ray_actor_options=resources, max_ongoing_requests=MAX_BATCH * 2,
-                                   **_stable(stage.name, stage_spec))
-        handles.append(dep.bind(stage_spec))
+                                   **_stable(stage.name, (stage_spec, search)))
+        handles.append(dep.bind(stage_spec, search))
         e = (expected or {}).get(stage.name, UNKNOWN)
         known = not math.isnan(e.batch_s)
         plan.append({"config": c.as_dict(), "wait_s": batch_wait_s, "batch_s": e.batch_s if known else None,
