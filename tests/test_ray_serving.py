@@ -288,3 +288,30 @@ def test_a_refusal_says_when_to_retry(cluster):
         assert post(rt.url, b"", "image/jpeg").status_code == 400
     finally:
         rt.stop()
+
+
+def test_unknown_paths_get_404_and_an_oversized_body_gets_its_413_even_through_urllib(cluster):
+    """Issue 21, cases 9 and 14: any path used to run the pipeline; a 60 MB body reset urllib's connection."""
+    import urllib.error
+    import urllib.request
+
+    spec, settings = cluster
+    rt = RayRuntime(spec, settings)
+    rt.start(config())
+    try:
+        jpeg = photo_jpegs(width=320)[0]
+        nope = post(rt.url + "nope", jpeg, "image/jpeg")
+        assert nope.status_code == 404 and "POST" in nope.json()["error"]
+        assert requests.get(rt.url + "nope", timeout=30).status_code == 404
+        assert requests.get(rt.url, timeout=30).status_code == 200
+        assert requests.get(rt.url + "metrics", timeout=30).status_code == 200
+        assert post(rt.url, jpeg, "image/jpeg").status_code == 200
+        bad = post(rt.url, json.dumps({"image": "not base64!"}).encode(), "application/json")
+        assert bad.status_code == 400 and "not valid base64" in bad.json()["error"]
+        big = urllib.request.Request(rt.url, data=b"\0" * (60 * 1024 * 1024), headers={"content-type": "image/jpeg"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(big, timeout=60)
+        assert e.value.code == 413 and "exceeds the limit" in e.value.read().decode()
+        assert post(rt.url, jpeg, "image/jpeg").status_code == 200
+    finally:
+        rt.stop()

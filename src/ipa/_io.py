@@ -11,6 +11,28 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ipa.errors import ConfigError
+
+
+def check_writable(path: str | Path, flag: str, folder: bool = True) -> Path:
+    """Fail before any work when results could not be written there: a file where a folder is wanted (or the other
+    way round), a folder this process may not write, a path under /proc. Makes the folder (`folder`) or the file's
+    parent folder, as writing would."""
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {p}: is a file, not a folder (give a folder for the results)")
+    if not folder and p.is_dir():
+        raise ConfigError(f"{flag} {p}: is a folder (give a file name)")
+    target = p if folder else p.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=target, prefix=".ipa-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{flag} {p}: cannot write there ({e.strerror or e})") from None
+    return p
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     p = Path(path)

@@ -93,7 +93,7 @@ def adapt(
                 "predicted_rps": load, "feasible": a.feasible, "objective": a.objective, "accuracy": a.accuracy,
                 "cores": a.cores, "power_w": a.power_w, "latency_s": a.latency_s, "capacity_rps": a.capacity_rps,
                 "cpu_demand": a.cpu_demand, "serving_cores": a.serving_cores, "solve_ms": decision.solve_ms,
-                "reason": decision.reason, "config": config_as_dict(a.config),
+                "reason": decision.reason, "unservable": decision.unservable, "config": config_as_dict(a.config),
             }
             expected = stage_estimates(planned.profiles, decision.config)
             record["expected"] = {stage: [e.batch_s, e.per_request_s] for stage, e in expected.items()}  # admission's start

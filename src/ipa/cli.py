@@ -28,6 +28,12 @@ def error(text: str) -> None:
     err_console.print("error: " + text, style="red")
 
 
+def note(text: str) -> None:
+    """Something the user should know that does not stop the command (nothing when `text` is empty)."""
+    if text:
+        err_console.print("note: " + text, style="yellow")
+
+
 def main() -> None:
     stop_on_sigterm()
     try:
@@ -41,6 +47,12 @@ def main() -> None:
         sys.exit(e.exit_code)
     except IpaError as e:
         error(str(e))
+        sys.exit(2)
+    except (OSError, UnicodeDecodeError) as e:  # a path the checks above did not foresee: one line, not a traceback
+        if os.environ.get("IPA_DEBUG"):
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        error(f"{where}{getattr(e, 'strerror', None) or e} (IPA_DEBUG=1 shows where)")
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 
@@ -102,6 +114,7 @@ def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_po
 
     spec = load_pipeline(resolve(pipeline))
     table = load_profiles(resolve_profiles(profiles, pipeline), spec)
+    note(table.describe_unprofiled(spec))
     weights = load_model(Weights, {"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta or 0.0}, "options")
     return make_problem(
         policy, spec, table, weights, idle_power_w_per_core=idle_power_w, scaling_cap=scaling_cap,
@@ -136,7 +149,7 @@ def optimize(pipeline, profiles, load, policy, solver, as_json, **problem_kw):
     if decision.reason:
         err_console.print("infeasible: " + decision.reason, style="yellow", markup=False, highlight=False)
     err_console.print(serving_line(problem, load), markup=False, highlight=False)
-    if as_json:
+    if as_json:  # a program reads `feasible` and `holds_rps`; the exit code stays 0
         click.echo(json.dumps(decision.to_json(), indent=2))
         return
     a = decision.assessment
@@ -154,6 +167,10 @@ def optimize(pipeline, profiles, load, policy, solver, as_json, **problem_kw):
            "latency are for what it serves)" if a.capacity_rps < load else ""),
         markup=False, highlight=False,
     )
+    if not decision.feasible:
+        error("no feasible configuration at this load: " + ("nothing can be served within the constraints"
+              if decision.unservable else f"the one above holds {decision.holds_rps:.2f} of {load:g} rps"))
+        sys.exit(1)
 
 
 @cli.command()
@@ -257,9 +274,12 @@ def energy_watch(interval, duration, meter, csv_path, command):
     """Print joules per interval, then the total; with `-- COMMAND ...` measure that command's run."""
     from dataclasses import asdict
 
-    from ipa._io import write_csv
+    from ipa._io import check_writable, write_csv
     from ipa.energy import open_meter
     from ipa.energy.watch import watch
+
+    if csv_path:
+        check_writable(csv_path, "--csv", folder=False)
 
     if duration is None and not command:
         duration = float("inf")
@@ -292,11 +312,17 @@ def _device(text: str) -> str:
 
 def number_list(text: str, kind: type = int, minimum: float = 1) -> list:
     """`1,2,4` -> [1, 2, 4]; a clear error for anything else."""
+    import math
+
     try:
         values = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise click.BadParameter(f"'{text}' is not a comma-separated list of {kind.__name__}s") from None
-    if not values or min(values) < minimum:
+    if not values:
+        raise click.BadParameter(f"'{text}': no values given (a comma-separated list, e.g. 1,2)")
+    if not all(math.isfinite(v) for v in values):
+        raise click.BadParameter(f"'{text}': values must be finite numbers")
+    if min(values) < minimum:
         raise click.BadParameter(f"'{text}': values must be >= {minimum}")
     return values
 
@@ -339,7 +365,10 @@ def profile(pipeline, stage, variants, batches, cores, repeats, warmup, min_wind
     from ipa.profiles import profiler
     from ipa.spec import load_pipeline
 
+    from ipa._io import check_writable
+
     spec = load_pipeline(pipeline)
+    check_writable(out, "--out", folder=False)
     if serving:
         _profile_serving(spec, Path(out), n_requests)
         return
@@ -436,9 +465,10 @@ def workload_show(name, trace, as_json, plot):
     w = load_workload(name, trace)
     stats = w.stats()
     if plot:
+        from ipa._io import check_writable
         from ipa.experiment.plots import plot_workload
 
-        plot_workload(w, plot)
+        plot_workload(w, check_writable(plot, "--plot", folder=False))
     if as_json:
         click.echo(json.dumps(stats | {"name": w.name, "source": w.source}))
         return
@@ -463,8 +493,10 @@ def predictor_train(name, trace, epochs, seed, out):
     from ipa.predict import lstm
     from ipa.workload import find_trace, read_trace
 
+    from ipa._io import check_writable
+
     data = read_trace(find_trace(trace))
-    meta = lstm.train(data, Path(out) if out else lstm.WEIGHTS, epochs=epochs, seed=seed,
+    meta = lstm.train(data, check_writable(out, "--out", folder=False) if out else lstm.WEIGHTS, epochs=epochs, seed=seed,
                       log=lambda m: err_console.print(m, highlight=False))
     console.print(f"wrote {out or lstm.WEIGHTS}: {meta['samples']} samples, seed {seed}")
 
@@ -529,15 +561,29 @@ def experiment(configs, all_pipelines, workloads, policies, predictor, solver, r
                      runtime=runtime, profiles=profiles, pipeline=pipeline, seed=seed, trace=trace, duration_s=duration,
                      load_scale=load_scale, max_cores=max_cores,
                      ray={"address": address, "port": port, "cpus": ray_cpus, "device": device})
+    from ipa._io import check_writable
+
     cfgs = [load_experiment(c, **overrides) for c in (configs or (None,))]  # every config checked before any runs
-    out_dir = Path(out or f"results/{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    out_dir = check_writable(out or f"results/{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}", "--out")
     if len(cfgs) == 1:
         summaries, report = _experiment(cfgs[0], out_dir)
         _print_summary(summaries)
         console.print(f"results in {out_dir}/ (summary.csv, cells/*/timeseries.csv, decisions.csv, *.png); "
                       f"report: {report}")
-        return
-    _experiment_suite([Path(c).stem for c in configs], cfgs, out_dir)
+    else:
+        summaries = _experiment_suite([Path(c).stem for c in configs], cfgs, out_dir)
+    if _unservable(summaries):
+        sys.exit(1)
+
+
+def _unservable(summaries: list[dict]) -> bool:
+    """Say loudly which cells had plans that could serve nothing (an SLA no config meets, a core budget below the
+    smallest config): their figures are not results."""
+    bad = [s for s in summaries if s.get("unservable_decisions")]
+    for s in bad:
+        error(f"{s['workload']} / {s['policy']}: {s['unservable_decisions']} of {s['decisions']} plans could serve "
+              f"nothing within the constraints ({s.get('unservable_reason', '')}); this cell's figures are not results")
+    return bool(bad)
 
 
 def _experiment(cfg, out_dir, title: str = "ipa experiment"):
@@ -553,21 +599,26 @@ def _experiment(cfg, out_dir, title: str = "ipa experiment"):
         err_console.print(f"serving {len(cfg.workloads) * len(cfg.policies)} cells in real time: up to "
                           f"{seconds / 60:.0f} min{'' if cfg.duration_s else ' (--duration S serves the first S seconds)'}",
                           highlight=False)
+    from ipa.experiment.cells import Setup
+
+    setup = Setup.load(cfg)
+    note(setup.profiles.describe_unprofiled(setup.spec))
     cells = len(cfg.workloads) * len(cfg.policies)
     with Progress(console=err_console, transient=True) as bar:
         task = bar.add_task("simulating" if cfg.runtime == "sim" else "serving on Ray", total=cells)
+        done = [0]  # cells finished
 
         def step(msg, summary):
+            done[0] += 1
+            bar.update(task, completed=done[0])
             if summary is None:
                 bar.console.print(f"  {msg}", highlight=False)
-                bar.advance(task)
                 return
             bar.console.print(f"  {msg}: PAS {summary['pas']:.4f}, cost {summary['cost_cores']:.1f} cores, "
                               f"energy {summary['energy_j'] / 1000:.1f} kJ ({summary['energy_method']}), "
                               f"SLA violations {summary['sla_violation_pct']:.2f}%", highlight=False)
-            bar.advance(task)
 
-        summaries = run_experiment(cfg, out_dir, step)
+        summaries = run_experiment(cfg, out_dir, step, tick=lambda f: bar.update(task, completed=done[0] + f))
     return summaries, build_report(out_dir, summaries, title)
 
 
@@ -579,7 +630,7 @@ def _print_summary(summaries, title: str = "summary") -> None:
     print_table([{c: s[c] for c in SUMMARY_SHOWN} for s in summaries], title)
 
 
-def _experiment_suite(names: list[str], cfgs, out_dir) -> None:
+def _experiment_suite(names: list[str], cfgs, out_dir) -> list[dict]:
     """Several experiments, each in its own folder, then one report and one summary over all of them."""
     from ipa._io import write_csv
     from ipa.experiment.cells import SUMMARY_COLUMNS
@@ -601,6 +652,7 @@ def _experiment_suite(names: list[str], cfgs, out_dir) -> None:
     report = build_suite_report(out_dir, parts)
     console.print(f"results in {out_dir}/<experiment>/ for {', '.join(names)}; summary.csv over all; "
                   f"report: {report}")
+    return rows
 
 
 def _log_to(con: Console) -> None:
@@ -647,7 +699,10 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, for_profiles, shutdown
     from ipa.spec import load_model
 
+    from ipa._io import check_writable
+
     problem = build_problem(policy, pipeline, profiles, **problem_kw)
+    out_dir = check_writable(out or f"results/serve-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}", "--out")
     settings = load_model(RaySettings, {k: v for k, v in {"address": address, "port": port, "cpus": ray_cpus,
                                                          "weights": weights, "meter": meter, "device": device}.items()
                                         if v is not None}, "options")
@@ -660,7 +715,6 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     err_console.print(serving_line(problem, initial_load), markup=False, highlight=False)
     runtime = RayRuntime(problem.spec, settings, detection.meter,
                          serving_latency_s=problem.serving.latency_s if problem.serving else 0.0)
-    out_dir = Path(out or f"results/serve-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     decisions: list[dict] = []
 
     def show(d):
@@ -740,8 +794,10 @@ def frontier(config, workload, deltas, betas, profiles, pipeline, load_scale, tr
     from ipa.experiment.frontier import COLUMNS
     from ipa.experiment.frontier import frontier as run_frontier
 
+    from ipa._io import check_writable
+
     cfg = load_experiment(config, profiles=profiles, pipeline=pipeline, load_scale=load_scale, trace=trace)
-    out_dir = Path(out or f"results/frontier-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    out_dir = check_writable(out or f"results/frontier-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}", "--out")
     points = run_frontier(cfg, workload, float_list(deltas), float_list(betas), out_dir,
                           progress=lambda m: err_console.print(m, highlight=False))
     print_table([{c: p[c] for c in COLUMNS} for p in points], f"frontier on {workload}")

@@ -226,11 +226,18 @@ def config_as_dict(config: PipelineConfig) -> dict[str, dict[str, typing.Any]]:
     return {stage: sc.as_dict() for stage, sc in config.items()}
 
 
-def describe_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
-    """Turn pydantic's report into lines that name the file, the field and what is allowed."""
+def describe_validation_error(err: ValidationError, source: str, model: type[BaseModel],
+                              flags: dict[str, str] | None = None) -> str:
+    """Turn pydantic's report into lines that name the file, the field and what is allowed; a field the command
+    line set is named by its flag (`flags`: field path -> flag)."""
     lines = [f"{source}: invalid configuration"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        flag = next((f for path, f in (flags or {}).items() if loc == path or loc.startswith(path + ".")), None)
+        if flag:
+            lines.append(f"  {flag} (field '{loc}'): {e['msg']}" + (f", got {e.get('input')!r}"
+                                                                    if e["type"] != "value_error" else ""))
+            continue
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -263,22 +270,24 @@ def _inner_model(annotation: typing.Any) -> type[BaseModel] | None:
     return None
 
 
-def load_model(model: type[M], data: typing.Any, source: str) -> M:
-    """Validate `data` as `model`; raise ConfigError naming `source` and the field."""
+def load_model(model: type[M], data: typing.Any, source: str, flags: dict[str, str] | None = None) -> M:
+    """Validate `data` as `model`; raise ConfigError naming `source` and the field (or its flag, `flags`)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, source, model)) from None
+        raise ConfigError(describe_validation_error(err, source, model, flags)) from None
 
 
 def read_yaml(path: str | Path) -> typing.Any:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: file not found")
+        raise ConfigError(f"{p}: " + ("a directory, not a YAML file" if p.is_dir() else "file not found"))
     try:
-        return yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a YAML text file (byte {e.start} is not UTF-8)") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
 

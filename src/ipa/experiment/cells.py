@@ -28,7 +28,7 @@ SUMMARY_COLUMNS = [
     "workload", "policy", "pas", "cost_cores", "energy_j", "energy_method", "sla_violation_pct", "dropped_pct",
     "rejected_pct", "p99_latency_s", "goodput_rps", "decisions", "solve_ms_mean", "avg_power_w",
     "energy_per_request_j", "objective", "sized_for_true_peak_pct", "reconfigurations", "throughput_rps", "arrivals",
-    "completed", "in_flight", "runtime",
+    "completed", "in_flight", "runtime", "unservable_decisions",
 ]
 
 
@@ -118,10 +118,13 @@ def score_decisions(setup: Setup, decisions: list[dict[str, Any]], peak: Callabl
 
 def shape(w: Workload, duration_s: int | None, scale: float) -> Workload:
     """The first `duration_s` seconds, rates times `scale` (a 2-core machine cannot serve the trace's peaks)."""
+    from ipa.workload.patterns import check_rates
+
     if duration_s is None and scale == 1.0:
-        return w
+        return check_rates(w)
     rps = w.rps[:duration_s] * scale
-    return Workload(w.name, rps, f"{w.source}, first {len(rps)} s, x{scale:g}")
+    return check_rates(Workload(w.name, rps, f"{w.source}, first {len(rps)} s, x{scale:g}"),
+                       f" with --load-scale {scale:g}" if scale != 1.0 else "")
 
 
 SERIES_COLUMNS = ["arrivals", "completions", "drops", "rejected", "violations", "pas", "p50_latency_s",

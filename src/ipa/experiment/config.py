@@ -64,7 +64,12 @@ class ExperimentConfig(Strict):
     def _known_policies(cls, v: list[str]) -> list[str]:
         for p in v:
             _one_of(p, EXPERIMENT_POLICIES, "policy")
-        return v
+        return _once(v, "policy")
+
+    @field_validator("workloads")
+    @classmethod
+    def _workloads_once(cls, v: list[str]) -> list[str]:
+        return _once(v, "workload")
 
     @field_validator("solver")
     @classmethod
@@ -79,20 +84,37 @@ class ExperimentConfig(Strict):
         return _one_of(v, PREDICTORS, "predictor")
 
 
+def _once(values: list[str], what: str) -> list[str]:
+    """Each at most once: a repeat would run the same cells twice and write their rows twice."""
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"{what} given more than once: {', '.join(twice)}")
+    return values
+
+
 def _one_of(value: str, allowed, what: str) -> str:
     if value not in allowed:
         raise ValueError(f"unknown {what} {value!r} (allowed: {', '.join(allowed)})")
     return value
 
 
+# The command line's flag for each field it can set, so an error names what the user typed
+FLAGS = {"workloads": "--workload", "policies": "--policy", "predictor": "--predictor", "solver": "--solver",
+         "runtime": "--runtime", "profiles": "--profiles", "pipeline": "--pipeline", "seed": "--seed",
+         "trace": "--trace", "duration_s": "--duration", "load_scale": "--load-scale", "max_cores": "--max-cores",
+         "ray.address": "--address", "ray.port": "--port", "ray.cpus": "--ray-cpus", "ray.device": "--device"}
+
+
 def load_experiment(path: str | Path | None, ray: dict | None = None, **overrides) -> ExperimentConfig:
     """The YAML file (if any) with command-line overrides; `ray` overrides single fields of its `ray` section."""
     data = read_yaml(path) if path else {}
-    data = (data or {}) | {k: v for k, v in overrides.items() if v not in (None, (), [])}
-    given = {k: v for k, v in (ray or {}).items() if v is not None}
-    if given:
-        data["ray"] = dict(data.get("ray") or {}) | given
-    return load_model(ExperimentConfig, data, str(path or "options"))
+    given = {k: v for k, v in overrides.items() if v not in (None, (), [])}
+    data = (data or {}) | given
+    given_ray = {k: v for k, v in (ray or {}).items() if v is not None}
+    if given_ray:
+        data["ray"] = dict(data.get("ray") or {}) | given_ray
+    flags = {f: FLAGS[f] for f in [*given, *(f"ray.{k}" for k in given_ray)] if f in FLAGS}
+    return load_model(ExperimentConfig, data, str(path or "options"), flags)
 
 
 def default_profiles(pipeline: str | Path) -> str:

@@ -35,6 +35,8 @@ def summarize(result: SimResult, decisions: list[dict[str, Any]], energy_method:
         "objective": float(np.mean([d["realized_objective"] for d in realized])) if realized else float("nan"),
         "sized_for_true_peak_pct": 100 * float(np.mean([d["realized_feasible"] for d in realized])) if realized else 0.0,
         "reconfigurations": result.reconfigurations,
+        "unservable_decisions": sum(bool(d.get("unservable")) for d in decisions),
+        "unservable_reason": next((d["reason"] for d in decisions if d.get("unservable")), ""),
         "throughput_rps": result.completed / seconds,
         "arrivals": result.arrivals,
         "completed": result.completed,

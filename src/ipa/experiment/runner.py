@@ -19,6 +19,7 @@ from ipa._io import atomic_write_text, write_csv, write_json
 from ipa.experiment import fidelity
 from ipa.experiment.cells import (SUMMARY_COLUMNS, Setup, cell_dir, cell_settings, differences, read_settings, shape,
                                   write_cell)
+from ipa.errors import ConfigError
 from ipa.experiment.config import ExperimentConfig
 from ipa.experiment.sim_cell import run_sim_cell
 from ipa.workload import Workload, load_workload
@@ -26,14 +27,21 @@ from ipa.workload.patterns import PATTERNS
 from ipa.workload.trace import find_trace
 
 Progress = Callable[[str, dict | None], None]
+# What simulating costs in memory, measured on static workloads (ipa experiment, 2026-12-03): the per-second series
+# and decisions, and the latency and accuracy kept for every request
+BYTES_PER_SECOND, BYTES_PER_REQUEST = 1600, 150
 
 
-def run_experiment(cfg: ExperimentConfig, out: Path, progress: Progress = lambda m, s: None) -> list[dict[str, Any]]:
+def run_experiment(cfg: ExperimentConfig, out: Path, progress: Progress = lambda m, s: None,
+                   tick: Callable[[float], None] = lambda done: None) -> list[dict[str, Any]]:
     """All cells. A cell finished by an earlier run into the same folder (its summary.json exists) is kept
-    only if it was computed with the same settings (`cell.json`); otherwise it is computed again."""
+    only if it was computed with the same settings (`cell.json`); otherwise it is computed again. `tick` hears
+    how much of the running simulated cell is done (0..1)."""
     cfg = cfg.model_copy(update={"trace": _trace_read(cfg)})  # the files record the trace actually read
     setup = Setup.load(cfg)
     workloads = [shape(load_workload(w, cfg.trace), cfg.duration_s, cfg.load_scale) for w in cfg.workloads]
+    for w in workloads:
+        check_fits(w)
     out.mkdir(parents=True, exist_ok=True)
     cells = []
     for w in workloads:
@@ -54,7 +62,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: Progress = lambda
                 (folder / "summary.json").unlink(missing_ok=True)  # unfinished until this run writes it again
                 write_json(folder / "cell.json", settings)
                 summary = (_serve_cell(cluster, fitted, w, policy, folder, out) if cluster
-                           else _sim_cell(fitted, w, policy, folder))
+                           else _sim_cell(fitted, w, policy, folder, tick))
                 if summary is None:
                     progress(f"{w.name} / {policy}: skipped (see the warning above)", None)
                     continue
@@ -72,8 +80,30 @@ def _trace_read(cfg: ExperimentConfig) -> str | None:
     return str(find_trace(cfg.trace).resolve())
 
 
-def _sim_cell(setup: Setup, w: Workload, policy: str, folder: Path) -> dict[str, Any]:
-    cell = run_sim_cell(setup, w, policy)
+def check_fits(w: Workload) -> None:
+    """Refuse a workload whose simulation would not fit in this machine's free memory (it would swap, then be
+    killed, hours in)."""
+    need = BYTES_PER_SECOND * w.seconds + BYTES_PER_REQUEST * float(w.rps.sum())
+    free = _available_bytes()
+    if free is not None and need > 0.75 * free:
+        raise ConfigError(f"workload '{w.name}': {w.seconds} s and {w.rps.sum():.3g} requests take about "
+                          f"{need / 2**30:.1f} GiB to simulate, and this machine has {free / 2**30:.1f} GiB free: "
+                          "simulate a shorter part (--duration S, or a trace window trace:START-END)")
+
+
+def _available_bytes() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _sim_cell(setup: Setup, w: Workload, policy: str, folder: Path,
+              tick: Callable[[float], None] = lambda done: None) -> dict[str, Any]:
+    cell = run_sim_cell(setup, w, policy, tick=tick)
     write_cell(folder, cell)
     return cell["summary"]
 

@@ -4,6 +4,7 @@ of a real run replayed at the times it chose them (its fidelity twin)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from ipa.adapt import adapt
@@ -16,10 +17,12 @@ from ipa.workload import Workload
 
 
 def run_sim_cell(setup: Setup, workload: Workload, policy: str, weights: dict[str, float] | None = None,
-                 replay: list[dict[str, Any]] | None = None, pace: Pace | None = None) -> dict[str, Any]:
+                 replay: list[dict[str, Any]] | None = None, pace: Pace | None = None,
+                 tick: Callable[[float], None] = lambda done: None) -> dict[str, Any]:
     """Simulate one policy on one workload; returns the series, decisions and summary. With `replay` (the
     decisions of a real run), the simulator serves those configs from those times instead of deciding;
-    with `pace`, its batches take the times that run's batches took then (`ipa.runtime.sim.Simulator`)."""
+    with `pace`, its batches take the times that run's batches took then (`ipa.runtime.sim.Simulator`).
+    `tick` hears the fraction of the workload simulated, at every decision."""
     c = setup.cfg
     problem = setup.problem(policy, weights)
     peak = true_peak(workload.rps, c.interval_s)
@@ -32,7 +35,7 @@ def run_sim_cell(setup: Setup, workload: Workload, policy: str, weights: dict[st
         predictor, loop, initial = control(c, workload, policy)
         decisions = adapt(sim, problem, predictor, workload.seconds, loop, policy,
                           oracle=peak if policy == "oracle" else None, initial_rate=initial,
-                          calibrator=setup.calibrator())
+                          calibrator=setup.calibrator(), on_decision=lambda d: tick(d["t"] / workload.seconds))
     else:
         decisions = replayed(sim, setup, replay, workload.seconds)
     sim.drain()

@@ -57,7 +57,7 @@ def make_problem(
     idle = idle_power_w_per_core if idle_power_w_per_core is not None else (profiles.idle_power_w_per_core or 0.0)
     base = Problem(spec, profiles, weights, idle, scaling_cap, batching_cap, frozen, replicas, max_cores, serving, cpus)
     if policy == "fa2-low":
-        frozen = {s.name: s.least_accurate.name for s in spec.stages} | frozen
+        frozen = least_accurate_profiled(spec, profiles) | frozen
     elif policy == "fa2-high":
         frozen = most_accurate_within_sla(base) | frozen
     elif policy == "rim-high":
@@ -79,6 +79,16 @@ def _check_freeze(spec: PipelineSpec, freeze: dict[str, str]) -> dict[str, str]:
     return freeze
 
 
+def least_accurate_profiled(spec: PipelineSpec, profiles: ProfileTable) -> dict[str, str]:
+    """FA2-low's variants: each stage's least accurate variant among those with profile rows."""
+    out = {}
+    for s in spec.stages:
+        profiled = {p.variant for p in profiles.for_stage(s.name)}
+        out[s.name] = min((v for v in s.variants if v.name in profiled), key=lambda v: v.accuracy,
+                          default=s.least_accurate).name
+    return out
+
+
 def most_accurate_within_sla(problem: Problem) -> dict[str, str]:
     """FA2-high's variants: the most accurate combination whose batch-1 latency meets the SLA.
 
@@ -92,5 +102,5 @@ def most_accurate_within_sla(problem: Problem) -> dict[str, str]:
     )
     chosen = exact(accuracy_only, 0.0)
     if chosen is None:
-        return {s.name: s.least_accurate.name for s in problem.spec.stages}
+        return least_accurate_profiled(problem.spec, problem.profiles)
     return {o.stage: o.variant for o in chosen}

@@ -205,7 +205,8 @@ class Assessment:
 
 @dataclass(frozen=True)
 class Decision:
-    """A solver's answer at one load; `reason` says why it is infeasible when it is."""
+    """A solver's answer at one load; `reason` says why it is infeasible when it is, `holds_rps` how much of the
+    load it serves within every constraint (0: none at all, an SLA or core budget nothing meets)."""
 
     policy: str
     solver: str
@@ -213,6 +214,12 @@ class Decision:
     assessment: Assessment
     solve_ms: float
     reason: str = ""
+    holds_rps: float | None = None
+
+    @property
+    def unservable(self) -> bool:
+        """Nothing can be served within the SLA and the budget, at any load."""
+        return self.holds_rps is not None and self.holds_rps <= 0 and self.load_rps > 0
 
     @property
     def feasible(self) -> bool:
@@ -242,4 +249,5 @@ class Decision:
             "solver": self.solver,
             "load_rps": self.load_rps,
             "reason": self.reason,
+            "holds_rps": self.holds_rps,
         }

@@ -11,6 +11,7 @@ import numpy as np
 from ipa.errors import ConfigError
 from ipa.optimize.pareto import pareto_filter
 from ipa.optimize.problem import EPS, Decision, Option, Problem
+from ipa.workload.patterns import MAX_RATE as MAX_LOAD  # the same bound as workloads'
 
 Chosen = list[Option]
 Solver = Callable[[Problem, float], Chosen | None]
@@ -168,13 +169,13 @@ def brute_force(problem: Problem, load: float) -> Chosen | None:
     return [opts[int(i)] for opts, i in zip(per_stage, idx)]
 
 
-def best_effort(problem: Problem, load: float) -> tuple[Chosen, str]:
-    """What to serve when nothing meets the constraints at `load`.
+def best_effort(problem: Problem, load: float) -> tuple[Chosen, str, float]:
+    """What to serve when nothing meets the constraints at `load`, why, and the load it holds within them.
 
     The optimum for the largest load that can be held (found by bisection with the exact solver):
     the plan then says what the machine holds, and admission sheds the rest. When not even a
-    trickle can be held (an SLA no configuration meets), the config with the most capacity and
-    least latency, and why.
+    trickle can be held (an SLA no configuration meets, a core budget below the smallest config),
+    the config with the most capacity and least latency, why, and 0.
     """
     why = _shortfall(problem, load)
     held = max_load(problem, load)
@@ -182,8 +183,8 @@ def best_effort(problem: Problem, load: float) -> tuple[Chosen, str]:
         chosen = exact(problem, held)
         assert chosen is not None
         cap = min(problem.capacity(chosen), load)
-        return chosen, f"{why}; serving the best configuration for {cap:.2f} rps, the most that can be held"
-    return _closest(problem, load, why)
+        return chosen, f"{why}; serving the best configuration for {cap:.2f} rps, the most that can be held", cap
+    return *_closest(problem, load, why), 0.0
 
 
 def max_load(problem: Problem, load: float, tolerance: float = 0.005) -> float:
@@ -271,6 +272,8 @@ SOLVERS: dict[str, Solver] = {"exact": exact, "brute-force": brute_force, "q-lea
 EXACT = ("exact", "brute-force", "milp", "gurobi")  # solvers that return the optimum
 
 
+
+
 def register(name: str, solver: Solver) -> None:
     SOLVERS[name] = solver
 
@@ -281,19 +284,22 @@ def solve(problem: Problem, load: float, solver: str | Solver = "exact", policy:
     if isinstance(solver, str) and solver not in SOLVERS:
         raise ConfigError(f"unknown solver '{solver}' (allowed: {', '.join(SOLVERS)})")
     if not math.isfinite(load) or load < 0:
-        raise ConfigError(f"load must be a finite number >= 0 rps, got {load}")
+        raise ConfigError(f"load must be a finite number >= 0 rps, got {load:g}")
+    if load > MAX_LOAD:
+        raise ConfigError(f"load {load:g} rps is above the {MAX_LOAD:g} rps ipa plans for (a million requests a "
+                          "second; is it a typo?)")
     name = solver if isinstance(solver, str) else getattr(solver, "name", type(solver).__name__)
     run = SOLVERS[solver] if isinstance(solver, str) else solver
     t0 = time.perf_counter()
     chosen = run(problem, load)
     if chosen is not None and name != "exact" and not problem.assess(chosen, load).feasible:
         chosen = None  # a heuristic solver must not return what breaks a constraint
-    reason = ""
+    reason, holds = "", load
     if chosen is None:
-        chosen, reason = best_effort(problem, load)
+        chosen, reason, holds = best_effort(problem, load)
         reason = f"no configuration meets the constraints at {load:.1f} rps: {reason}"
     ms = (time.perf_counter() - t0) * 1000
-    return Decision(policy, name, load, problem.assess(chosen, load), ms, reason)
+    return Decision(policy, name, load, problem.assess(chosen, load), ms, reason, holds)
 
 
 def combinations(problem: Problem, load: float) -> int:

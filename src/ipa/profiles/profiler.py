@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ipa.energy.common import EnergyMeter
+from ipa.errors import ConfigError
 from ipa.profiles import builder
 from ipa.profiles.samples import stage_items
 from ipa.profiles.table import Profile, ProfileTable, load_profiles, meta_path
@@ -137,7 +138,8 @@ def run(
 
     kinds = pipeline_kinds(spec)
     search = builder.search_path(spec)
-    done = load_profiles(out).rows if out.is_file() else []
+    earlier = load_profiles(out) if out.is_file() else None
+    done = earlier.rows if earlier else []
     have = {(p.stage, p.variant, p.batch, p.cores) for p in done}
     rows = list(done)
     photos_hwc()  # read the photos once, outside every timed window
@@ -149,6 +151,8 @@ def run(
     own = {v.name: v.model for st in spec.stages for v in st.variants if v.model}
     if own:
         meta["models"] = own
+    if earlier is not None:
+        meta = resumed(earlier.meta, meta, out)
     try:
         for plan in plan_list:
             for c in plan.cores:
@@ -173,13 +177,39 @@ def run(
                         rows.append(Profile(plan.stage, plan.variant, b, c, load_s=load_s, memory_mb=mem, **m))
                         ProfileTable(rows, meta, str(out)).save(out)
                         progress(f"{plan.variant} b={b} c={c}: p99 {m['latency_p99_s']:.3f} s, "
-                                 f"{m['energy_j_per_batch']:.2f} J/batch")
+                                 f"{m['energy_j_per_batch']:.2f} J/batch" + _resolution_note(m, settings))
                     del runner
     finally:
         meter.stop()
     table = ProfileTable(rows, meta, str(out))
     table.save(out)
     return table
+
+
+# How rows were measured: a resumed profile's new rows must be measured the same way as its old ones
+SAME_WAY = ("repeats", "warmup", "min_window_s", "device", "energy_method", "cpu_model", "torch", "weights")
+
+
+def resumed(old: dict, new: dict, out: Path) -> dict:
+    """The meta of a resumed profile: what the first run measured beside its rows is kept (its idle power, what
+    serving costs, its date), and every resume is dated. Rows measured another way are refused, not mixed."""
+    def same(key: str, value):
+        return "random" if key == "weights" and str(value).startswith("random") else value
+
+    diff = [f"{k} {old[k]!r} (this run: {new[k]!r})" for k in SAME_WAY
+            if k in old and k in new and same(k, old[k]) != same(k, new[k])]
+    if diff:
+        raise ConfigError(f"{out} holds rows measured with {'; '.join(diff)}: resume it with the same settings, or "
+                          "write to another --out")
+    return new | old | {"models": old.get("models", {}) | new.get("models", {}),
+                        "resumed": [*old.get("resumed", []), new["date"]]}
+
+
+def _resolution_note(m: dict, settings: ProfilerSettings) -> str:
+    if m["energy_j_per_batch"] > 0:
+        return ""
+    return (f"  [warning: no energy above idle in a {settings.min_window_s:g} s window: below the meter's resolution; "
+            "raise --min-window]")
 
 
 def _meta(meter: EnergyMeter, description: str, idle_w: float, settings: ProfilerSettings) -> dict:

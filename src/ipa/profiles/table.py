@@ -127,6 +127,21 @@ class ProfileTable:
             if not self.for_stage(s.name):
                 raise ProfileError(f"{self.source}: no rows for stage '{s.name}' of pipeline '{spec.name}'")
 
+    def unprofiled(self, spec: PipelineSpec) -> list[tuple[str, str]]:
+        """(stage, variant) of every variant of the spec without a row: plans cannot choose them."""
+        have = {(p.stage, p.variant) for p in self.rows}
+        return [(s.name, v.name) for s in spec.stages for v in s.variants if (s.name, v.name) not in have]
+
+    def describe_unprofiled(self, spec: PipelineSpec) -> str:
+        """One line on the variants plans leave out for want of rows ("" when every variant has some)."""
+        missing = self.unprofiled(spec)
+        if not missing:
+            return ""
+        names = ", ".join(f"{s}/{v}" for s, v in missing)
+        return (f"{len(missing)} variant(s) have no rows in {self.source}, so plans leave them out (fa2-low and "
+                f"fa2-high freeze the least and most accurate profiled ones): {names}; profile them with "
+                "ipa profile --stage STAGE --variants NAME --out PROFILES")
+
     def save(self, path: str | Path) -> Path:
         """Write the CSV and its `.meta.json` sidecar atomically."""
         cols = [f.name for f in fields(Profile)]
@@ -143,13 +158,17 @@ def load_profiles(path: str | Path, spec: PipelineSpec | None = None) -> Profile
     """Read and validate a profile CSV; errors name the file, the row and the column."""
     p = Path(path)
     if not p.is_file():
-        raise ProfileError(f"{p}: profile file not found")
-    with p.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ProfileError(f"{p}: missing required column(s): {', '.join(missing)} (required: {', '.join(REQUIRED)})")
-        rows = [_parse_row(r, line, p) for line, r in enumerate(reader, start=2)]
+        raise ProfileError(f"{p}: " + ("a directory, not a profile CSV" if p.is_dir() else "profile file not found"))
+    try:
+        with p.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ProfileError(f"{p}: missing required column(s): {', '.join(missing)} (required: "
+                                   f"{', '.join(REQUIRED)})")
+            rows = [_parse_row(r, line, p) for line, r in enumerate(reader, start=2)]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ProfileError(f"{p}: not a CSV text file ({e}): a profile is the CSV ipa profile writes") from None
     if not rows:
         raise ProfileError(f"{p}: no profile rows")
     seen: dict[tuple[str, str, int, int], int] = {}
@@ -176,15 +195,36 @@ def _parse_row(raw: dict[str, str | None], line: int, path: Path) -> Profile:
                 raise ProfileError(f"{path}: row {line}: empty value in required column '{name}'")
             continue
         values[name] = _convert(name, text, line, path)
-    for name in ("latency_p99_s", "throughput_rps", "batch", "cores"):
-        if not values[name] > 0:
+    for name in ("latency_p99_s", "throughput_rps", "batch", "cores", "latency_p50_s", "cpu_s_per_batch", "cpu_share"):
+        if name in values and not values[name] > 0:
             raise ProfileError(f"{path}: row {line}: '{name}' must be positive, got {values[name]}")
-    if values["energy_j_per_batch"] < 0:
-        raise ProfileError(f"{path}: row {line}: 'energy_j_per_batch' must be >= 0, got {values['energy_j_per_batch']}")
+    for name in ("energy_j_per_batch", "load_s"):
+        if name in values and values[name] < 0:
+            raise ProfileError(f"{path}: row {line}: '{name}' must be >= 0, got {values[name]}")
+    _check_consistent(values, line, path)
     method = values.get("energy_method", "estimate")
     if method not in ENERGY_METHODS:
         raise ProfileError(f"{path}: row {line}: 'energy_method' is '{method}' (allowed: {', '.join(ENERGY_METHODS)})")
     return Profile(**values)
+
+
+MAX_SPEEDUP = 10.0  # throughput above batch / p50 by more than this is not a measurement
+
+
+def _check_consistent(v: dict[str, Any], line: int, path: Path) -> None:
+    """What one measurement cannot give: a median above its 99th percentile, more than all of the cores busy, or a
+    throughput the batch's own time rules out (a measured mean is never far below the median)."""
+    where = f"{path}: row {line} ({v['stage']}/{v['variant']}, batch {v['batch']}, {v['cores']} cores)"
+    p50, p99 = v.get("latency_p50_s"), v["latency_p99_s"]
+    if p50 is not None and p50 > p99 * (1 + 1e-9):
+        raise ProfileError(f"{where}: latency_p50_s {p50:g} is above latency_p99_s {p99:g} (a median cannot exceed "
+                           "the 99th percentile: are the columns swapped?)")
+    if v.get("cpu_share", 0) > 1:
+        raise ProfileError(f"{where}: cpu_share {v['cpu_share']:g} is above 1 (the share of its cores a batch keeps busy)")
+    limit = MAX_SPEEDUP * v["batch"] / (p50 if p50 is not None else p99)
+    if v["throughput_rps"] > limit:
+        raise ProfileError(f"{where}: throughput_rps {v['throughput_rps']:g} is more than {MAX_SPEEDUP:g} x what a "
+                           f"batch of {v['batch']} in {p50 if p50 is not None else p99:g} s allows ({limit:.4g} rps)")
 
 
 def _convert(name: str, text: str, line: int, path: Path) -> Any:

@@ -311,6 +311,9 @@ def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
     from ray import serve
 
     _check_models(spec)
+    if settings.weights and not os.path.isdir(settings.weights):
+        raise ConfigError(f"--weights {settings.weights}: no such folder (it holds <variant>.pth files or transformers "
+                          "folders <variant>/)")
     if not settings.address and not ray.is_initialized():
         _check_port_free(settings.host, settings.port)
     started = False

@@ -105,11 +105,17 @@ def image_bytes(body: bytes, content_type: str) -> bytes:
     """The image's bytes, after the checks that need the body but not its decoding (size, JSON shape)."""
     _checked_body(body, content_type, "image")
     if _ctype(content_type) == "application/json":
+        shape = "JSON body must be {\"image\": \"<base64 of a JPEG or PNG>\"}"
         try:
             payload = json.loads(body)
+        except ValueError as e:
+            raise BadInput(400, f"body is not valid JSON ({e}); {shape}") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
+            raise BadInput(400, shape)
+        try:
             return base64.b64decode(payload["image"], validate=True)
-        except (ValueError, KeyError, TypeError, binascii.Error):
-            raise BadInput(400, "JSON body must be {\"image\": \"<base64 of a JPEG or PNG>\"}") from None
+        except (ValueError, binascii.Error) as e:
+            raise BadInput(400, f"field 'image' is not valid base64 ({e}); {shape}") from None
     return body
 
 
@@ -287,6 +293,22 @@ def crops(image: np.ndarray, detection: dict[str, Any], limit: int = MAX_CROPS) 
     return out or [([0, 0, w, h], image)]
 
 
+DRAIN_LIMIT = 256 * 1024 * 1024  # bytes of an oversized body read (and dropped) so that its 413 can be read
+
+
+async def _drain(request, limit: int) -> None:
+    """Read and drop an oversized body, up to `limit` bytes: a client that sends the whole body before it reads the
+    answer (Python's urllib) would otherwise see its connection reset instead of the 413."""
+    seen = 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                return
+    except Exception as e:  # the client went away: nothing to answer
+        log.debug("draining an oversized body: %s", e)
+
+
 class Expired(Exception):
     """A stage answered EXPIRED: the request could no longer be answered within the SLA."""
 
@@ -354,10 +376,14 @@ class Ingress:
     async def __call__(self, request) -> Any:
         from starlette.responses import JSONResponse, Response
 
-        if request.method == "GET" and request.url.path.rstrip("/").endswith("/metrics"):
+        path = request.url.path.rstrip("/") or "/"
+        if request.method == "GET" and path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
             return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        if path != "/":
+            return JSONResponse({"error": f"no such path {request.url.path!r}: POST {ACCEPTS[self.media][2]} to /; "
+                                          "GET / for the pipeline's state, GET /metrics for Prometheus"}, 404)
         if request.method == "GET":
             return JSONResponse(self.status())
         t0 = time.time()
@@ -368,6 +394,8 @@ class Ingress:
         try:
             check_headers(ctype, request.headers.get("content-length"), self.media)
         except BadInput as e:
+            if e.status == 413:
+                await _drain(request, DRAIN_LIMIT)
             return self._answer(JSONResponse({"error": str(e)}, e.status), t0)
         verdict = self.admission.decide(self.at, float(self.arrivals.get(int(t0) - 1, 0)))
         if not verdict.admit:
@@ -408,13 +436,16 @@ class Ingress:
         return f"the drop limit is {self.drop_limit_s:g} s (shorter than the SLA, {self.sla_s:g} s)"
 
     def status(self) -> dict[str, Any]:
-        """What `GET /` answers: the stages, the requests at each, and what admission expects now."""
+        """What `GET /` answers: the stages, the requests at each, and what admission expects now (null where it
+        knows nothing yet: JSON has no NaN)."""
+        from ipa.profiles.builder import jsonable
+
         now = time.time()
-        return {"stages": [s for s, _ in self.stages], "in_flight": sum(self.at), "at_stage": list(self.at),
-                "estimate_s": self.admission.estimate(self.at, float(self.arrivals.get(int(now) - 1, 0))),
-                "sla_s": self.sla_s,
-                "batch_s": [st.batch_s for st in self.admission.stages],
-                "per_request_s": [st.per_request_s for st in self.admission.stages]}
+        return jsonable({"stages": [s for s, _ in self.stages], "in_flight": sum(self.at), "at_stage": list(self.at),
+                         "estimate_s": self.admission.estimate(self.at, float(self.arrivals.get(int(now) - 1, 0))),
+                         "sla_s": self.sla_s,
+                         "batch_s": [st.batch_s for st in self.admission.stages],
+                         "per_request_s": [st.per_request_s for st in self.admission.stages]})
 
     def _answer(self, response, t0: float):
         self.m_requests.labels(str(response.status_code)).inc()

@@ -61,6 +61,9 @@ def damp(values: np.ndarray, factor: int) -> np.ndarray:
 
 def trace_window(trace: np.ndarray, windows: list[tuple[int, int]], damping: int = DAMPING) -> np.ndarray:
     for start, end in windows:
+        if start >= end:
+            raise ConfigError(f"trace window {start}-{end} is empty or reversed: START must be below END "
+                              "(trace:START-END, seconds from the trace's start)")
         if not 0 <= start < end <= len(trace):
             raise ConfigError(f"trace window {start}-{end} is outside the trace (0-{len(trace)})")
     return damp(np.concatenate([trace[s:e] for s, e in windows]), damping)
@@ -90,6 +93,18 @@ SYNTHETIC = {
 }
 
 
+MAX_RATE = 1e6  # requests per second: far above any trace here, low enough that plans and simulations stay finite
+RATES = ("RPS", "LOW", "HIGH", "MEAN", "AMPLITUDE", "BASE", "PEAK")
+
+
+def check_rates(w: Workload, hint: str = "") -> Workload:
+    """A workload's rates must stay below MAX_RATE (after any scaling: `hint` names it)."""
+    if len(w.rps) and float(np.max(w.rps)) > MAX_RATE:
+        raise ConfigError(f"workload '{w.name}' reaches {float(np.max(w.rps)):.3g} rps{hint}, above the {MAX_RATE:g} "
+                          "rps ipa plans and simulates (is it a typo?)")
+    return w
+
+
 def _fields(text: str, rest: str, kind: str) -> dict[str, float]:
     """The named numbers of a synthetic form; each must be finite and >= 0, a count of seconds a whole number."""
     form, names, required = SYNTHETIC[kind]
@@ -104,6 +119,9 @@ def _fields(text: str, rest: str, kind: str) -> dict[str, float]:
             raise ConfigError(f"workload '{text}': {name} must be a number, got '{raw}' ({form})") from None
         if not math.isfinite(v) or v < 0:
             raise ConfigError(f"workload '{text}': {name} must be a finite number >= 0, got '{raw}' ({form})")
+        if name in RATES and v > MAX_RATE:
+            raise ConfigError(f"workload '{text}': {name} {raw} rps is above the {MAX_RATE:g} rps ipa plans and "
+                              f"simulates ({form})")
         if name in ("SECONDS", "AT", "WIDTH") and v != int(v):
             raise ConfigError(f"workload '{text}': {name} must be a whole number of seconds, got '{raw}' ({form})")
         out[name] = v
@@ -126,7 +144,12 @@ def _trace(text: str, rest: str, trace) -> Workload:
 
 
 def _file(text: str, rest: str, trace) -> Workload:
+    from ipa.workload.trace import FORMAT
+
     path = Path(rest)
+    if not path.is_file():
+        raise ConfigError(f"workload '{text}': {path} is " + ("a directory" if path.is_dir() else "not there")
+                          + f" ({FORMAT})")
     return Workload(text, read_trace(path), str(path))
 
 

@@ -64,27 +64,39 @@ def _open_text(path: Path):
 
 @lru_cache(maxsize=4)
 def _read_cached(path: str, mtime: float) -> np.ndarray:
-    with _open_text(Path(path)) as f:
-        text = f.read()
+    p = Path(path)
     try:
-        return np.array(text.split(), dtype=np.int64)
-    except ValueError:
-        _raise_bad_token(Path(path), text)
+        with _open_text(p) as f:
+            text = f.read()
+    except (UnicodeDecodeError, OSError, EOFError) as e:  # binary, or a broken .bz2/.gz
+        raise ConfigError(f"{p}: not a text file of requests per second ({e}); {FORMAT}") from None
+    try:
+        rates = np.array(text.split(), dtype=np.int64)
+    except (ValueError, OverflowError):
+        _raise_bad_token(p, text)
         raise
+    if len(rates) == 0:
+        raise ConfigError(f"{p}: no rates in the file; {FORMAT}")
+    if (rates < 0).any():
+        _raise_bad_token(p, text)
+    return rates
+
+
+FORMAT = "a workload file holds whole numbers >= 0, the requests of each second in order, separated by spaces or newlines"
 
 
 def _raise_bad_token(path: Path, text: str) -> None:
     for line_no, line in enumerate(text.splitlines(), start=1):
         for token in line.split():
             if not token.isdigit():
-                raise ConfigError(
-                    f"{path}: line {line_no}: '{token}' is not a non-negative integer count of requests per second"
-                )
+                raise ConfigError(f"{path}: line {line_no}: '{token}' is not a non-negative integer count of "
+                                  f"requests per second ({FORMAT})")
 
 
 def read_trace(path: str | Path) -> np.ndarray:
     """Per-second request counts as int64; read once per process and file version."""
     p = Path(path)
     if not p.is_file():
-        raise TraceNotFoundError(f"{p}: no such trace file. {GET_IT}")
+        raise TraceNotFoundError(f"{p}: no such file" + (" (a directory)" if p.is_dir() else "")
+                                 + f". {GET_IT}")
     return _read_cached(str(p.resolve()), p.stat().st_mtime)
