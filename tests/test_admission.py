@@ -85,15 +85,53 @@ def test_start_by_leaves_room_for_the_stages_still_to_come():
     assert a.start_by(10.0, 1) == pytest.approx(10.0 + 4.0 - 0.1 - 0.5)
 
 
-def test_measured_batches_move_the_estimate_and_an_unknown_stage_learns_from_the_first():
+def test_the_median_follows_measured_batches_and_a_request_is_planned_at_the_tail():
     a = Admission(4.0)
     a.configure(0, 1, 1, 0.5, UNKNOWN)
     assert a.estimate([5], 1.0) == 0.0  # nothing known yet: admit
     a.observe(0, 0.8, 1)
     assert a.estimate([0], 1.0) == pytest.approx(0.8)
-    a.observe(0, 1.8, 1)  # smoothing 0.2: 0.8 + 0.2 x 1.0
-    assert a.estimate([0], 1.0) == pytest.approx(1.0)
-    assert a.start_by(0.0, 0) == pytest.approx(4.0 - 1.0)
+    a.observe(0, 1.8, 1)  # the median moves by smoothing 0.2 (0.8 + 0.2 x 1.0); 1.8 is 2.25 x the median before it
+    assert a.stages[0].batch_s == pytest.approx(1.0)
+    assert a.estimate([0], 1.0) == pytest.approx(2.25)  # its own batch at the tail
+    assert a.estimate([1], 1.0) == pytest.approx(0.5 + 2.25)  # the running batch at the median, half done
+    assert a.start_by(0.0, 0) == pytest.approx(4.0 - 2.25)
+
+
+def test_a_slow_stage_makes_the_next_expected_slow_before_its_own_first_slow_batch():
+    """On a shared machine what slows the detector slows the classifier: its start-by tightens at once."""
+    a = Admission(4.0)
+    a.configure(0, 1, 1, 0.5, StageEstimate(0.2, 0.2))
+    a.configure(1, 1, 1, 0.5, StageEstimate(0.1, 0.1))
+    a.observe(1, 0.1, 1)  # the classifier as planned
+    before = a.start_by(0.0, 1)
+    for _ in range(3):
+        a.observe(0, 0.8, 1)  # the detector's batches at 4x its median
+    assert a.pace == pytest.approx(2.5)  # the median (rounded up) of 0.8 / (0.2, 0.32, 0.416) and the classifier's 1.0
+    assert a.stages[1].tail_s == pytest.approx(0.25) and a.start_by(0.0, 1) == pytest.approx(before - 0.15)
+    assert a.overhead_s == 0.0  # nothing profiled: nothing to pace
+    for _ in range(12):
+        a.observe(0, 0.8, 1)  # the detector's median catches up: the pace falls back
+    assert a.pace < 1.2 and a.stages[1].tail_s == pytest.approx(0.1, rel=0.2)
+
+
+def test_serving_time_is_paced_like_the_models():
+    a = Admission(4.0, overhead_s=0.05)
+    a.configure(0, 1, 1, 0.5, StageEstimate(0.2, 0.2))
+    a.observe(0, 0.2, 1)
+    a.observe(0, 0.8, 1)  # 4x the median: the pipeline is slow, the proxy and ingress share its CPUs
+    assert a.pace == pytest.approx(4.0) and a.overhead_s == pytest.approx(0.2)
+
+
+def test_time_outside_the_models_counts_at_its_tail_never_below_the_profiled():
+    a = Admission(4.0, overhead_s=0.05)
+    a.configure(0, 1, 1, 0.5, StageEstimate(0.2, 0.2))
+    for s in [0.02] * 19 + [1.0]:
+        a.observe_outside(s)
+    assert a.overhead_s == pytest.approx(0.05)  # one slow answer in twenty is not the tail; the profiled floor holds
+    a.observe_outside(1.0)
+    a.observe_outside(1.0)  # three in twenty-two are
+    assert a.overhead_s == pytest.approx(1.0) and a.estimate([0], 1.0) == pytest.approx(1.2)
 
 
 # -- the simulator sheds as the ingress does -------------------------------------------------
@@ -120,3 +158,13 @@ def test_without_admission_an_overloaded_queue_serves_everything_late(tiny):
     r, capacity, sla = overloaded(tiny, AdmissionSettings(enabled=False))
     assert np.sum(r.latencies <= sla) / 60 < 0.2 * capacity
     assert r.rejected == 0
+
+
+def test_a_pace_no_batch_confirms_lapses_so_a_pipeline_that_refused_everything_opens_again():
+    a = Admission(4.0)
+    a.configure(0, 1, 1, 0.5, StageEstimate(1.0, 1.0))
+    a.observe(0, 1.0, 1, now=0.0)
+    a.observe(0, 20.0, 1, now=21.0)  # one batch at 20x: the estimate of an empty pipeline passes the SLA
+    assert not a.admits([0], 1.0, now=21.5)
+    assert a.admits([0], 1.0, now=21.0 + 2 * a.stages[0].batch_s + 0.1)  # no batch since: the pace lapses
+    assert a.pace == 1.0

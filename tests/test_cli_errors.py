@@ -38,6 +38,9 @@ def files(tmp_path):
     for name, text in {"negative.txt": "3\n-2\n5\n", "empty.txt": "", "afile": "not a folder"}.items():
         (tmp_path / name).write_text(text)
         made[name.split(".")[0]] = str(tmp_path / name)
+    wrong = tmp_path / "wrong-kind.yaml"  # a classifier's name in a detection stage
+    wrong.write_text(open("configs/pipelines/video.yaml").read().replace("ssdlite320_mobilenet_v3_large", "resnet18"))
+    made["wrong_kind"] = str(wrong)
     for name in ("binary.csv", "binary.yaml", "binary.txt"):
         (tmp_path / name).write_bytes(bytes(range(128, 256)) * 3)
         made[name.replace(".", "_")] = str(tmp_path / name)
@@ -125,6 +128,8 @@ CASES = [
     (["workload", "show", "bursty", "--trace", "{binary_txt}"], "not a text file of requests per second"),  # 11
     (["workload", "show", "file:{empty}"], "no rates in the file"),  # 12
     (["experiment", "--workload", "file:{empty}", "--policy", "ipa", "--out", "{out}"], "no rates in the file"),  # 12
+    (["profile", "--pipeline", "{wrong_kind}", "--stage", "detect", "--variants", "resnet18", "--batches", "1",
+      "--cores", "1", "--out", "{out}"], "'resnet18' is a classification model, but its stage is kind detection"),  # 13
     (["workload", "show", "trace:100-50"], "START must be below END"),  # 14
     (["optimize", "--load", "1e308"], "above the 1e+06 rps"),  # 14
     (["experiment", "--workload", "static:1:10", "--duration", "0", "--out", "{out}"], "--duration"),  # 14
@@ -224,6 +229,15 @@ def test_profile_resumed_with_other_settings_is_refused_and_keeps_the_serving_co
     run(spec, more, out, meter, meter.description, ProfilerSettings(repeats=2, warmup=0, min_window_s=0, idle_s=0.1))
     table = load_profiles(out)
     assert len(table.rows) == 2 and table.meta["serving"] == {"latency_s": 0.03} and len(table.meta["resumed"]) == 1
+
+
+def test_energy_below_the_meters_resolution_is_flagged_not_recorded_silently():
+    """Issue 21, case 5: a short --min-window recorded 0.00 J per batch with no word."""
+    from ipa.profiles.profiler import ProfilerSettings, _resolution_note
+
+    settings = ProfilerSettings(min_window_s=0.05)
+    assert "raise --min-window" in _resolution_note({"energy_j_per_batch": 0.0}, settings)
+    assert _resolution_note({"energy_j_per_batch": 0.4}, settings) == ""
 
 
 def test_a_missing_trace_in_the_environment_is_an_error(monkeypatch, capsys):

@@ -96,7 +96,8 @@ def adapt(
                 "reason": decision.reason, "unservable": decision.unservable, "config": config_as_dict(a.config),
             }
             expected = stage_estimates(planned.profiles, decision.config)
-            record["expected"] = {stage: [e.batch_s, e.per_request_s] for stage, e in expected.items()}  # admission's start
+            record["expected"] = {stage: [e.batch_s, e.per_request_s, e.tail_s]  # admission's start
+                                  for stage, e in expected.items()}
             if config is None:
                 runtime.start(decision.config, expected)
             elif decision.config != config:

@@ -370,7 +370,8 @@ class Ingress:
             c = st["config"]
             known = st["batch_s"] is not None
             self.admission.configure(i, c["replicas"], c["batch"], st["wait_s"],
-                                     StageEstimate(st["batch_s"], st["per_request_s"]) if known else UNKNOWN)
+                                     StageEstimate(st["batch_s"], st["per_request_s"], st.get("tail_s") or math.nan)
+                                     if known else UNKNOWN)
         self.plan = list(cfg["stages"])
 
     async def __call__(self, request) -> Any:
@@ -397,7 +398,7 @@ class Ingress:
             if e.status == 413:
                 await _drain(request, DRAIN_LIMIT)
             return self._answer(JSONResponse({"error": str(e)}, e.status), t0)
-        verdict = self.admission.decide(self.at, float(self.arrivals.get(int(t0) - 1, 0)))
+        verdict = self.admission.decide(self.at, float(self.arrivals.get(int(t0) - 1, 0)), t0)
         if not verdict.admit:
             self.m_rejected.labels("admission").inc()
             return self._answer(JSONResponse(
@@ -428,6 +429,7 @@ class Ingress:
                 self.at[where[0]] -= 1
             self.m_in_flight.set(sum(self.at))
         result["latency_s"] = time.time() - t0
+        self.admission.observe_outside(result["latency_s"] - result["service_s"] - result["queued_s"])
         return self._answer(JSONResponse(result), t0)
 
     def _deadline_words(self) -> str:
@@ -528,7 +530,7 @@ class Ingress:
             self._seen[t["id"]] = None
             if len(self._seen) > 4096:
                 del self._seen[next(iter(self._seen))]
-            self.admission.observe(i, t["seconds"], t["size"])
+            self.admission.observe(i, t["seconds"], t["size"], t.get("ended_at") or time.time())
             self.timings.append({"stage": self.stages[i][0], "variant": t["variant"], "cores": t["cores"],
                                  "size": t["size"], "seconds": t["seconds"], "cpu_s": t.get("cpu_s"),
                                  "ended_at": t.get("ended_at")})
@@ -588,7 +590,8 @@ def build_app(spec: PipelineSpec, config: PipelineConfig, expected: dict[str, St
         e = (expected or {}).get(stage.name, UNKNOWN)
         known = not math.isnan(e.batch_s)
         plan.append({"config": c.as_dict(), "wait_s": batch_wait_s, "batch_s": e.batch_s if known else None,
-                     "per_request_s": e.per_request_s if known else None})
+                     "per_request_s": e.per_request_s if known else None,
+                     "tail_s": e.tail_s if known and not math.isnan(e.tail_s) else None})
     ingress_args = (kinds, spec.sla_s, drop_limit_s)
     ingress_config = {"stages": plan, "overhead_s": overhead_s, "admission": admission.model_dump()}
     return Ingress.options(user_config=ingress_config, max_ongoing_requests=max_in_flight,

@@ -294,7 +294,7 @@ class Simulator:
         at = self._at
         for i, st in enumerate(self.stages):
             at[i] = len(st.queue) + st.in_service
-        if not self.admission.admits(at, float(arrivals[sec - 1] if sec > 0 else arrivals[sec])):
+        if not self.admission.admits(at, float(arrivals[sec - 1] if sec > 0 else arrivals[sec]), self.now):
             self.rejected += 1
             self.s["rejected"][min(sec, self.duration - 1)] += 1
             self._drop(req)
@@ -395,7 +395,7 @@ class Simulator:
         st = self.stages[idx]
         st.busy -= 1
         st.in_service -= len(batch)
-        self.admission.observe(idx, took, len(batch))
+        self.admission.observe(idx, took, len(batch), self.now)
         self._timings.append((idx, row, len(batch), took, row.cpu_s * sampled / row.p50, self.now))
         sec = min(int(self.now), self.duration - 1)
         self.s["energy_dynamic_j"][sec] += row.energy_j_per_batch
@@ -411,7 +411,11 @@ class Simulator:
         self._dispatch(st)
 
     def _complete(self, req: int, sec: int) -> None:
-        overhead = self._draw(*self._answer_latency) if self._answer_latency else self.serving_latency
+        if self._answer_latency:  # drawn per answer: admission follows its tail, as the ingress does
+            overhead = self._draw(*self._answer_latency)
+            self.admission.observe_outside(overhead)
+        else:
+            overhead = self.serving_latency
         latency = self.now - self._arrived[req] + overhead
         pas = self.acc[req] / len(self.stages) if self.spec.accuracy_method == "average" else self.acc[req]
         self.completed += 1
