@@ -14,7 +14,7 @@ from ipa._signals import Terminated, stop_on_sigterm
 from ipa.errors import IpaError
 
 # Text we print holds paths, workload names and [brackets] from users: never markup or :emoji: codes.
-console = Console(markup=False, emoji=False, highlight=False, **({} if sys.stdout.isatty() else {"width": 200}))
+console = Console(soft_wrap=True, markup=False, emoji=False, highlight=False, **({} if sys.stdout.isatty() else {"width": 200}))
 err_console = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
 
 
