@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 
 import pytest
 
@@ -44,3 +46,21 @@ def two_stage() -> tuple[PipelineSpec, ProfileTable]:
 @pytest.fixture
 def tiny():
     return two_stage()
+
+
+# The interpreter's own teardown, with Ray's, torch's and tokenizers' native threads still alive in this process,
+# segfaulted once in a CI rehearsal after every test had passed and the summary was printed (rc 139, not
+# reproduced in 4 runs since). Exit with pytest's own status instead of tearing down: a failure still fails.
+_EXIT: dict[str, int] = {}
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    _EXIT["status"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config) -> None:
+    if "status" in _EXIT and os.environ.get("IPA_TEST_TEARDOWN") != "1":  # IPA_TEST_TEARDOWN=1: the normal exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT["status"])
