@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import os
 import time
 
 import numpy as np
@@ -315,3 +316,56 @@ def test_unknown_paths_get_404_and_an_oversized_body_gets_its_413_even_through_u
         assert post(rt.url, jpeg, "image/jpeg").status_code == 200
     finally:
         rt.stop()
+
+
+def test_requests_go_through_haproxy_to_the_ingress_and_over_grpc_between_replicas(cluster):
+    """The local cluster runs Serve's fast path (ray_runtime.SERVE_ENV): HAProxy in front, the ingress serving HTTP
+    itself, gRPC handles between replicas. Answers are the same as on Serve's defaults (every other test here)."""
+    import ray
+
+    from ipa.runtime.overhead import ProcessCpu
+    from ipa.runtime.ray_runtime import APP
+
+    spec, settings = cluster
+    rt = RayRuntime(spec, settings)
+    rt.start(config())
+    try:
+        r = post(rt.url, photo_jpegs()[0], "image/jpeg")
+        assert r.status_code == 200 and r.json()["variants"] == {"detect": DET, "classify": CLS}
+        procs = ProcessCpu(APP, spec.stage_names).by_process()
+        kinds = {kind for kind, _ in procs.values()}
+        assert "haproxy" in kinds, sorted(kinds)  # the HTTP front is HAProxy, not Serve's Python proxy
+
+        @ray.remote(num_cpus=0)
+        def grpc_default() -> bool:
+            from ipa.runtime.serving import grpc_handles
+
+            return grpc_handles()
+
+        assert ray.get(grpc_default.remote())  # the cluster's processes call replicas over gRPC
+    finally:
+        rt.stop()
+
+
+def test_the_local_cluster_gets_serve_fast_path_unless_told_otherwise(monkeypatch):
+    from ipa.runtime.ray_runtime import SERVE_ENV, serve_env
+
+    monkeypatch.delenv("IPA_SERVE_FAST_PATH", raising=False)
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    assert serve_env() == SERVE_ENV and SERVE_ENV["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # a value the user set wins
+    assert serve_env()["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    monkeypatch.setenv("IPA_SERVE_FAST_PATH", "0")  # Serve's defaults, for side-by-side measurements
+    assert serve_env() == {}
+
+
+def test_process_cpu_splits_the_tree_by_process_title():
+    import time
+
+    from ipa.runtime.overhead import ProcessCpu
+
+    t = time.process_time()
+    while time.process_time() - t < 0.05:  # burn a few ticks of CPU in this process
+        pass
+    procs = ProcessCpu("ipa", ["detect"]).by_process()
+    assert os.getpid() in procs and procs[os.getpid()][1] > 0

@@ -59,6 +59,17 @@ class ProcessCpu:
             serving -= _cpu_seconds(f"/proc/{self.root}/task/{tid}/stat")
         return CpuSplit(serving, replicas)
 
+    def by_process(self) -> dict[int, tuple[str, float]]:
+        """Per process of the tree: its kind (`ray::ProxyActor`, `ray::ServeReplica:ipa:Ingress`, `raylet`,
+        `haproxy`, ...) and its CPU seconds so far. Keyed by pid: an actor's title names the method it runs
+        (`ray::ServeController.listen_for_change`), which changes; the kind leaves the method out."""
+        out: dict[int, tuple[str, float]] = {}
+        for pid in self._tree() if self.available else ():
+            title = _title(pid)
+            kind = os.path.basename(title.split(" ")[0]) if title.startswith("/") else title.split(" ")[0]
+            out[pid] = (kind.split(".")[0] if kind.startswith("ray::") else kind, _cpu_seconds(f"/proc/{pid}/stat"))
+        return out
+
     def _tree(self) -> list[int]:
         """This process and its descendants."""
         children: dict[int, list[int]] = {}
@@ -102,12 +113,24 @@ def _title(pid: int) -> str:
         return ""
 
 
-def measure_serving(spec: PipelineSpec, settings, requests: int = 40, rate_rps: float = 2.0,
-                    idle_s: float = 5.0) -> tuple[ServingCost, dict[str, Any]]:
+def _decode_cpu_s(url: str) -> float:
+    """CPU seconds the replicas have spent decoding requests' images, as the ingress tallies them (GET /)."""
+    import requests
+
+    try:
+        return float(requests.get(url, timeout=10).json().get("decode_cpu_s") or 0.0)
+    except (requests.RequestException, ValueError) as e:
+        log.warning("could not read the decode time from the ingress: %s", e)
+        return 0.0
+
+
+def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps: float = 5.0,
+                    idle_s: float = 10.0) -> tuple[ServingCost, dict[str, Any]]:
     """Serve the cheapest config of `spec` on a local Ray cluster at a low open-loop rate and measure:
 
-    - `cpu_fixed_cores`: the cluster's serving processes with no traffic,
-    - `cpu_per_request_s`: their CPU beyond that, per request (proxy, ingress, routing),
+    - `cpu_fixed_cores`: the cluster's serving processes with no traffic (before and after the load, averaged),
+    - `cpu_per_request_s`: their CPU beyond that, per request (proxy, ingress, routing), and the images' decoding,
+  which runs in the replicas that need the pixels,
     - `client_cpu_per_request_s`: the load generator's thread, per request,
     - `latency_s`: the median of each answer's latency less the time its batches took in the models and it
       waited for them at the replicas.
@@ -139,19 +162,25 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 40, rate_rps: 
         time.sleep(idle_s)
         b, t_b = cpu.read(), time.monotonic()
         fixed = (b.serving - a.serving) / (t_b - t_a)
+        decoded_before = _decode_cpu_s(runtime.url)
         gen = LoadGenerator(runtime.url, np.arange(requests, dtype=float) / rate_rps, bodies, timeout_s=120,
                             content_type=ctype)
         gen.start()
         gen.join(requests / rate_rps + 180)
         time.sleep(0.5)
         c, t_c = cpu.read(exclude_threads=[gen.thread_id] if gen.thread_id else ()), time.monotonic()
+        decoded = _decode_cpu_s(runtime.url) - decoded_before
+        time.sleep(idle_s)  # the idle draw again, after: it drifts, and at a few rps it is most of the CPU
+        d, t_d = cpu.read(exclude_threads=[gen.thread_id] if gen.thread_id else ()), time.monotonic()
+        fixed = 0.5 * (fixed + (d.serving - c.serving) / (t_d - t_c))
     finally:
         runtime.stop()
         shutdown(started)
     ok = [r for r in gen.records if r.ok and r.overhead_s is not None]
     if len(ok) < requests // 2:
         raise RuntimeError(f"only {len(ok)} of {requests} requests were answered while measuring the serving cost")
-    per_request = max(0.0, (c.serving - b.serving) - fixed * (t_c - t_b)) / len(ok)
+    # the images' decoding runs in the replicas that need the pixels, but is serving's work: it is counted here
+    per_request = (max(0.0, (c.serving - b.serving) - fixed * (t_c - t_b)) + decoded) / len(ok)
     cost = ServingCost(
         latency_s=float(np.median([r.overhead_s for r in ok])),
         cpu_fixed_cores=fixed,
@@ -161,6 +190,7 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 40, rate_rps: 
     meta = {"measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.node() or "unknown", "cpus": len(os.sched_getaffinity(0)),
             "config": {s: c.as_dict() for s, c in config.items()}, "requests": len(ok), "rate_rps": rate_rps,
-            "method": "CPU time of the local Ray cluster's processes from /proc (stage replicas excluded), "
+            "method": "CPU time of the local Ray cluster's processes from /proc (stage replicas excluded, the images' "
+                      "decoding in them included, as the ingress tallies it), "
                       "latency = answer time - time in the models' batches and queued for them"}
     return cost, meta

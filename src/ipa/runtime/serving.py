@@ -6,10 +6,11 @@ loads the other model beside the serving one and swaps), batch -> `@serve.batch`
 
 The ingress checks what the headers say (4xx on bad input, even under overload), admits a request only
 when it can be answered within the SLA (`ipa.runtime.admission`; otherwise a 503 with Retry-After at
-once, before the body is even read), then decodes it. Each stage call carries the request's start-by
+once, before the body is even read), then reads it (an image only as far as its header: the replica that
+needs its pixels decodes it, and the detector's replica cuts the crops the next stage takes). Each stage call carries the request's start-by
 time; a replica drops items past it before its model runs. Serve's own knobs bound the HTTP side: the
-ingress holds at most `max_in_flight` requests (`max_ongoing_requests`) and the proxy queues as many more
-(`max_queued_requests`, then Serve's own 503). A stage replica takes up to 128 requests into its batch
+ingress holds at most `max_in_flight` requests (`max_ongoing_requests`, then Serve's own 503; on Serve's
+defaults, behind its Python proxy, that proxy queues as many more: `max_queued_requests`). A stage replica takes up to 128 requests into its batch
 queue: capped at two batches, the ingress's router handed them over one round trip at a time and on a
 2-core machine the detector idled half the time at 6.5 rps (2.8-3.8 rps of goodput against 6.3).
 Replicas report each batch's time and CPU; the ingress keeps them for calibration.
@@ -45,6 +46,14 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 64  # the decorator's ceiling; each config sets the real size with set_max_batch_size
 EXPIRED = {"expired": True}  # what a replica answers for an item past its start-by time (no model ran)
 MAX_CROPS = 1  # crops classified per request: one per request, as the profiles and the simulator count it
+
+
+def grpc_handles() -> bool:
+    """Whether this replica's Serve calls other replicas over gRPC (its fast path, set in the cluster's environment
+    by `ray_runtime.serve_env`): an argument goes in one message instead of through Ray's object store."""
+    from ray.serve._private import constants
+
+    return bool(getattr(constants, "RAY_SERVE_USE_GRPC_BY_DEFAULT", False))
 
 
 class BadInput(ValueError):
@@ -119,6 +128,41 @@ def image_bytes(body: bytes, content_type: str) -> bytes:
     return body
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    """A request's image as it came (JPEG or PNG bytes), its header checked at the ingress. It is decoded in the
+    replica that needs its pixels: the ingress, one process for every request, does no per-pixel work, and the
+    bytes (50-100 kB) travel between processes instead of the decoded array (820 kB for a 640x427 photo)."""
+
+    data: bytes
+    width: int
+    height: int
+
+
+def check_image(body: bytes, content_type: str) -> EncodedImage:
+    """The body's image, checked as far as its header goes (format, size): a 4xx at the ingress for what is not
+    a JPEG or PNG. A file that is broken further in is found where it is decoded, and answered 400 as well."""
+    from PIL import Image, UnidentifiedImageError
+
+    data = image_bytes(body, content_type)
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise BadInput(400, f"not a decodable JPEG or PNG image ({e})") from None
+    if img.format not in ("JPEG", "PNG"):
+        raise BadInput(415, f"image format {img.format} not supported (allowed: JPEG, PNG)")
+    return EncodedImage(data, *img.size)
+
+
+def pixels(item: Any) -> Any:
+    """What a model takes for an item: an EncodedImage (or a segmentation prompt (EncodedImage, box)) decoded."""
+    if isinstance(item, EncodedImage):
+        return decode(item.data)
+    if isinstance(item, tuple) and item and isinstance(item[0], EncodedImage):
+        return (decode(item[0].data), *item[1:])
+    return item
+
+
 def decode(data: bytes) -> np.ndarray:
     """JPEG or PNG bytes to RGB (the costly part: after admission)."""
     from PIL import Image, UnidentifiedImageError
@@ -165,12 +209,13 @@ def decode_text(body: bytes, content_type: str) -> str:
 
 
 def decode_body(body: bytes, content_type: str, media: str) -> Any:
-    """The request body as the first stage takes it (the costly part: after admission)."""
+    """The request body as the first stage takes it (after admission): audio as samples, text as a string, an
+    image as its checked bytes (`EncodedImage`, decoded in the replica)."""
     if media == "audio":
         return decode_audio(body, content_type)
     if media == "text":
         return decode_text(body, content_type)
-    return decode_image(body, content_type)
+    return check_image(body, content_type)
 
 
 @dataclass(frozen=True)
@@ -238,8 +283,16 @@ class StageReplica:
         if not live:
             return out
         model = self.model  # a swap during this batch changes the next one, not this one
+        inputs, decode_s = await asyncio.to_thread(_decoded, [items[i] for i in live])
+        for i, x in zip(list(live), inputs):
+            if isinstance(x, BadInput):
+                out[i] = {"bad_input": str(x), "status": x.status}
+        live = [i for i, x in zip(live, inputs) if not isinstance(x, BadInput)]
+        inputs = [x for x in inputs if not isinstance(x, BadInput)]
+        if not live:
+            return out
         try:
-            outputs, seconds, cpu_s = await asyncio.to_thread(_timed_run, model, [items[i] for i in live])
+            outputs, seconds, cpu_s = await asyncio.to_thread(_timed_run, model, inputs)
         except Exception as e:  # the replica survives a model that fails on some input
             log.warning("stage %s: %s", self.stage, e)
             for i in live:
@@ -247,10 +300,14 @@ class StageReplica:
             return out
         self.batches += 1
         timing = {"id": f"{self.replica}:{self.batches}", "seconds": seconds, "cpu_s": cpu_s, "size": len(live),
-                  "variant": model.variant, "cores": self.cores, "ended_at": time.time()}
-        for i, o in zip(live, outputs):
+                  "variant": model.variant, "cores": self.cores, "ended_at": time.time(),
+                  "decode_s": decode_s}
+        detection = self.spec.get("kind") == "detection"
+        for i, x, o in zip(live, inputs, outputs):
             out[i] = {"output": o, "variant": model.variant, "batch": len(live), "timing": timing,
                       "queued_s": now - arrived[i]}
+            if detection and isinstance(items[i], EncodedImage):  # the crops, cut where the pixels are
+                out[i]["crops"] = crops(x, o)
         return out
 
     def state(self) -> dict[str, Any]:
@@ -270,6 +327,19 @@ def _load(stage: dict[str, Any], variant: str, weights: str | None, device: str 
     runner = build(StageSpec.model_validate(stage), variant, weights_dir=weights, device=device, search=search)
     runner([runner.warmup_item()])  # the first call allocates, and shows a misbehaving model, before serving
     return runner
+
+
+def _decoded(items: list) -> tuple[list[Any], float]:
+    """The items as the model takes them (images decoded; one that does not decode is its BadInput), and the CPU
+    seconds decoding took: serving's work, reported apart from the model's batch time."""
+    c0 = time.thread_time()
+    out: list[Any] = []
+    for item in items:
+        try:
+            out.append(pixels(item))
+        except BadInput as e:
+            out.append(e)
+    return out, time.thread_time() - c0
 
 
 def _timed_run(model, items: list) -> tuple[list[Any], float, float]:
@@ -335,7 +405,7 @@ class Ingress:
 
         self.stages = stages  # (name, kind) in pipeline order
         self.media = MEDIA[stages[0][1]][0]  # what the pipeline takes: image, audio or text
-        self.handles = [h.options(method_name="call") for h in handles]
+        self.handles = [h.options(method_name="call", _by_reference=not grpc_handles()) for h in handles]
         self.sla_s, self.drop_limit_s = sla_s, drop_limit_s
         self.deadline_s = min(sla_s, drop_limit_s)  # admission's: the SLA, or a shorter drop limit
         self.admission = Admission(self.deadline_s)
@@ -345,6 +415,7 @@ class Ingress:
         self.timings: list[dict[str, Any]] = []  # batch times, oldest first, for the runtime's calibration
         self.timings_dropped = 0  # how many older ones were trimmed (cursor offset)
         self._seen: dict[str, None] = {}  # batch ids already counted (a batch answers several requests)
+        self.decode_cpu_s = 0.0  # CPU seconds the replicas spent decoding requests' images (serving's work)
         reg = self.registry = CollectorRegistry()
         self.m_requests = PCounter("ipa_requests", "Requests by outcome", ["code"], registry=reg)
         buckets = (0.05, 0.1, 0.25, 0.5, 1, 2, sla_s / 2, sla_s, 2 * sla_s, float("inf"))
@@ -445,7 +516,7 @@ class Ingress:
         now = time.time()
         return jsonable({"stages": [s for s, _ in self.stages], "in_flight": sum(self.at), "at_stage": list(self.at),
                          "estimate_s": self.admission.estimate(self.at, float(self.arrivals.get(int(now) - 1, 0))),
-                         "sla_s": self.sla_s,
+                         "sla_s": self.sla_s, "decode_cpu_s": self.decode_cpu_s,
                          "batch_s": [st.batch_s for st in self.admission.stages],
                          "per_request_s": [st.per_request_s for st in self.admission.stages]})
 
@@ -455,11 +526,11 @@ class Ingress:
             self.m_latency.observe(time.time() - t0)
         return response
 
-    async def pipeline(self, image: np.ndarray, t0: float, where: list[int]) -> dict[str, Any]:
+    async def pipeline(self, image: EncodedImage, t0: float, where: list[int]) -> dict[str, Any]:
         """A detection stage turns the items into crops; a classification stage labels each crop; a
         segmentation stage draws the mask of each box on the whole photo (SAM is prompted, not cropped).
         `detections` sums up each crop: its box, and what the later stages said of it."""
-        items = [([0, 0, image.shape[1], image.shape[0]], image)]
+        items = [([0, 0, image.width, image.height], image)]
         outputs: dict[str, Any] = {}
         variants: dict[str, str] = {}
         service = queued = 0.0  # seconds this request's batches took in the models, and it waited for them there
@@ -472,8 +543,8 @@ class Ingress:
             variants[name] = outs[0]["variant"]
             results = [o["output"] for o in outs]
             outputs[name] = results[0] if len(results) == 1 else results
-            if kind == "detection":
-                items = [c for (_, img), r in zip(items, results) for c in crops(img, r)]
+            if kind == "detection":  # the replica cut the crops where the pixels were; an array is cut here
+                items = [c for (_, img), o in zip(items, outs) for c in (o.get("crops") or crops(pixels(img), o["output"]))]
                 detections = [{"box": box, "detections": len(results[0]["boxes"])} for box, _ in items]
                 continue
             for d, r in zip(detections, results):
@@ -508,6 +579,9 @@ class Ingress:
         self._move(where, i + 1)
         if any(o.get("expired") for o in outs):
             raise Expired()
+        bad = next((o for o in outs if "bad_input" in o), None)
+        if bad:
+            raise BadInput(bad["status"], bad["bad_input"])
         failed = next((o["failed"] for o in outs if "failed" in o), None)
         if failed:
             raise StageFailed(f"stage '{self.stages[i][0]}' failed: {failed}")
@@ -531,6 +605,7 @@ class Ingress:
             if len(self._seen) > 4096:
                 del self._seen[next(iter(self._seen))]
             self.admission.observe(i, t["seconds"], t["size"], t.get("ended_at") or time.time())
+            self.decode_cpu_s += t.get("decode_s") or 0.0
             self.timings.append({"stage": self.stages[i][0], "variant": t["variant"], "cores": t["cores"],
                                  "size": t["size"], "seconds": t["seconds"], "cpu_s": t.get("cpu_s"),
                                  "ended_at": t.get("ended_at")})
