@@ -119,6 +119,8 @@ def test_bad_input_gets_4xx_and_the_pipeline_keeps_serving(cluster):
         assert post(rt.url, b"{not json", "application/json").status_code == 400
         assert post(rt.url, json.dumps({"image": "%%%"}).encode(), "application/json").status_code == 400
         assert post(rt.url, b"", "image/png").status_code == 400
+        broken = post(rt.url, jpeg[: len(jpeg) // 2], "image/jpeg")  # a good header: found where it is decoded
+        assert broken.status_code == 400 and "not a decodable" in broken.json()["error"], broken.text
         ok = post(rt.url, json.dumps({"image": base64.b64encode(jpeg).decode()}).encode(), "application/json")
         assert ok.status_code == 200 and ok.json()["variants"]["classify"] == CLS
         assert sorted(t.stage for t in rt.batch_timings()) == ["classify", "detect"]  # this run's only request

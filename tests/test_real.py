@@ -164,3 +164,19 @@ def test_the_twins_pace_is_each_measured_batch_over_its_row_in_time_order(tiny):
     ends, ratios = pace(batches, table)["detect"]
     assert list(ends) == [2.0, 7.0] and list(ratios) == pytest.approx([1.5, 2.0])
     assert "classify" not in pace(batches, table)
+
+
+def test_an_image_is_checked_by_its_header_at_the_ingress_and_decoded_where_its_pixels_are_needed():
+    from ipa.runtime.serving import EncodedImage, check_image, pixels
+
+    jpeg = photo_jpegs()[0]
+    enc = check_image(jpeg, "image/jpeg")
+    assert isinstance(enc, EncodedImage) and (enc.width, enc.height) == (640, 427)
+    assert (pixels(enc) == decode_image(jpeg, "image/jpeg")).all()  # the same pixels as decoding at once
+    image, box = pixels((enc, [1, 2, 3, 4]))  # a segmentation prompt: the photo and its box
+    assert image.shape == (427, 640, 3) and box == [1, 2, 3, 4]
+    with pytest.raises(BadInput) as e:  # the header passes; the rest is found broken where it is decoded
+        pixels(check_image(jpeg[: len(jpeg) // 2], "image/jpeg"))
+    assert e.value.status == 400
+    with pytest.raises(BadInput):
+        check_image(b"not an image", "image/jpeg")
