@@ -109,3 +109,31 @@ def test_sigterm_stops_ipa_serve_like_ctrl_c(tmp_path):
     while time.monotonic() < deadline and any(_alive(p) for p in started):
         time.sleep(1)
     assert not [p for p in started if _alive(p)], "Ray processes left behind"
+
+
+def test_profile_serving_refreshes_serving_cost_and_the_machines_pace(tmp_path):
+    """The one refresh command: a copy of the shipped profiles gets this machine's serving cost and pace, and plans
+    made with them run every row at that pace."""
+    import json
+    import shutil
+
+    from ipa.experiment.cells import Setup
+    from ipa.experiment.config import REPO, load_experiment
+
+    shipped = REPO / "profiles/video-cpu-2core.csv"
+    profiles = tmp_path / "p.csv"
+    shutil.copy(shipped, profiles)
+    meta = json.loads(shipped.with_name(shipped.name + ".meta.json").read_text())
+    meta.pop("serving")
+    profiles.with_name("p.csv.meta.json").write_text(json.dumps(meta))
+    done = subprocess.run([sys.executable, "-m", "ipa.cli", "profile", "--serving", "--requests", "20",
+                           "--out", str(profiles)], capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    serving = json.loads(profiles.with_name("p.csv.meta.json").read_text())["serving"]
+    assert serving["pace"] > 0 and serving["pace_batches"] >= 20  # every request ran a batch in each stage
+    assert serving["cpu_per_request_s"] > 0 and serving["latency_s"] > 0
+    assert f"ran at {serving['pace']:.2f}x their profiled CPU" in done.stdout
+    setup = Setup.load(load_experiment(None, profiles=str(profiles)))
+    assert setup.machine is setup.profiles  # plans and the simulated machine run the same paced table
+    row = setup.profiles.lookup("detect", "ssdlite320_mobilenet_v3_large", 1, 1)
+    assert row.p50 == pytest.approx(0.0651868 * serving["pace"], rel=1e-6)

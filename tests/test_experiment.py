@@ -1,6 +1,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -175,3 +176,16 @@ def test_a_replayed_cell_serves_the_configs_of_the_run_it_replays_and_matches_it
         assert again["summary"][metric] == pytest.approx(run["summary"][metric], rel=0.02), metric
     frozen = [{"t": d["t"], "config": run["decisions"][0]["config"]} for d in run["decisions"]]
     assert run_sim_cell(setup, w, "ipa", replay=frozen)["summary"]["reconfigurations"] == 0
+
+
+def test_a_core_budget_tells_the_simulator_the_machine(small_cfg):
+    """--max-cores without sim.cpus: replicas and serving share that many CPUs, and all of them idle."""
+    from ipa.experiment.cells import Setup, shape
+    from ipa.experiment.sim_cell import run_sim_cell
+    from ipa.workload import load_workload
+
+    w = shape(load_workload("static:5:30", None), None, 1.0)
+    cfg = small_cfg.model_copy(update={"max_cores": 6})
+    setup = Setup.load(cfg)
+    series = run_sim_cell(setup, w, "fa2-low")["series"]
+    assert series["energy_idle_j"] == pytest.approx(np.full(30, 6 * setup.profiles.idle_power_w_per_core))

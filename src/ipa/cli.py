@@ -116,10 +116,11 @@ def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_po
     table = load_profiles(resolve_profiles(profiles, pipeline), spec)
     note(table.describe_unprofiled(spec))
     weights = load_model(Weights, {"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta or 0.0}, "options")
+    serving = from_meta(table.meta, table.source) if with_serving else None
     return make_problem(
-        policy, spec, table, weights, idle_power_w_per_core=idle_power_w, scaling_cap=scaling_cap,
-        batching_cap=batching_cap, freeze=parse_freeze(freeze), replicas=replicas, max_cores=max_cores,
-        serving=from_meta(table.meta, table.source) if with_serving else None, cpus=cpus,
+        policy, spec, serving.machine(table) if serving else table, weights, idle_power_w_per_core=idle_power_w,
+        scaling_cap=scaling_cap, batching_cap=batching_cap, freeze=parse_freeze(freeze), replicas=replicas,
+        max_cores=max_cores, serving=serving, cpus=cpus,
     )
 
 
@@ -409,12 +410,15 @@ def _profile_serving(spec, out, n_requests: int) -> None:
     rate = _serving_rate(spec, table)
     err_console.print(f"measuring the serving cost: {n_requests} requests at {rate:.2g} rps on a local Ray cluster "
                       f"(about {n_requests / rate / 60 + 0.5:.0f} min)", highlight=False)
-    cost, meta = measure_serving(spec, RaySettings(port=_free_port()), requests=n_requests, rate_rps=rate)
+    cost, meta = measure_serving(spec, RaySettings(port=_free_port()), requests=n_requests, rate_rps=rate,
+                                 profiles=table)
     write_json(meta_path(out), table.meta | {"serving": cost.to_meta() | meta})
     console.print(f"serving on this machine: {cost.latency_s * 1000:.0f} ms per request outside the models, "
                   f"{cost.cpu_fixed_cores:.2f} cores with no traffic + {cost.cpu_per_request_s * 1000:.1f} ms CPU per "
-                  f"request (+ {cost.client_cpu_per_request_s * 1000:.1f} ms for a local load generator); "
-                  f"written to {meta_path(out)}", markup=False, highlight=False)
+                  f"request (+ {cost.client_cpu_per_request_s * 1000:.1f} ms for a local load generator); the models "
+                  f"ran at {cost.pace:.2f}x their profiled CPU ({meta['pace_batches']} batches), and plans and "
+                  f"predictions with these profiles will run them so; written to {meta_path(out)}",
+                  markup=False, highlight=False)
 
 
 def _serving_rate(spec, table) -> float:

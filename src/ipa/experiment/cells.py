@@ -51,8 +51,9 @@ class Setup:
     def load(cls, cfg: ExperimentConfig) -> Setup:
         spec = load_pipeline(resolve(cfg.pipeline))
         profiles = load_profiles(resolve_profiles(cfg.profiles, cfg.pipeline), spec)
-        machine = load_profiles(resolve(cfg.sim.true_profiles), spec) if cfg.sim.true_profiles else profiles
         serving = from_meta(profiles.meta, profiles.source) if cfg.serving else None
+        profiles = serving.machine(profiles) if serving else profiles
+        machine = load_profiles(resolve(cfg.sim.true_profiles), spec) if cfg.sim.true_profiles else profiles
         return cls(cfg, spec, profiles, machine, serving)
 
     def updated(self, **fields) -> Setup:
@@ -128,7 +129,8 @@ def shape(w: Workload, duration_s: int | None, scale: float) -> Workload:
 
 
 SERIES_COLUMNS = ["arrivals", "completions", "drops", "rejected", "violations", "pas", "p50_latency_s",
-                  "p99_latency_s", "core_seconds", "energy_idle_j", "energy_dynamic_j", "energy_j"]
+                  "p99_latency_s", "core_seconds", "serving_cpu_s", "energy_idle_j", "energy_dynamic_j",
+                  "energy_serving_j", "energy_j"]
 
 
 def cell_settings(setup: Setup, w: Workload, policy: str) -> dict[str, Any]:

@@ -1,7 +1,12 @@
-"""Fidelity: a real cell beside its simulated twin, metric by metric.
+"""Fidelity: a real cell beside the simulator's prediction of it and its simulated twin, metric by metric.
 
-The twin serves the same workload (same seed, so the same arrivals) with the configs the real run chose,
-each from the time it was chosen, so the table measures the simulator, not two control loops that
+The prediction is made before the real cell runs, by the simulator's own control loop on the profiles the
+run starts from and the machine's CPUs (`ipa.experiment.sim_cell`, `client=True`): nothing the run will
+measure goes into it, so it is what a user learns from `ipa experiment --max-cores N` before serving.
+
+The twin is a component test of the queueing and admission code, not a prediction: it is fitted to the
+run it judges. It serves the same workload (same seed, so the same arrivals) with the configs the real run
+chose, each from the time it was chosen, so the table measures the simulator, not two control loops that
 drifted apart (a plan one interval later on one side moves every figure after it). It runs on the
 machine as the real run measured it: the profiles corrected by every batch the run timed (calibration
 over the whole run, so the batch times hold the contention of that load), the reconfiguration delays it
@@ -29,7 +34,9 @@ from ipa.runtime.sim import Pace, SimSettings
 
 METRICS = ["throughput_rps", "completed", "goodput_rps", "p99_latency_s", "sla_violation_pct", "dropped_pct",
            "rejected_pct", "energy_j", "avg_power_w", "cost_cores", "pas"]
-COLUMNS = ["workload", "policy", "metric", "sim", "real", "real_vs_sim_pct", "note"]
+COLUMNS = ["workload", "policy", "metric", "predicted", "twin", "real", "real_vs_predicted_pct", "real_vs_twin_pct",
+           "note"]
+OLD_NAMES = {"sim": "twin", "real_vs_sim_pct": "real_vs_twin_pct"}  # fidelity.csv before the prediction column
 
 
 def twin(setup: Setup, real: dict[str, Any]) -> Setup:
@@ -72,17 +79,21 @@ def serving_latency(records: list[RequestRecord], at_least: int = 20) -> tuple[f
     return float(p50), float(p99)
 
 
-def compare(workload: str, policy: str, sim: dict[str, Any], real: dict[str, Any]) -> list[dict[str, Any]]:
+def compare(workload: str, policy: str, predicted: dict[str, Any], twin: dict[str, Any],
+            real: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for m in METRICS:
-        a, b = sim.get(m), real.get(m)
-        numbers = isinstance(a, float | int) and isinstance(b, float | int)
-        rel = (b - a) / a * 100 if numbers and a else float("nan")
-        note = (f"sim: profiles ({sim['energy_method']}); real: {real['energy_method']}"
-                if m in ("energy_j", "avg_power_w") else "")
-        rows.append({"workload": workload, "policy": policy, "metric": m, "sim": a, "real": b,
-                     "real_vs_sim_pct": rel, "note": note})
+        p, t, r = predicted.get(m), twin.get(m), real.get(m)
+        note = (f"predicted, twin: profiles + serving's CPU ({predicted['energy_method']}); real: the meter "
+                f"({real['energy_method']})" if m in ("energy_j", "avg_power_w") else "")
+        rows.append({"workload": workload, "policy": policy, "metric": m, "predicted": p, "twin": t, "real": r,
+                     "real_vs_predicted_pct": _relative(r, p), "real_vs_twin_pct": _relative(r, t), "note": note})
     return rows
+
+
+def _relative(real: Any, sim: Any) -> float:
+    numbers = isinstance(sim, float | int) and isinstance(real, float | int)
+    return (real - sim) / sim * 100 if numbers and sim else float("nan")
 
 
 def merge(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -90,5 +101,6 @@ def merge(path: Path, rows: list[dict[str, Any]]) -> None:
     keep = []
     if path.is_file():
         with path.open() as f:
-            keep = [r for r in csv.DictReader(f) if (r["workload"], r["policy"]) != (rows[0]["workload"], rows[0]["policy"])]
+            keep = [{OLD_NAMES.get(k, k): v for k, v in r.items()} for r in csv.DictReader(f)
+                    if (r["workload"], r["policy"]) != (rows[0]["workload"], rows[0]["policy"])]
     write_csv(path, keep + rows, COLUMNS)

@@ -152,16 +152,18 @@ def collect(spec: PipelineSpec, seconds: int, records: list[RequestRecord], sent
             s["rejected"][sec] += r.reason == "admission"
             s["violations"][sec] += 1
     energy, metered = np.zeros(n), np.zeros(n, dtype=bool)
+    s["serving_cpu_s"] = np.full(n, np.nan)  # measured where the sampler could (a local cluster)
     for sample in samples:
         i = int(round(sample.t_s)) - 1  # the sample at the end of second i covers [i, i + 1)
         if 0 <= i < n:
             s["core_seconds"][i] = sample.reserved_cpus
+            s["serving_cpu_s"][i] = sample.serving_cpus
             if sample.joules:
                 energy[i] += sum(sample.joules.values())
                 metered[i] = True
     s["energy_j"] = np.where(metered, energy, np.nan)  # a second the meter missed stays unknown, not zero
     s["energy_idle_j"] = np.full(n, np.nan)  # a meter measures the whole; no idle/dynamic split
-    s["energy_dynamic_j"] = np.full(n, np.nan)
+    s["energy_dynamic_j"] = s["energy_serving_j"] = np.full(n, np.nan)
     lat_a, sec_a = np.array(lat), np.array(lat_sec, dtype=np.int64)
     s["p50_latency_s"], s["p99_latency_s"] = _per_second_percentiles(lat_a, sec_a, n)
     done = s["completions"]
@@ -189,10 +191,11 @@ def measured_delays(reconfigurations: list[Reconfiguration]) -> dict[str, float]
     return out
 
 
-def save_cell(folder: Path, cell: dict[str, Any], sim_summary: dict[str, Any] | None) -> None:
+def save_cell(folder: Path, cell: dict[str, Any], predicted: dict[str, Any] | None = None,
+              twin: dict[str, Any] | None = None) -> None:
     """What only a real run has (every request and batch, energy, reconfigurations, faults, the profiles as
-    calibrated on the machine), the twin's summary, then the simulator's files, summary.json last: the cell
-    is finished."""
+    calibrated on the machine), the prediction's and the twin's summaries, then the simulator's files,
+    summary.json last: the cell is finished."""
     write_csv(folder / "requests.csv",
               ({"sent_s": r.sent_s, "latency_s": r.latency_s, "service_s": r.service_s, "queued_s": r.queued_s,
                 "status": r.status, "reason": r.reason, "variants": json.dumps(r.variants) if r.variants else "",
@@ -201,8 +204,9 @@ def save_cell(folder: Path, cell: dict[str, Any], sim_summary: dict[str, Any] | 
     write_runtime_logs(folder, cell["samples"], cell["reconfigurations"], cell["events"])
     write_csv(folder / "batches.csv", (t._asdict() for t in cell["batches"]), list(BatchTiming._fields))
     cell["learned"].save(folder / "calibrated-profiles.csv")
-    if sim_summary is not None:
-        write_json(folder / "sim_summary.json", sim_summary)
+    for name, summary in (("predicted_summary.json", predicted), ("twin_summary.json", twin)):
+        if summary is not None:
+            write_json(folder / name, summary)
     write_cell(folder, cell)
 
 

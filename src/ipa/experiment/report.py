@@ -94,11 +94,15 @@ def _real_sections(out: Path, summaries: list[dict], h: str = "h2") -> str:
         reconf += [{"workload": s["workload"], "policy": s["policy"]} | r for r in _read_csv(cell / "reconfigurations.csv")]
         events += [{"workload": s["workload"], "policy": s["policy"]} | r for r in _read_csv(cell / "events.csv")]
     parts = [
-        f"<{h}>Fidelity: simulator vs Ray Serve</{h}><p>The same workload and policy, simulated on the machine as the "
-        "real run measured it (its calibrated batch times and reconfiguration delays, the same admission rule). Real "
-        "energy is what the run-time meter read for the whole machine (Ray, HTTP and the load generator included); "
-        "the simulator's comes from the profiles.</p>",
-        _table(fidelity, ["workload", "policy", "metric", "sim", "real", "real_vs_sim_pct", "note"]),
+        f"<{h}>Fidelity: simulator vs Ray Serve</{h}><p><b>predicted</b>: the simulator's own control loop on the "
+        "profiles the run started from and this machine's CPUs, run before the real cell (what <code>ipa experiment "
+        "--max-cores N</code> tells a user before serving). <b>twin</b>: the configs the real run chose, replayed on "
+        "what it measured (its calibrated batch times, their pace over time, its reconfiguration delays): a test of "
+        "the queueing and admission code, fitted to the run it judges. Real energy is what the run-time meter read "
+        "for the whole machine (Ray, HTTP and the load generator included); the simulator's is the profiles' joules "
+        "per batch plus serving's and the load generator's CPU, at the profiles' energy method.</p>",
+        _table(fidelity, ["workload", "policy", "metric", "predicted", "twin", "real", "real_vs_predicted_pct",
+                          "real_vs_twin_pct", "note"]),
         f"<{h}>Reconfigurations (measured)</{h}>",
         _table(reconf, ["workload", "policy", "t_s", "kinds", "seconds", "ok", "error"]) if reconf else "<p>none</p>",
         f"<{h}>Fault events</{h}>",

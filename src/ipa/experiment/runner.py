@@ -109,16 +109,19 @@ def _sim_cell(setup: Setup, w: Workload, policy: str, folder: Path,
 
 
 def _serve_cell(cluster, setup: Setup, w: Workload, policy: str, folder: Path, out: Path) -> dict[str, Any] | None:
-    """The real cell, then its simulated twin; both written, the fidelity rows merged."""
+    """The simulator's prediction of the cell (before it runs: its own control loop on the profiles the run starts
+    from, this machine's CPUs, the load generator on them), the real cell, then its twin (the run's configs
+    replayed on what it measured); all written, the fidelity rows merged."""
     from ipa.experiment.ray_cell import save_cell
 
+    predicted = run_sim_cell(setup, w, policy, client=True)["summary"]
     real = cluster.run(w, policy)
     if real is None:
         return None
-    sim = run_sim_cell(fidelity.twin(setup, real), w, policy, replay=real["decisions"],
-                       pace=fidelity.pace(real["batches"], real["learned"]))["summary"]
-    save_cell(folder, real, sim)
-    fidelity.merge(out / "fidelity.csv", fidelity.compare(w.name, policy, sim, real["summary"]))
+    twin = run_sim_cell(fidelity.twin(setup, real), w, policy, replay=real["decisions"],
+                        pace=fidelity.pace(real["batches"], real["learned"]), client=True)["summary"]
+    save_cell(folder, real, predicted, twin)
+    fidelity.merge(out / "fidelity.csv", fidelity.compare(w.name, policy, predicted, twin, real["summary"]))
     return real["summary"]
 
 

@@ -18,19 +18,26 @@ from ipa.workload import Workload
 
 def run_sim_cell(setup: Setup, workload: Workload, policy: str, weights: dict[str, float] | None = None,
                  replay: list[dict[str, Any]] | None = None, pace: Pace | None = None,
-                 tick: Callable[[float], None] = lambda done: None) -> dict[str, Any]:
+                 tick: Callable[[float], None] = lambda done: None, client: bool = False) -> dict[str, Any]:
     """Simulate one policy on one workload; returns the series, decisions and summary. With `replay` (the
     decisions of a real run), the simulator serves those configs from those times instead of deciding;
     with `pace`, its batches take the times that run's batches took then (`ipa.runtime.sim.Simulator`).
-    `tick` hears the fraction of the workload simulated, at every decision."""
+    `tick` hears the fraction of the workload simulated, at every decision. `client`: the load generator
+    shares the machine (a real run's prediction): its CPU is planned for and counted.
+
+    The simulated machine has `sim.cpus` CPUs, else the experiment's `cpus`, else its core budget: when the
+    machine is known its replicas, serving and client share it, and its whole idle draw counts."""
     c = setup.cfg
-    problem = setup.problem(policy, weights)
+    problem = setup.problem(policy, weights, client=client)
     peak = true_peak(workload.rps, c.interval_s)
     settings = c.sim
     if settings.serving_latency_s is None:
         settings = settings.model_copy(update={"serving_latency_s": setup.serving_latency_s})
+    if settings.cpus is None and replay is None:  # a twin keeps each replica on its cores (ipa.experiment.fidelity)
+        settings = settings.model_copy(update={"cpus": c.cpus or c.max_cores})
+    serving = setup.serving.with_client(client) if setup.serving else None
     sim = Simulator(setup.spec, setup.machine, problem.idle_power_w_per_core, workload.rps, settings, c.seed,
-                    c.admission, setup.serving, pace)
+                    c.admission, serving, pace)
     if replay is None:
         predictor, loop, initial = control(c, workload, policy)
         decisions = adapt(sim, problem, predictor, workload.seconds, loop, policy,

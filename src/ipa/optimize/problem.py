@@ -77,6 +77,10 @@ class Problem:
     def serving_cores(self, load: float) -> float:
         return self.serving.cores(load) if self.serving else 0.0
 
+    def serving_power_w(self, load: float) -> float:
+        """The power serving's CPU draws at `load` beyond idle, as the simulator and a meter count it."""
+        return self.serving_cores(load) * self.profiles.joules_per_cpu_second
+
     def cpu_budget(self, load: float) -> float:
         """CPU cores the replicas may burn at `load`: the machine's, less what serving takes (inf: unbounded)."""
         return math.inf if self.cpus is None else self.cpus - self.serving_cores(load)
@@ -163,12 +167,13 @@ class Problem:
         short = [o.stage for o in chosen if o.capacity_rps < load - EPS]
         cores = sum(o.total_cores for o in chosen)
         demand = sum(o.cpu_demand for o in chosen)
+        serving_w = self.serving_power_w(load)  # the same for every config at this load: it moves no choice
         return Assessment(
             config={o.stage: o.config for o in chosen},
-            objective=self.objective(chosen),
+            objective=self.objective(chosen) - self.weights.delta * serving_w,
             accuracy=aggregate_accuracy(self.spec.accuracy_method, [o.accuracy for o in chosen]),
             cores=cores,
-            power_w=sum(o.power_w for o in chosen),
+            power_w=sum(o.power_w for o in chosen) + serving_w,
             latency_s=latency + (self.serving.latency_s if self.serving else 0.0),
             feasible=(not short and latency <= self.latency_budget_s + EPS and self.within_budget(cores)
                       and demand <= self.cpu_budget(load) + EPS),
@@ -194,7 +199,7 @@ class Assessment:
     objective: float
     accuracy: float
     cores: int
-    power_w: float
+    power_w: float  # the stages' (idle of reserved cores + dynamic) and serving's CPU
     latency_s: float  # end to end: the stages' batches and batch-fill waits, plus serving's own latency
     feasible: bool
     short_stages: list[str] = field(default_factory=list)

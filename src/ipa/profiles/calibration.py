@@ -205,6 +205,20 @@ def measured(profiles: ProfileTable, batches: list[BatchTiming], settings: Calib
     return calibrator.learned
 
 
+def machine_pace(profiles: ProfileTable, batches: Iterable[BatchTiming]) -> tuple[float, int] | None:
+    """How many times the profiles' CPU seconds this machine's served batches burned (the median, and how many
+    batches say; wall time over p50 where a batch's CPU was not measured), or None when no batch matches a row.
+    CPU, not wall time: the wait for a core at that moment's load is the simulator's to add."""
+    ratios = []
+    for t in batches:
+        row = row_of(profiles, t)
+        if row is None or not 0 < t.seconds < math.inf:
+            continue
+        cpu = t.cpu_s is not None and 0 < t.cpu_s < math.inf
+        ratios.append(t.cpu_s / row.cpu_s if cpu else t.seconds / row.p50)
+    return (_quantile(sorted(ratios), 0.5), len(ratios)) if ratios else None
+
+
 def _median(values: Iterable[float], at_least: int) -> float | None:
     v = sorted(values)
     return _quantile(v, 0.5) if len(v) >= at_least else None

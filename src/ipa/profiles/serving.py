@@ -4,6 +4,11 @@ Profiles time a model's forward pass. A served request also pays the HTTP proxy,
 resize, crop), serialisation and routing between stages, and Ray's own processes run beside the
 replicas. `ipa profile --serving` measures these on the real runtime and keeps them in the profile's
 meta file under `serving`; plans take the latency out of the SLA and the CPU out of the machine.
+
+It also measures the machine's pace: the CPU the models' batches burned while served, against their
+profiled rows. Profiles from another day or another VM of the same name can be far off (on 2026-12-03
+this 2-core VM ran the video models 1.9x slower than the day they were profiled); with the pace in the
+meta, every plan and prediction runs the profiles at this machine's speed (`ServingCost.machine`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ipa.errors import ProfileError
+from ipa.profiles.table import ProfileTable
 
 FIELDS = ("latency_s", "cpu_fixed_cores", "cpu_per_request_s", "client_cpu_per_request_s")
 
@@ -25,6 +31,7 @@ class ServingCost:
     client_cpu_per_request_s: float = 0.0  # a load generator on the same machine, per request
     client: bool = False  # whether the load generator runs on the serving machine (ipa experiment --runtime ray)
     source: str = ""
+    pace: float = 1.0  # the models' CPU per batch served on this machine / profiled (the day's or the VM's speed)
 
     def cores(self, load_rps: float) -> float:
         """CPU cores serving takes at `load_rps`, beside the replicas."""
@@ -48,6 +55,13 @@ class ServingCost:
         out.pop("source")
         return out
 
+    def machine(self, profiles: ProfileTable) -> ProfileTable:
+        """The profiles as this machine runs them when serving: every row's work at the measured pace."""
+        if self.pace == 1.0:
+            return profiles
+        return profiles.at_pace(self.pace, f"{profiles.source} (x{self.pace:.2f}: the pace ipa profile --serving "
+                                           f"measured{' ' + self.source if self.source else ''})")
+
 
 def from_meta(meta: dict[str, Any], source: str = "") -> ServingCost | None:
     """The `serving` section of a profile's meta file, or None when it was never measured."""
@@ -62,4 +76,7 @@ def from_meta(meta: dict[str, Any], source: str = "") -> ServingCost | None:
         if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
             raise ProfileError(f"{source}: serving.{name} must be a finite number >= 0, got {v!r}")
         values[name] = float(v)
-    return ServingCost(**values, source=str(raw.get("measured", source)))
+    pace = raw.get("pace", 1.0)
+    if not isinstance(pace, int | float) or not 0 < pace < math.inf:
+        raise ProfileError(f"{source}: serving.pace must be a finite number > 0, got {pace!r}")
+    return ServingCost(**values, source=str(raw.get("measured", source)), pace=float(pace))

@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,14 @@ class ProfileTable:
         v = self.meta.get("idle_power_w_per_core")
         return float(v) if v is not None else None
 
+    @cached_property
+    def joules_per_cpu_second(self) -> float:
+        """What a second of busy CPU costs on this machine beyond its idle draw (median over the rows: on the estimate
+        the model's dynamic watts per core, on RAPL what the package measured); 0 with no row to say."""
+        timed = [p for p in self.rows if p.cpu_s_per_batch] or self.rows  # CPU measured, else cores x p50
+        ratios = sorted(p.energy_j_per_batch / p.cpu_s for p in timed if p.cpu_s > 0 and p.energy_j_per_batch > 0)
+        return ratios[len(ratios) // 2] if ratios else 0.0
+
     @property
     def energy_methods(self) -> list[str]:
         return sorted({p.energy_method for p in self.rows})
@@ -98,6 +107,15 @@ class ProfileTable:
         if "estimate" in methods:
             return "estimate"
         return methods[0] if len(methods) == 1 else "+".join(methods)
+
+    def at_pace(self, factor: float, source: str) -> ProfileTable:
+        """The table of a machine that does every row's work `factor` times slower: its batches take that much
+        longer and burn that much more CPU, and the joules that CPU costs (unlike `slower`, a wait)."""
+        if factor == 1.0:
+            return self
+        rows = [replace(slow, cpu_s_per_batch=p.cpu_s * factor, energy_j_per_batch=p.energy_j_per_batch * factor)
+                for slow, p in zip(self.slower(lambda p: factor, source).rows, self.rows)]
+        return ProfileTable(rows, self.meta, source)
 
     def slower(self, factor: Callable[[Profile], float], source: str) -> ProfileTable:
         """The table of a machine on which each row's batches take `factor(row)` times as long (same joules)."""

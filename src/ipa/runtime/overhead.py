@@ -14,12 +14,14 @@ import os
 import platform
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from ipa.profiles.calibration import machine_pace
 from ipa.profiles.serving import ServingCost
+from ipa.profiles.table import ProfileTable
 from ipa.spec import PipelineSpec, StageConfig
 
 log = logging.getLogger(__name__)
@@ -125,7 +127,7 @@ def _decode_cpu_s(url: str) -> float:
 
 
 def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps: float = 5.0,
-                    idle_s: float = 10.0) -> tuple[ServingCost, dict[str, Any]]:
+                    idle_s: float = 10.0, profiles: ProfileTable | None = None) -> tuple[ServingCost, dict[str, Any]]:
     """Serve the cheapest config of `spec` on a local Ray cluster at a low open-loop rate and measure:
 
     - `cpu_fixed_cores`: the cluster's serving processes with no traffic (before and after the load, averaged),
@@ -133,7 +135,8 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
   which runs in the replicas that need the pixels,
     - `client_cpu_per_request_s`: the load generator's thread, per request,
     - `latency_s`: the median of each answer's latency less the time its batches took in the models and it
-      waited for them at the replicas.
+      waited for them at the replicas,
+    - `pace` (with `profiles`): the CPU the models' batches burned against their profiled rows.
 
     Returns the cost and what it was measured on (for the profile's meta).
     """
@@ -173,6 +176,7 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
         time.sleep(idle_s)  # the idle draw again, after: it drifts, and at a few rps it is most of the CPU
         d, t_d = cpu.read(exclude_threads=[gen.thread_id] if gen.thread_id else ()), time.monotonic()
         fixed = 0.5 * (fixed + (d.serving - c.serving) / (t_d - t_c))
+        batches = runtime.batch_timings()
     finally:
         runtime.stop()
         shutdown(started)
@@ -187,9 +191,13 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
         cpu_per_request_s=per_request,
         client_cpu_per_request_s=gen.cpu_s / max(len(gen.records), 1),
     )
+    pace = machine_pace(profiles, batches) if profiles is not None else None
+    if pace is not None:
+        cost = replace(cost, pace=pace[0])
     meta = {"measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.node() or "unknown", "cpus": len(os.sched_getaffinity(0)),
             "config": {s: c.as_dict() for s, c in config.items()}, "requests": len(ok), "rate_rps": rate_rps,
+            "pace_batches": pace[1] if pace else 0,
             "method": "CPU time of the local Ray cluster's processes from /proc (stage replicas excluded, the images' "
                       "decoding in them included, as the ingress tallies it), "
                       "latency = answer time - time in the models' batches and queued for them"}

@@ -19,6 +19,11 @@ every running batch progresses at cpus / demand of its uncontended pace (process
 what Linux's scheduler approximates). A row calibrated on a busy machine has a wall time that already
 holds that machine's contention: the batch's work is its CPU over its share (`Profile.alone_s`), and the
 simulator adds back the contention its own load makes. Without `cpus` each replica owns its cores.
+
+Energy is what a meter on the machine would read. Each batch costs its row's joules; serving costs its
+CPU (`ServingCost`: fixed, per admitted request, and the load generator's per request when it shares the
+machine) at the profiles' joules per CPU-second; idle power is the reserved cores' or, with `cpus` (the
+machine is known), the whole machine's: a meter reads every core's idle draw, reserved or not.
 """
 
 from __future__ import annotations
@@ -153,6 +158,7 @@ class Simulator:
         # processor sharing (settings.cpus): every running batch advances on one virtual clock at `_rate`
         self.cpus = settings.cpus
         self.serving = serving or ServingCost()
+        self.j_per_cpu_s = self.profiles.joules_per_cpu_second
         self._running: list = []  # (virtual finish, seq, payload, CPU demand) of the batches running
         self._virtual = self._virtual_at = 0.0  # the virtual clock's reading, and when it was taken
         self._rate = 1.0
@@ -382,11 +388,15 @@ class Simulator:
         """Serving's CPU follows the load of the second that just ended: its arrivals (the load generator's,
         when it shares the machine) and the requests it admitted (the proxy's and the ingress's)."""
         self._advance()
-        arrived, refused = self.s["arrivals"][sec - 1], self.s["rejected"][sec - 1]
-        cost = self.serving
-        self._serving_demand = (cost.cpu_fixed_cores + cost.cpu_per_request_s * (arrived - refused)
-                                + (cost.client_cpu_per_request_s * arrived if cost.client else 0.0))
+        self._serving_demand = self._serving_cpu(self.s["arrivals"][sec - 1], self.s["rejected"][sec - 1])
         self._set_rate()
+
+    def _serving_cpu(self, arrived, refused):
+        """Serving's CPU seconds in a second with these arrivals and refusals (numbers or per-second arrays): fixed,
+        per admitted request, and the client's per request when it shares the machine."""
+        cost = self.serving
+        cpu = cost.cpu_fixed_cores + cost.cpu_per_request_s * (arrived - refused)
+        return cpu + (cost.client_cpu_per_request_s * arrived if cost.client else 0.0)
 
     def _done(self, payload) -> None:
         idx, batch, accuracy, row, sampled, started = payload
@@ -469,7 +479,11 @@ class Simulator:
         series["p50_latency_s"], series["p99_latency_s"] = _per_second_percentiles(lat, secs, self.duration)
         done = series["completions"]
         series["pas"] = np.divide(series["pas_sum"], done, out=np.full(self.duration, np.nan), where=done > 0)
-        series["energy_j"] = series["energy_idle_j"] + series["energy_dynamic_j"]
+        if self.cpus is not None:  # the whole machine idles, whatever is reserved
+            series["energy_idle_j"] = np.full(self.duration, self.idle_w * self.cpus)
+        series["serving_cpu_s"] = self._serving_cpu(self.s["arrivals"], self.s["rejected"])
+        series["energy_serving_j"] = series["serving_cpu_s"] * self.j_per_cpu_s
+        series["energy_j"] = series["energy_idle_j"] + series["energy_dynamic_j"] + series["energy_serving_j"]
         in_flight = len(self.arrival_t) - self.completed - self.dropped
         return SimResult(self.duration, series, lat, np.array(self._pas), len(self.arrival_t), self.completed,
                          self.dropped, in_flight, self.reconfigurations, self.rejected)

@@ -1,0 +1,113 @@
+"""The simulator as a prediction of real serving: serving's energy, the machine's idle draw and pace, and the
+predicted column beside the twin and the real run."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from ipa.errors import ProfileError
+from ipa.experiment import fidelity
+from ipa.optimize import make_problem
+from ipa.profiles.calibration import BatchTiming, machine_pace
+from ipa.profiles.serving import ServingCost, from_meta
+from ipa.runtime.sim import SimSettings, Simulator
+from ipa.spec import StageConfig
+
+CONFIG = {"detect": StageConfig("small", 1, 1, 1), "classify": StageConfig("r18", 1, 1, 1)}
+SERVING = ServingCost(latency_s=0.01, cpu_fixed_cores=0.2, cpu_per_request_s=0.01, client_cpu_per_request_s=0.002)
+
+
+def simulate(tiny, rps, settings=None, serving=None):
+    spec, table = tiny
+    sim = Simulator(spec, table, 3.0, np.asarray(rps, dtype=float), settings, seed=0, serving=serving)
+    sim.start(CONFIG)
+    sim.run_until(len(rps))
+    return sim.result()
+
+
+def test_joules_per_cpu_second_is_the_rows_median(tiny):
+    _, table = tiny
+    ratios = sorted(p.energy_j_per_batch / p.cpu_s for p in table.rows)
+    assert table.joules_per_cpu_second == pytest.approx(ratios[len(ratios) // 2])
+
+
+def test_serving_costs_its_cpu_at_the_profiles_joules_per_cpu_second(tiny):
+    rps = [4] * 20
+    alone = simulate(tiny, rps).series
+    served = simulate(tiny, rps, serving=SERVING).series
+    j = tiny[1].joules_per_cpu_second
+    admitted = served["arrivals"] - served["rejected"]
+    assert served["energy_serving_j"] == pytest.approx((0.2 + 0.01 * admitted) * j)  # no client: not on the machine
+    assert served["energy_j"] == pytest.approx(served["energy_idle_j"] + served["energy_dynamic_j"]
+                                               + served["energy_serving_j"])
+    assert served["energy_j"].sum() > alone["energy_j"].sum()
+    client = simulate(tiny, rps, serving=SERVING.with_client(True)).series
+    assert client["serving_cpu_s"] - served["serving_cpu_s"] == pytest.approx(0.002 * client["arrivals"])
+
+
+def test_a_known_machine_draws_every_cores_idle_power_whatever_is_reserved(tiny):
+    reserved = simulate(tiny, [0] * 10).series  # 2 one-core replicas at 3 W
+    assert reserved["energy_idle_j"] == pytest.approx(np.full(10, 2 * 3.0))
+    machine = simulate(tiny, [0] * 10, SimSettings(cpus=8)).series
+    assert machine["energy_idle_j"] == pytest.approx(np.full(10, 8 * 3.0))
+    assert machine["core_seconds"] == pytest.approx(reserved["core_seconds"])  # the cost is still what is reserved
+
+
+def test_the_plan_counts_serving_power_and_ipa_energy_weighs_it(tiny):
+    spec, table = tiny
+    j = table.joules_per_cpu_second
+    plain = make_problem("ipa", spec, table).assess_config(CONFIG, 10)
+    served = make_problem("ipa", spec, table, serving=SERVING).assess_config(CONFIG, 10)
+    assert served.power_w - plain.power_w == pytest.approx(SERVING.cores(10) * j)
+    assert served.objective == pytest.approx(plain.objective)  # delta 0: power does not count
+    energy = make_problem("ipa-energy", spec, table, serving=SERVING)
+    bare = make_problem("ipa-energy", spec, table)
+    assert (bare.assess_config(CONFIG, 10).objective - energy.assess_config(CONFIG, 10).objective
+            == pytest.approx(energy.weights.delta * SERVING.cores(10) * j))
+
+
+def test_machine_pace_is_the_median_cpu_ratio_and_falls_back_to_wall_time(tiny):
+    _, table = tiny
+    row = table.lookup("detect", "small", 1, 1)
+    batches = [BatchTiming("detect", "small", 1, 1, row.p50 * 3, row.cpu_s * r) for r in (1.5, 2.0, 9.0)]
+    assert machine_pace(table, batches) == (pytest.approx(2.0), 3)  # CPU, not the wall time's wait
+    assert machine_pace(table, [BatchTiming("detect", "small", 1, 1, row.p50 * 1.7)])[0] == pytest.approx(1.7)
+    assert machine_pace(table, [BatchTiming("detect", "unknown", 1, 1, 0.1)]) is None
+
+
+def test_a_paced_table_does_every_rows_work_slower_and_pays_for_it(tiny):
+    _, table = tiny
+    paced = ServingCost(pace=2.0, source="today").machine(table)
+    for old, new in zip(table.rows, paced.rows):
+        assert new.p50 == pytest.approx(2 * old.p50) and new.latency_p99_s == pytest.approx(2 * old.latency_p99_s)
+        assert new.throughput_rps == pytest.approx(old.throughput_rps / 2)
+        assert new.cpu_s == pytest.approx(2 * old.cpu_s)  # not 4x: a row without measured CPU counts once
+        assert new.energy_j_per_batch == pytest.approx(2 * old.energy_j_per_batch)
+    assert "x2.00" in paced.source and ServingCost().machine(table) is table
+
+
+def test_pace_is_read_from_the_meta_and_a_bad_one_is_refused_by_name():
+    assert from_meta({"serving": {"pace": 1.9}}).pace == 1.9
+    assert from_meta({"serving": {}}).pace == 1.0
+    for bad in (0, -1, "fast", float("inf")):
+        with pytest.raises(ProfileError, match="serving.pace"):
+            from_meta({"serving": {"pace": bad}}, "p.csv")
+
+
+def test_fidelity_rows_hold_predicted_twin_and_real(tmp_path):
+    predicted = {"throughput_rps": 10.0, "p99_latency_s": 0.5, "energy_method": "estimate"}
+    twin = {"throughput_rps": 9.0, "p99_latency_s": 0.8, "energy_method": "estimate"}
+    real = {"throughput_rps": 9.0, "p99_latency_s": 1.0, "energy_method": "estimate"}
+    rows = {r["metric"]: r for r in fidelity.compare("w", "ipa", predicted, twin, real)}
+    assert rows["throughput_rps"]["real_vs_predicted_pct"] == pytest.approx(-10)
+    assert rows["throughput_rps"]["real_vs_twin_pct"] == pytest.approx(0)
+    assert rows["p99_latency_s"]["real_vs_predicted_pct"] == pytest.approx(100)
+    old = tmp_path / "fidelity.csv"  # written before the prediction column: its rows are kept, renamed
+    old.write_text("workload,policy,metric,sim,real,real_vs_sim_pct,note\nv,fa2-low,completed,5,4,-20,\n")
+    fidelity.merge(old, list(rows.values()))
+    with old.open() as f:
+        got = list(csv.DictReader(f))
+    assert got[0]["twin"] == "5" and got[0]["real_vs_twin_pct"] == "-20" and got[0]["predicted"] == ""
+    assert {r["workload"] for r in got} == {"v", "w"}
+
