@@ -127,6 +127,17 @@ CASES = [
     (["optimize", "--load", "2", "--pipeline", "{binary_yaml}"], "not a YAML text file"),  # 11
     (["workload", "show", "bursty", "--trace", "{binary_txt}"], "not a text file of requests per second"),  # 11
     (["workload", "show", "file:{empty}"], "no rates in the file"),  # 12
+    # issue 22: carbon series
+    (["experiment", "--workload", "static:1:10", "--carbon", "/nonexistent/c.csv", "--out", "{out}"],
+     "--carbon /nonexistent/c.csv: file not found"),
+    (["experiment", "--workload", "static:1:10", "--carbon", "{negative}", "--out", "{out}"], "line 1 is '3'"),
+    (["experiment", "--workload", "static:1:10", "--carbon", "{binary_txt}", "--out", "{out}"], "not a text file"),
+    (["experiment", "--workload", "static:1:10", "--policy", "ipa-carbon", "--out", "{out}"], "--carbon FILE"),
+    (["experiment", "--workload", "static:1:10", "--carbon-speedup", "72", "--out", "{out}"], "--carbon FILE"),
+    (["experiment", "--workload", "static:1:10", "--carbon-speedup", "0", "--out", "{out}"], "--carbon-speedup"),
+    (["frontier", "--workload", "static:1:60", "--carbon", "{empty}", "--out", "{out}"], "an empty file"),
+    (["serve", "--carbon-speedup", "72"], "--carbon FILE"),
+    (["serve", "--carbon", "{afile}"], "line 1 is 'not a folder'"),
     (["experiment", "--workload", "file:{empty}", "--policy", "ipa", "--out", "{out}"], "no rates in the file"),  # 12
     (["profile", "--pipeline", "{wrong_kind}", "--stage", "detect", "--variants", "resnet18", "--batches", "1",
       "--cores", "1", "--out", "{out}"], "'resnet18' is a classification model, but its stage is kind detection"),  # 13

@@ -19,11 +19,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 def test_ipa_serve_answers_adapts_and_writes_its_logs(tmp_path):
     port = free_port()
     out = tmp_path / "serve"
+    carbon = tmp_path / "carbon.csv"
+    carbon.write_text("hour,gco2_per_kwh\n0,100\n1,300\n")  # 360 hours per hour: 300 g from t = 10 s
     proc = subprocess.Popen([sys.executable, "-m", "ipa.cli", "serve", "--port", str(port), "--duration", "20",
-                             "--interval", "5", "--predictor", "reactive", "--out", str(out)],
+                             "--interval", "5", "--predictor", "reactive", "--carbon", str(carbon),
+                             "--carbon-speedup", "360", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
-    answered = None
+    answered, metrics = None, ""
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
@@ -31,6 +34,7 @@ def test_ipa_serve_answers_adapts_and_writes_its_logs(tmp_path):
                 r = requests.post(url, data=photo_jpegs(width=320)[0], headers={"content-type": "image/jpeg"}, timeout=30)
                 if r.status_code == 200:
                     answered = r.json()
+                    metrics = requests.get(url + "metrics", timeout=30).text
                     break
             except requests.ConnectionError:
                 pass
@@ -48,6 +52,10 @@ def test_ipa_serve_answers_adapts_and_writes_its_logs(tmp_path):
     with (out / "energy.csv").open() as f:
         energy = list(csv.DictReader(f))
     assert len(energy) >= 10 and all(float(e["joules"]) >= 0 for e in energy)
+    for e in (e for e in energy if abs(float(e["t_s"]) - 10) > 0.5):  # grams at the intensity of that second
+        g = 100.0 if float(e["t_s"]) < 10 else 300.0
+        assert float(e["gco2_per_kwh"]) == g and float(e["co2_g"]) == pytest.approx(float(e["joules"]) * g / 3.6e6)
+    assert "ipa_carbon_intensity_g_per_kwh" in metrics and "g of CO2 in all" in output
 
 
 def _descendants(pid: int) -> set[int]:

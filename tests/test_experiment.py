@@ -189,3 +189,52 @@ def test_a_core_budget_tells_the_simulator_the_machine(small_cfg):
     setup = Setup.load(cfg)
     series = run_sim_cell(setup, w, "fa2-low")["series"]
     assert series["energy_idle_j"] == pytest.approx(np.full(30, 6 * setup.profiles.idle_power_w_per_core))
+
+
+def _carbon(tmp_path, values):
+    path = tmp_path / "carbon.csv"
+    path.write_text("hour,gco2_per_kwh\n" + "".join(f"{h},{g}\n" for h, g in enumerate(values)))
+    return str(path)
+
+
+def test_with_a_constant_intensity_co2_is_energy_times_intensity(tmp_path, small_cfg):
+    """As a user runs it: --carbon on the command line, co2_g in summary.csv, the series and the report."""
+    out = tmp_path / "c"
+    got = CliRunner().invoke(cli, ["experiment", "--pipeline", small_cfg.pipeline, "--profiles", small_cfg.profiles,
+                                   "--workload", "step:2:30:240", "--policy", "ipa", "--policy", "fa2-low",
+                                   "--predictor", "max", "--carbon", _carbon(tmp_path, [250.0] * 3), "--out", str(out)])
+    assert got.exit_code == 0, got.output
+    assert "co2_g" in got.output
+    for s in read_summary(out):
+        assert float(s["co2_g"]) == pytest.approx(float(s["energy_j"]) * 250.0 / 3.6e6)
+    with (out / "cells" / "step_2_30_240__ipa" / "timeseries.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {float(r["carbon_g_per_kwh"]) for r in rows} == {250.0}
+    assert (out / "co2_step_2_30_240.png").is_file() and "co2_g" in (out / "report.html").read_text()
+
+
+def test_ipa_carbon_weighs_energy_by_the_intensity_its_interval_will_see(tmp_path, small_cfg):
+    """Hour 0 at 100 g, hour 1 at 300 g (mean 200), 360 hours per hour of workload: each 10 s interval is one hour."""
+    from ipa.experiment.cells import Setup
+
+    cfg = small_cfg.model_copy(update={"carbon": _carbon(tmp_path, [100.0, 300.0]), "carbon_speedup": 360.0,
+                                       "policies": ["ipa-carbon"]})
+    setup = Setup.load(cfg)
+    problem = setup.problem("ipa-carbon")
+    assert problem.weights.delta == cfg.energy_delta  # ipa-energy's problem ...
+    at = setup.reweigh("ipa-carbon")
+    assert at(problem, 0.0).weights.delta == pytest.approx(cfg.energy_delta * 100 / 200)  # ... cheaper when clean
+    assert at(problem, 10.0).weights.delta == pytest.approx(cfg.energy_delta * 300 / 200)  # dearer when dirty
+    assert setup.reweigh("ipa-energy") is None
+    rows = {s["policy"]: s for s in run_experiment(cfg.model_copy(update={
+        "workloads": ["static:20:60"], "policies": ["ipa", "ipa-energy", "ipa-carbon"]}), tmp_path / "k")}
+    with (tmp_path / "k" / "cells" / "static_20_60__ipa-carbon" / "decisions.csv").open() as f:
+        deltas = [float(d["delta"]) for d in csv.DictReader(f)]
+    assert deltas[:2] == pytest.approx([cfg.energy_delta / 2, cfg.energy_delta * 1.5])
+    assert rows["ipa-carbon"]["co2_g"] <= rows["ipa"]["co2_g"] + 1e-9
+
+
+def test_ipa_carbon_and_a_speedup_need_a_carbon_series(small_cfg):
+    for update, says in (({"policies": ["ipa-carbon"]}, "ipa-carbon"), ({"carbon_speedup": 72.0}, "--carbon FILE")):
+        with pytest.raises(ValueError, match=says):
+            ExperimentConfig.model_validate(small_cfg.model_dump() | update)

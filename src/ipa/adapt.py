@@ -58,8 +58,12 @@ def adapt(
     initial_rate: float = 0.0,
     on_decision: Callable[[dict[str, Any]], None] = lambda d: None,
     calibrator: Calibrator | None = None,
+    reweigh: Callable[[Problem, float], Problem] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the loop for `duration_s`; returns one record per decision.
+
+    `reweigh(problem, t)`: the problem the interval starting at t solves (ipa-carbon's energy weight follows the
+    grid); its delta is recorded.
 
     `oracle(t)` replaces the predictor with the true peak of [t, t + interval). The first decision
     sees `initial_rate` as its only history, so every policy starts sized for the same load.
@@ -75,9 +79,12 @@ def adapt(
         record: dict[str, Any] = {"t": t}
         timings = runtime.batch_timings()  # drained every interval, used or not
         planned = problem
+        if reweigh is not None:
+            planned = reweigh(problem, t)
+            record["delta"] = planned.weights.delta
         if calibrator is not None:
             calibrator.observe(timings)
-            planned = problem.with_profiles(calibrator.table)
+            planned = planned.with_profiles(calibrator.table)
             record["calibration"] = calibrator.ratios()
         try:
             load = oracle(t) if oracle else float(predictor.predict(history)) * (1 + settings.margin_pct / 100)  # type: ignore[union-attr]

@@ -453,6 +453,14 @@ trace_option = click.option("--trace", type=click.Path(), default=None,
                             help="Twitter trace file (else $IPA_TRACE, else ../shared/data/twitter-trace/)")
 
 
+def carbon_options(f):
+    """--carbon FILE and --carbon-speedup K: grams of CO2 beside joules, and the series ipa-carbon follows."""
+    f = click.option("--carbon-speedup", type=float, default=None,
+                     help="hours of the carbon series per hour of workload (default 1: real time; 72: a day in 20 min)")(f)
+    return click.option("--carbon", type=click.Path(), default=None,
+                        help="hourly grid carbon intensity, CSV hour,gco2_per_kwh (e.g. ../shared/data/carbon/ciso-sep.csv)")(f)
+
+
 @cli.group()
 def workload() -> None:
     """Workloads: the Twitter trace's patterns, any window, files, synthetic patterns."""
@@ -534,7 +542,8 @@ SUITE = ("video", "audio-qa", "audio-sent", "sum-qa", "nlp")  # IPA's five pipel
               help=f"run IPA's five pipelines ({', '.join(SUITE)}) into one report, a section each")
 @click.option("--workload", "workloads", multiple=True, help="any workload form; repeat for several")
 @click.option("--policy", "policies", multiple=True,
-              help="ipa, ipa-energy, fa2-low, fa2-high, rim-high, oracle (the default six), ipa-q (ipa by Q-learning)")
+              help="ipa, ipa-energy, fa2-low, fa2-high, rim-high, oracle (the default six), ipa-q (ipa by Q-learning), "
+                   "ipa-carbon (ipa-energy following the grid; needs --carbon)")
 @click.option("--predictor", default=None, help="reactive, max, avg, arima, lstm")
 @click.option("--solver", default=None, help="exact (default), brute-force, q-learning, milp, gurobi")
 @click.option("--runtime", type=click.Choice(["sim", "ray"]), default=None)
@@ -546,9 +555,10 @@ SUITE = ("video", "audio-qa", "audio-sent", "sum-qa", "nlp")  # IPA's five pipel
 @click.option("--max-cores", type=int, default=None, help="core budget of the pipeline (--runtime ray: the cluster's CPUs)")
 @ray_options
 @trace_option
+@carbon_options
 @click.option("--out", type=click.Path(), default=None, help="result folder (default results/<timestamp>); resumed if it exists")
 def experiment(configs, all_pipelines, workloads, policies, predictor, solver, runtime, profiles, pipeline, seed,
-               duration, load_scale, max_cores, address, port, ray_cpus, device, trace, out):
+               duration, load_scale, max_cores, address, port, ray_cpus, device, trace, carbon, carbon_speedup, out):
     """Compare policies on workloads: summary table, CSVs, plots and report.html.
 
     Several CONFIGs (or --all-pipelines) run one after the other into OUT/<config name>/, with one
@@ -564,7 +574,7 @@ def experiment(configs, all_pipelines, workloads, policies, predictor, solver, r
         configs = tuple(str(resolve(f"configs/experiments/{name}.yaml")) for name in SUITE)
     overrides = dict(workloads=list(workloads), policies=list(policies), predictor=predictor, solver=solver,
                      runtime=runtime, profiles=profiles, pipeline=pipeline, seed=seed, trace=trace, duration_s=duration,
-                     load_scale=load_scale, max_cores=max_cores,
+                     load_scale=load_scale, max_cores=max_cores, carbon=carbon, carbon_speedup=carbon_speedup,
                      ray={"address": address, "port": port, "cpus": ray_cpus, "device": device})
     from ipa._io import check_writable
 
@@ -632,7 +642,9 @@ SUMMARY_SHOWN = ["workload", "policy", "pas", "cost_cores", "energy_j", "energy_
 
 
 def _print_summary(summaries, title: str = "summary") -> None:
-    print_table([{c: s[c] for c in SUMMARY_SHOWN} for s in summaries], title)
+    co2 = any(s.get("co2_g") is not None and s.get("co2_g") == s.get("co2_g") for s in summaries)  # nan: no series
+    shown = [x for c in SUMMARY_SHOWN for x in ((c, "co2_g") if c == "energy_j" and co2 else (c,))]
+    print_table([{c: s.get(c) for c in shown} for s in summaries], title)
 
 
 def _experiment_suite(names: list[str], cfgs, out_dir) -> list[dict]:
@@ -687,10 +699,11 @@ def _log_to(con: Console) -> None:
 @click.option("--weights", type=click.Path(), default=None, help="folder of <variant>.pth checkpoints (default: random weights)")
 @click.option("--meter", default="auto", show_default=True, help="auto, rapl, perf, nvml, estimate")
 @click.option("--out", type=click.Path(), default=None, help="log folder (default results/serve-<timestamp>)")
+@carbon_options
 @ray_options
 @problem_options
-def serve(pipeline, profiles, policy, predictor, interval, initial_load, duration, weights, meter, out, address, port,
-          ray_cpus, device, **problem_kw):
+def serve(pipeline, profiles, policy, predictor, interval, initial_load, duration, weights, meter, out, carbon,
+          carbon_speedup, address, port, ray_cpus, device, **problem_kw):
     """Serve the pipeline on Ray Serve at http://127.0.0.1:PORT/ and adapt it to the traffic it sees."""
     import datetime as dt
     from pathlib import Path
@@ -707,6 +720,7 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     from ipa._io import check_writable
 
     problem = build_problem(policy, pipeline, profiles, **problem_kw)
+    series = _carbon_series(carbon, carbon_speedup)
     out_dir = check_writable(out or f"results/serve-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}", "--out")
     settings = load_model(RaySettings, {k: v for k, v in {"address": address, "port": port, "cpus": ray_cpus,
                                                          "weights": weights, "meter": meter, "device": device}.items()
@@ -720,6 +734,12 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     err_console.print(serving_line(problem, initial_load), markup=False, highlight=False)
     runtime = RayRuntime(problem.spec, settings, detection.meter,
                          serving_latency_s=problem.serving.latency_s if problem.serving else 0.0)
+    if series is not None:
+        speedup = carbon_speedup or 1.0
+        runtime.carbon = lambda t: float(series.at(t, speedup))
+        err_console.print(f"carbon: {series.describe(speedup)}; grams of CO2 in energy.csv and /metrics "
+                          f"(ipa_co2_grams), as {detection.meter.method if detection.meter else 'no meter'} as the "
+                          "energy they come from", markup=False, highlight=False)
     decisions: list[dict] = []
 
     def show(d):
@@ -749,8 +769,22 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
         shutdown(started)
         write_csv(out_dir / "decisions.csv", decisions)  # also when stopped before the first decision
         write_runtime_logs(out_dir, runtime.samples, runtime.reconfigurations, runtime.events)
-        err_console.print(f"logs in {out_dir}/ (decisions.csv, energy.csv, reconfigurations.csv, events.csv)",
+        co2 = f"; {runtime.co2_g:.3g} g of CO2 in all" if series is not None else ""
+        err_console.print(f"logs in {out_dir}/ (decisions.csv, energy.csv, reconfigurations.csv, events.csv){co2}",
                           highlight=False)
+
+
+def _carbon_series(path: str | None, speedup: float | None):
+    """ipa serve's --carbon series (None without one); a speedup needs a series, and is > 0."""
+    from ipa.energy.carbon import read_carbon
+
+    if speedup is not None and not speedup > 0:
+        raise click.BadParameter(f"{speedup:g}: hours of the series per hour must be > 0", param_hint="--carbon-speedup")
+    if path is None:
+        if speedup is not None:
+            raise click.UsageError("--carbon-speedup plays a carbon series faster: give the series with --carbon FILE")
+        return None
+    return read_carbon(path)
 
 
 def _takes(spec) -> str:
@@ -789,8 +823,9 @@ def float_list(text: str) -> list[float]:
 @click.option("--pipeline", default=None)
 @click.option("--load-scale", type=float, default=None, help="multiply the workload's rate")
 @trace_option
+@carbon_options
 @click.option("--out", type=click.Path(), default=None, help="default results/frontier-<timestamp>")
-def frontier(config, workload, deltas, betas, profiles, pipeline, load_scale, trace, out):
+def frontier(config, workload, deltas, betas, profiles, pipeline, load_scale, trace, carbon, carbon_speedup, out):
     """Sweep ipa-energy's energy weight: PAS vs energy vs cost, with the baselines as points."""
     import datetime as dt
     from pathlib import Path
@@ -801,7 +836,8 @@ def frontier(config, workload, deltas, betas, profiles, pipeline, load_scale, tr
 
     from ipa._io import check_writable
 
-    cfg = load_experiment(config, profiles=profiles, pipeline=pipeline, load_scale=load_scale, trace=trace)
+    cfg = load_experiment(config, profiles=profiles, pipeline=pipeline, load_scale=load_scale, trace=trace,
+                          carbon=carbon, carbon_speedup=carbon_speedup)
     out_dir = check_writable(out or f"results/frontier-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}", "--out")
     points = run_frontier(cfg, workload, float_list(deltas), float_list(betas), out_dir,
                           progress=lambda m: err_console.print(m, highlight=False))

@@ -14,6 +14,7 @@ import numpy as np
 
 from ipa._io import write_csv, write_json
 from ipa.adapt import LoopSettings
+from ipa.energy.carbon import CarbonSeries, co2_g, read_carbon
 from ipa.experiment.config import ExperimentConfig, resolve, resolve_profiles
 from ipa.optimize.policies import make_problem
 from ipa.optimize.problem import Problem
@@ -25,7 +26,7 @@ from ipa.spec import PipelineSpec, StageConfig, load_pipeline
 from ipa.workload import Workload
 
 SUMMARY_COLUMNS = [
-    "workload", "policy", "pas", "cost_cores", "energy_j", "energy_method", "sla_violation_pct", "dropped_pct",
+    "workload", "policy", "pas", "cost_cores", "energy_j", "co2_g", "energy_method", "sla_violation_pct", "dropped_pct",
     "rejected_pct", "p99_latency_s", "goodput_rps", "decisions", "solve_ms_mean", "avg_power_w",
     "energy_per_request_j", "objective", "sized_for_true_peak_pct", "reconfigurations", "throughput_rps", "arrivals",
     "completed", "in_flight", "runtime", "unservable_decisions",
@@ -46,6 +47,7 @@ class Setup:
     profiles: ProfileTable
     machine: ProfileTable
     serving: ServingCost | None
+    carbon: CarbonSeries | None = None
 
     @classmethod
     def load(cls, cfg: ExperimentConfig) -> Setup:
@@ -54,17 +56,19 @@ class Setup:
         serving = from_meta(profiles.meta, profiles.source) if cfg.serving else None
         profiles = serving.machine(profiles) if serving else profiles
         machine = load_profiles(resolve(cfg.sim.true_profiles), spec) if cfg.sim.true_profiles else profiles
-        return cls(cfg, spec, profiles, machine, serving)
+        carbon = read_carbon(cfg.carbon) if cfg.carbon else None
+        return cls(cfg, spec, profiles, machine, serving, carbon)
 
     def updated(self, **fields) -> Setup:
         """The same setup with some config fields changed (what a runtime learns about its cluster)."""
-        return Setup(self.cfg.model_copy(update=fields), self.spec, self.profiles, self.machine, self.serving)
+        return Setup(self.cfg.model_copy(update=fields), self.spec, self.profiles, self.machine, self.serving,
+                     self.carbon)
 
     def problem(self, policy: str, weights: dict[str, float] | None = None, client: bool = False) -> Problem:
         """The policy's problem; `weights` overrides some configured weights (the frontier's sweep);
         `client`: the load generator shares the serving machine."""
         c = self.cfg
-        base = "ipa" if policy in ("oracle", "ipa-q") else policy
+        base = {"oracle": "ipa", "ipa-q": "ipa", "ipa-carbon": "ipa-energy"}.get(policy, policy)
         update = dict(weights or {})
         if base == "ipa-energy":
             update.setdefault("delta", c.energy_delta)
@@ -73,6 +77,33 @@ class Setup:
         return make_problem(base, self.spec, self.profiles, w, scaling_cap=c.scaling_cap,
                             batching_cap=c.batching_cap, replicas=c.rim_replicas if base == "rim-high" else None,
                             max_cores=c.max_cores, serving=serving, cpus=c.cpus)
+
+    def reweigh(self, policy: str) -> Callable[[Problem, float], Problem] | None:
+        """ipa-carbon's weight per interval: ipa-energy's delta times the intensity the interval will see over the
+        series' mean (the series is known ahead, as Clover assumes), so a mean hour weighs as ipa-energy does."""
+        if policy != "ipa-carbon" or self.carbon is None:
+            return None
+        carbon, interval, speedup = self.carbon, self.cfg.interval_s, self.cfg.carbon_speedup
+        mean = carbon.mean or 1.0
+
+        def at(problem: Problem, t: float) -> Problem:
+            return problem.with_delta(problem.weights.delta * carbon.over(t, interval, speedup) / mean)
+
+        return at
+
+    def intensity(self) -> Callable[[float], float] | None:
+        """The grid's intensity at a second of the workload (None without a carbon series): what a runtime logs."""
+        if self.carbon is None:
+            return None
+        carbon, speedup = self.carbon, self.cfg.carbon_speedup
+        return lambda t: float(carbon.at(t, speedup))
+
+    def with_co2(self, series: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The series with the grid's intensity and the grams of CO2 of each second's joules (with a carbon series)."""
+        if self.carbon is None:
+            return series
+        intensity = self.carbon.at(np.arange(len(series["energy_j"])), self.cfg.carbon_speedup)
+        return series | {"carbon_g_per_kwh": intensity, "co2_g": co2_g(series["energy_j"], intensity)}
 
     def calibrator(self) -> Calibrator:
         return Calibrator(self.profiles, self.cfg.calibration)
@@ -128,6 +159,7 @@ def shape(w: Workload, duration_s: int | None, scale: float) -> Workload:
                        f" with --load-scale {scale:g}" if scale != 1.0 else "")
 
 
+CARBON_COLUMNS = ["carbon_g_per_kwh", "co2_g"]  # with a carbon series only
 SERIES_COLUMNS = ["arrivals", "completions", "drops", "rejected", "violations", "pas", "p50_latency_s",
                   "p99_latency_s", "core_seconds", "serving_cpu_s", "energy_idle_j", "energy_dynamic_j",
                   "energy_serving_j", "energy_j"]
@@ -140,7 +172,7 @@ def cell_settings(setup: Setup, w: Workload, policy: str) -> dict[str, Any]:
     trace read from another place is the same workload. Settings of the runtime a cell does not use
     (Ray's for the simulator) do not count, nor does the HTTP port.
     """
-    skip = {"workloads", "policies", "trace", "pipeline", "profiles"} | ({"ray"} if setup.cfg.runtime == "sim" else set())
+    skip = {"workloads", "policies", "trace", "pipeline", "profiles", "carbon"} | ({"ray"} if setup.cfg.runtime == "sim" else set())
     config = setup.cfg.model_dump(mode="json", exclude=skip)
     if "ray" in config:
         config["ray"].pop("port", None)
@@ -149,7 +181,9 @@ def cell_settings(setup: Setup, w: Workload, policy: str) -> dict[str, Any]:
     machine = json.dumps([[getattr(r, f) for f in r.__dataclass_fields__] for r in setup.machine.rows], default=str)
     return {"policy": policy, "workload": w.name, "workload_sha": _sha(w.rps.astype(float).tobytes()),
             "pipeline_sha": _sha(json.dumps(setup.spec.model_dump(), sort_keys=True).encode()),
-            "profiles_sha": _sha(profiles.encode()), "machine_sha": _sha(machine.encode()), "config": config}
+            "profiles_sha": _sha(profiles.encode()), "machine_sha": _sha(machine.encode()),
+            "carbon_sha": _sha(setup.carbon.g_per_kwh.tobytes() + setup.carbon.hours.tobytes()) if setup.carbon else None,
+            "config": config}
 
 
 def differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
@@ -157,7 +191,7 @@ def differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     if old is None:
         return ["the earlier run did not record its settings"]
     out = []
-    for key in ("workload_sha", "pipeline_sha", "profiles_sha", "machine_sha"):
+    for key in ("workload_sha", "pipeline_sha", "profiles_sha", "machine_sha", "carbon_sha"):
         if old.get(key) != new.get(key):
             out.append(f"{key.removesuffix('_sha')} content")
     out += _config_diff(old.get("config", {}), new["config"], "")
@@ -192,8 +226,9 @@ def write_cell(folder: Path, cell: dict[str, Any]) -> None:
     """Series and decisions first, summary.json last: its presence marks the cell finished."""
     series = cell["series"]
     n = len(series["arrivals"])
-    write_csv(folder / "timeseries.csv", ({"second": i} | {k: series[k][i] for k in SERIES_COLUMNS} for i in range(n)),
-              ["second", *SERIES_COLUMNS])
+    columns = SERIES_COLUMNS + [k for k in CARBON_COLUMNS if k in series]
+    write_csv(folder / "timeseries.csv", ({"second": i} | {k: series[k][i] for k in columns} for i in range(n)),
+              ["second", *columns])
     rows = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in d.items()} for d in cell["decisions"]]
     write_csv(folder / "decisions.csv", rows)
     write_json(folder / "summary.json", cell["summary"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ipa.errors import ConfigError
 from ipa.optimize.policies import DEFAULT_ENERGY_DELTA, POLICIES, RIM_DEFAULT_REPLICAS
@@ -17,7 +17,8 @@ from ipa.runtime.ray_runtime import RaySettings
 from ipa.runtime.sim import SimSettings
 from ipa.spec import Strict, load_model, read_yaml
 
-EXPERIMENT_POLICIES = (*POLICIES, "oracle", "ipa-q")  # ipa-q: IPA's problem, solved by Q-learning
+# ipa-q: IPA's problem, solved by Q-learning; ipa-carbon: ipa-energy weighted by the grid's intensity (needs carbon)
+EXPERIMENT_POLICIES = (*POLICIES, "oracle", "ipa-q", "ipa-carbon")
 DEFAULT_POLICIES = (*POLICIES, "oracle")
 PAPER_WORKLOADS = ["bursty", "steady-low", "steady-high", "fluctuating"]
 REPO = Path(__file__).resolve().parents[3]
@@ -53,6 +54,20 @@ class ExperimentConfig(Strict):
     duration_s: int | None = Field(default=None, ge=1, description="serve only the first S seconds of each workload")
     load_scale: float = Field(default=1.0, gt=0, description="multiply every workload's rate (fit it to the machine)")
     trace: str | None = None
+    carbon: str | None = Field(default=None, description="hourly grid carbon intensity, hour,gco2_per_kwh (CSV): "
+                               "co2_g beside energy, and what ipa-carbon follows")
+    carbon_speedup: float = Field(default=1.0, gt=0, le=1e6, description="hours of the carbon series per hour of "
+                                  "workload (72: a 20-minute pattern sees a day)")
+
+    @model_validator(mode="after")
+    def _carbon_for_ipa_carbon(self) -> ExperimentConfig:
+        if "ipa-carbon" in self.policies and not self.carbon:
+            raise ValueError("policy ipa-carbon follows the grid's carbon intensity: give it a series with "
+                             "--carbon FILE (hour,gco2_per_kwh; e.g. ../shared/data/carbon/ciso-sep.csv)")
+        if self.carbon_speedup != 1.0 and not self.carbon:
+            raise ValueError("carbon_speedup (--carbon-speedup) plays a carbon series faster: give the series with "
+                             "--carbon FILE")
+        return self
 
     @field_validator("profiles", mode="before")
     @classmethod
@@ -102,6 +117,7 @@ def _one_of(value: str, allowed, what: str) -> str:
 FLAGS = {"workloads": "--workload", "policies": "--policy", "predictor": "--predictor", "solver": "--solver",
          "runtime": "--runtime", "profiles": "--profiles", "pipeline": "--pipeline", "seed": "--seed",
          "trace": "--trace", "duration_s": "--duration", "load_scale": "--load-scale", "max_cores": "--max-cores",
+         "carbon": "--carbon", "carbon_speedup": "--carbon-speedup",
          "ray.address": "--address", "ray.port": "--port", "ray.cpus": "--ray-cpus", "ray.device": "--device"}
 
 

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 from ipa._io import atomic_write_bytes  # noqa: E402
 
-COLORS = {"ipa": "tab:blue", "ipa-energy": "tab:green", "fa2-low": "tab:orange", "fa2-high": "tab:red",
+COLORS = {"ipa": "tab:blue", "ipa-energy": "tab:green", "ipa-carbon": "tab:olive", "fa2-low": "tab:orange", "fa2-high": "tab:red",
           "rim-high": "tab:purple", "oracle": "black"}
 
 
@@ -60,18 +60,20 @@ def comparison_grid(cells: dict[tuple[str, str], dict[str, np.ndarray]], workloa
 
 
 def energy_per_minute(cells: dict[tuple[str, str], dict[str, np.ndarray]], workload: str, policies: list[str],
-                      path: Path, energy_method: str) -> Path:
-    """The energy study's Figures 4-7: joules per minute, smoothed, one line per policy."""
+                      path: Path, energy_method: str, key: str = "energy_j", what: str = "energy", unit: str = "J"
+                      ) -> Path:
+    """The energy study's Figures 4-7: joules per minute, smoothed, one line per policy (or grams of CO2:
+    `key` co2_g)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for p in policies:
-        if (workload, p) in cells:
-            e = cells[(workload, p)]["energy_j"]
+        if (workload, p) in cells and key in cells[(workload, p)]:
+            e = np.nan_to_num(cells[(workload, p)][key])
             minutes = len(e) // 60
             per_min = e[: minutes * 60].reshape(minutes, 60).sum(axis=1) if minutes else e
             ax.plot(np.arange(1, len(per_min) + 1), smooth(per_min, 3), marker="o", ms=3, label=p, color=COLORS.get(p))
     ax.set_xlabel("minute")
-    ax.set_ylabel(f"energy per minute (J, {energy_method})")
-    ax.set_title(f"{workload}: energy per minute (3-minute moving average)")
+    ax.set_ylabel(f"{what} per minute ({unit}, {energy_method})")
+    ax.set_title(f"{workload}: {what} per minute (3-minute moving average)")
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -103,24 +105,30 @@ def plot_workload(workload, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def frontier_plot(points: list[dict], path: Path, energy_method: str) -> Path:
-    """PAS vs energy (colour: cost) along the energy weight, with the baselines as labelled points."""
+def frontier_plot(points: list[dict], path: Path, energy_method: str, sweeps: tuple[str, ...] = ("ipa-energy",),
+                  x: str = "energy_j") -> Path:
+    """PAS vs energy, or grams of CO2 (`x` co2_g), along the energy weight (colour: cost), one line per swept
+    policy, with the baselines as labelled points."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    sweep = [p for p in points if p["policy"] == "ipa-energy"]
-    base = [p for p in points if p["policy"] != "ipa-energy"]
-    xs = [p["energy_j"] / 1000 for p in sweep]
-    ys = [p["pas"] for p in sweep]
-    ax.plot(xs, ys, color="tab:green", lw=1, zorder=1)
-    sc = ax.scatter(xs, ys, c=[p["cost_cores"] for p in sweep], cmap="viridis", zorder=2)
-    for p in sweep:
-        ax.annotate(f"δ={p['delta']:g}", (p["energy_j"] / 1000, p["pas"]), fontsize=6, xytext=(3, 3),
-                    textcoords="offset points")
-    for p in base:
-        ax.scatter(p["energy_j"] / 1000, p["pas"], color=COLORS.get(p["policy"]), marker="X", s=60, zorder=3)
-        ax.annotate(p["policy"], (p["energy_j"] / 1000, p["pas"]), fontsize=7, xytext=(4, -8),
-                    textcoords="offset points")
-    fig.colorbar(sc, ax=ax, label="cost (mean cores)")
-    ax.set_xlabel(f"energy (kJ, {energy_method})")
+    scale, label = (1.0, f"CO2 (g, {energy_method})") if x == "co2_g" else (1000.0, f"energy (kJ, {energy_method})")
+    sc = None
+    for name in sweeps:
+        sweep = [p for p in points if p["policy"] == name]
+        xs = [p[x] / scale for p in sweep]
+        ys = [p["pas"] for p in sweep]
+        ax.plot(xs, ys, color=COLORS.get(name), lw=1, zorder=1, label=name)
+        sc = ax.scatter(xs, ys, c=[p["cost_cores"] for p in sweep], cmap="viridis", zorder=2)
+        for p in sweep:
+            ax.annotate(f"δ={p['delta']:g}", (p[x] / scale, p["pas"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    for p in points:
+        if p["policy"] not in sweeps:
+            ax.scatter(p[x] / scale, p["pas"], color=COLORS.get(p["policy"]), marker="X", s=60, zorder=3)
+            ax.annotate(p["policy"], (p[x] / scale, p["pas"]), fontsize=7, xytext=(4, -8), textcoords="offset points")
+    if sc is not None:
+        fig.colorbar(sc, ax=ax, label="cost (mean cores)")
+    ax.set_xlabel(label)
     ax.set_ylabel("PAS")
-    ax.set_title("ipa-energy trade-off along the energy weight δ")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{' and '.join(sweeps)} along the energy weight δ")
     return _save(fig, path)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ipa._io import write_csv, write_json
 from ipa.adapt import adapt
+from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.detect import open_meter
 from ipa.experiment.cells import Setup, control, score_decisions, true_peak, write_cell
 from ipa.experiment.metrics import summarize
@@ -74,6 +75,7 @@ class RayCluster:
         detection = open_meter(cfg.ray.meter, gpu=True)
         log.info("%s", detection.explain())
         runtime = RayRuntime(self.setup.spec, cfg.ray, detection.meter, cfg.admission, self.setup.serving_latency_s)
+        runtime.carbon = self.setup.intensity()
         try:
             return run_ray_cell(self.setup, workload, policy, runtime)
         except ReconfigurationError as e:
@@ -102,7 +104,8 @@ def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRunt
     calibrator = setup.calibrator()
     try:
         decisions = adapt(runtime, problem, predictor, workload.seconds, loop, policy,
-                          oracle=peak if policy == "oracle" else None, initial_rate=initial, calibrator=calibrator)
+                          oracle=peak if policy == "oracle" else None, initial_rate=initial, calibrator=calibrator,
+                          reweigh=setup.reweigh(policy))
     finally:
         loadgen.stop(wait_s=runtime.drop_limit_s + 5)  # answers still in flight come back or time out
         calibrator.observe(runtime.batch_timings())
@@ -110,6 +113,7 @@ def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRunt
     score_decisions(setup, decisions, peak)
     result = collect(setup.spec, workload.seconds, loadgen.records, loadgen.sent, runtime.samples,
                      runtime.reconfigurations)
+    result.series = setup.with_co2(result.series)
     method = runtime.samples[-1].method if runtime.samples else "none"
     delays = measured_delays(runtime.reconfigurations)
     summary = {"workload": workload.name, "policy": policy} | summarize(result, decisions, method, setup.spec.sla_s)
@@ -213,11 +217,14 @@ def save_cell(folder: Path, cell: dict[str, Any], predicted: dict[str, Any] | No
 def write_runtime_logs(folder: Path, samples: list[Sample], reconfigurations: list[Reconfiguration],
                        events: list[dict[str, Any]]) -> None:
     """The runtime's own logs (also what `ipa serve --out` keeps): energy per second, reconfigurations, faults."""
+    carbon = any(not np.isnan(s.g_per_kwh) for s in samples)
     write_csv(folder / "energy.csv",
               ({"t_s": round(s.t_s, 3), "domain": d, "joules": j, "method": s.method, "reserved_cpus": s.reserved_cpus,
-                "serving_cpus": s.serving_cpus, "replica_cpus": s.replica_cpus}
+                "serving_cpus": s.serving_cpus, "replica_cpus": s.replica_cpus, "gco2_per_kwh": s.g_per_kwh,
+                "co2_g": j * s.g_per_kwh / J_PER_KWH}
                for s in samples for d, j in s.joules.items()),
-              ["t_s", "domain", "joules", "method", "reserved_cpus", "serving_cpus", "replica_cpus"])
+              ["t_s", "domain", "joules", "method", "reserved_cpus", "serving_cpus", "replica_cpus"]
+              + (["gco2_per_kwh", "co2_g"] if carbon else []))
     write_csv(folder / "reconfigurations.csv",
               ({**asdict(r), "kinds": "+".join(r.kinds)} for r in reconfigurations),
               ["t_s", "seconds", "kinds", "ok", "error"])

@@ -9,7 +9,7 @@ from ipa._io import atomic_write_text
 from ipa.experiment import plots
 from ipa.experiment.cells import SUMMARY_COLUMNS, cell_dir, load_cell, slug
 
-SHOWN = ["workload", "policy", "pas", "cost_cores", "energy_j", "energy_method", "avg_power_w", "sla_violation_pct",
+SHOWN = ["workload", "policy", "pas", "cost_cores", "energy_j", "co2_g", "energy_method", "avg_power_w", "sla_violation_pct",
          "dropped_pct", "rejected_pct", "p99_latency_s", "goodput_rps", "objective", "sized_for_true_peak_pct",
          "decisions", "solve_ms_mean"]
 
@@ -53,18 +53,25 @@ def _section(out: Path, summaries: list[dict], prefix: str, level: int) -> str:
     images = [plots.comparison_grid(cells, workloads, policies, out / "comparison.png").name]
     for w in workloads:
         images.append(plots.energy_per_minute(cells, w, policies, out / f"energy_{slug(w)}.png", method).name)
+        if any("co2_g" in cells[(w, p)] for p in policies if (w, p) in cells):
+            images.append(plots.energy_per_minute(cells, w, policies, out / f"co2_{slug(w)}.png", method,
+                                                  "co2_g", "CO2", "g").name)
     images.append(plots.energy_vs_pas(summaries, out / "energy_vs_pas.png", method).name)
     config = (out / "config.yaml").read_text() if (out / "config.yaml").exists() else ""
     h = f"h{level}"
     imgs = "".join(f'<figure><img src="{html.escape(prefix + i)}" alt="{html.escape(i)}"><figcaption>'
                    f"{html.escape(i)}</figcaption></figure>" for i in images)
     return f"""<{h}>Summary</{h}>
-{_table(summaries, [c for c in SHOWN if c in SUMMARY_COLUMNS])}
+{_table(summaries, [c for c in SHOWN if c in SUMMARY_COLUMNS and (c != "co2_g" or _has_co2(summaries))])}
 {_real_sections(out, summaries, h)}
 <{h}>Figures</{h}>
 {imgs}
 <{h}>Configuration</{h}>
 <pre>{html.escape(config)}</pre>"""
+
+
+def _has_co2(summaries: list[dict]) -> bool:
+    return any(s.get("co2_g") not in (None, "") and s.get("co2_g") == s.get("co2_g") for s in summaries)
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -42,12 +42,14 @@ def run_sim_cell(setup: Setup, workload: Workload, policy: str, weights: dict[st
         predictor, loop, initial = control(c, workload, policy)
         decisions = adapt(sim, problem, predictor, workload.seconds, loop, policy,
                           oracle=peak if policy == "oracle" else None, initial_rate=initial,
-                          calibrator=setup.calibrator(), on_decision=lambda d: tick(d["t"] / workload.seconds))
+                          calibrator=setup.calibrator(), on_decision=lambda d: tick(d["t"] / workload.seconds),
+                          reweigh=setup.reweigh(policy))
     else:
         decisions = replayed(sim, setup, replay, workload.seconds)
     sim.drain()
     score_decisions(setup, decisions, peak)
     result = sim.result()
+    result.series = setup.with_co2(result.series)
     summary = {"workload": workload.name, "policy": policy, "runtime": "sim"}
     summary |= summarize(result, decisions, setup.profiles.energy_label, setup.spec.sla_s)
     return {"series": result.series, "decisions": decisions, "summary": summary}

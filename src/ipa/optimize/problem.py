@@ -85,6 +85,10 @@ class Problem:
         """CPU cores the replicas may burn at `load`: the machine's, less what serving takes (inf: unbounded)."""
         return math.inf if self.cpus is None else self.cpus - self.serving_cores(load)
 
+    def with_delta(self, delta: float) -> Problem:
+        """The same problem with another energy weight (ipa-carbon's, interval by interval)."""
+        return replace(self, weights=self.weights.model_copy(update={"delta": delta}))
+
     def with_profiles(self, profiles: ProfileTable) -> Problem:
         """The same problem planned with other profile values (the calibrated ones)."""
         return replace(self, profiles=profiles)

@@ -9,6 +9,7 @@ replicas, cores) so the simulator can use the measured delays.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
@@ -22,6 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from ipa._signals import stop_on_sigterm
+from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.common import EnergyMeter
 from ipa.errors import ConfigError, IpaError
 from ipa.profiles.calibration import BatchTiming
@@ -74,6 +76,7 @@ class Sample:
     replicas: dict[str, int]  # running replicas per deployment
     serving_cpus: float = float("nan")  # cores the cluster's serving processes used over the second (local cluster)
     replica_cpus: float = float("nan")  # cores the stage replicas used over the second
+    g_per_kwh: float = float("nan")  # the grid's carbon intensity at that second (with a carbon series)
 
 
 def change_kinds(old: PipelineConfig, new: PipelineConfig) -> list[str]:
@@ -104,6 +107,8 @@ class RayRuntime:
     client_threads: list[int] = field(default_factory=list)  # this process's threads that are load, not serving
     _expected: dict[str, StageEstimate] | None = None  # what the serving config's plan expected
     on_start: Callable[[float], None] = lambda t0: None  # called with the monotonic time of t = 0
+    carbon: Callable[[float], float] | None = None  # grid intensity (gCO2/kWh) at a second of the run
+    co2_g: float = 0.0  # grams of CO2 of the joules metered so far, at the intensity of each second
 
     @property
     def url(self) -> str:
@@ -263,12 +268,14 @@ class RayRuntime:
                 cpu_last, t_last = cur, now
             joules: dict[str, float] = {}
             method = "none"
+            g = self.carbon(self.now()) if self.carbon else math.nan
             if self.meter and last:
                 try:
                     cur = self.meter.read()
                     joules, method, last = cur.minus(last), cur.method, cur
-                    self._report(energy={"joules": cur.joules, "method": cur.method,
-                                         "watts": sum(joules.values())})
+                    self.co2_g += sum(joules.values()) * g / J_PER_KWH if self.carbon else 0.0
+                    self._report(energy={"joules": cur.joules, "method": cur.method, "watts": sum(joules.values())}
+                                 | ({"co2_g": self.co2_g, "g_per_kwh": g} if self.carbon else {}))
                 except Exception as e:
                     log.warning("energy meter failed (%s); the run goes on without energy", e)
                     self.events.append({"t_s": self.now(), "event": "meter failed", "detail": str(e)})
@@ -280,7 +287,7 @@ class RayRuntime:
                 log.warning("could not read the cluster state: %s", e)
                 continue
             self._note_health(replicas, down)
-            self.samples.append(Sample(self.now(), joules, method, reserved, replicas, serving, replica))
+            self.samples.append(Sample(self.now(), joules, method, reserved, replicas, serving, replica, g))
 
     def _note_health(self, replicas: dict[str, int], down: set[str]) -> None:
         """Log a stage whose running replicas fell below its target, and when Ray has it back."""

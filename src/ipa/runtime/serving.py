@@ -428,6 +428,9 @@ class Ingress:
         self.m_energy = Gauge("ipa_energy_joules", "Energy since the run started, by domain",
                               ["domain", "method"], registry=reg)
         self.m_power = Gauge("ipa_power_watts", "Power over the last sample", ["method"], registry=reg)
+        self.m_co2 = Gauge("ipa_co2_grams", "Grams of CO2 of the energy since the run started, at the grid's "
+                           "intensity of each second (with ipa serve --carbon)", ["method"], registry=reg)
+        self.m_intensity = Gauge("ipa_carbon_intensity_g_per_kwh", "The grid's carbon intensity now", registry=reg)
 
     def reconfigure(self, cfg: dict[str, Any]) -> None:
         """The plan's expectations per stage; a stage whose config did not change keeps its measured times."""
@@ -632,6 +635,9 @@ class Ingress:
             for domain, j in energy["joules"].items():
                 self.m_energy.labels(domain, energy["method"]).set(j)
             self.m_power.labels(energy["method"]).set(energy["watts"])
+            if "co2_g" in energy:
+                self.m_co2.labels(energy["method"]).set(energy["co2_g"])
+                self.m_intensity.set(energy["g_per_kwh"])
 
 
 def build_app(spec: PipelineSpec, config: PipelineConfig, expected: dict[str, StageEstimate] | None, *,
