@@ -137,6 +137,7 @@ CASES = [
     (["experiment", "--workload", "static:1:10", "--carbon-speedup", "0", "--out", "{out}"], "--carbon-speedup"),
     (["frontier", "--workload", "static:1:60", "--carbon", "{empty}", "--out", "{out}"], "an empty file"),
     (["serve", "--carbon-speedup", "72"], "--carbon FILE"),
+    (["serve", "--policy", "ipa-carbon"], "--carbon FILE"),
     (["serve", "--carbon", "{afile}"], "line 1 is 'not a folder'"),
     (["experiment", "--workload", "file:{empty}", "--policy", "ipa", "--out", "{out}"], "no rates in the file"),  # 12
     (["profile", "--pipeline", "{wrong_kind}", "--stage", "detect", "--variants", "resnet18", "--batches", "1",

@@ -22,7 +22,7 @@ def test_ipa_serve_answers_adapts_and_writes_its_logs(tmp_path):
     carbon = tmp_path / "carbon.csv"
     carbon.write_text("hour,gco2_per_kwh\n0,100\n1,300\n")  # 360 hours per hour: 300 g from t = 10 s
     proc = subprocess.Popen([sys.executable, "-m", "ipa.cli", "serve", "--port", str(port), "--duration", "20",
-                             "--interval", "5", "--predictor", "reactive", "--carbon", str(carbon),
+                             "--interval", "5", "--predictor", "reactive", "--policy", "ipa-carbon", "--carbon", str(carbon),
                              "--carbon-speedup", "360", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
@@ -49,6 +49,7 @@ def test_ipa_serve_answers_adapts_and_writes_its_logs(tmp_path):
     with (out / "decisions.csv").open() as f:
         decisions = list(csv.DictReader(f))
     assert len(decisions) >= 3 and all(d["config"] for d in decisions)
+    assert [float(d["delta"]) for d in decisions[:3]] == pytest.approx([0.05, 0.05, 0.15])  # 0.1 x 100|300 / 200
     with (out / "energy.csv").open() as f:
         energy = list(csv.DictReader(f))
     assert len(energy) >= 10 and all(float(e["joules"]) >= 0 for e in energy)

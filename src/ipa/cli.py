@@ -688,7 +688,8 @@ def _log_to(con: Console) -> None:
 @click.option("--pipeline", type=click.Path(), default="configs/pipelines/video.yaml", show_default=True)
 @click.option("--profiles", type=click.Path(), default=None,
               help="profile CSV (default: the shipped profiles/<pipeline>-cpu-2core.csv)")
-@click.option("--policy", type=click.Choice(["ipa", "ipa-energy", "fa2-low", "fa2-high", "rim-high"]), default="ipa")
+@click.option("--policy", type=click.Choice(["ipa", "ipa-energy", "fa2-low", "fa2-high", "rim-high", "ipa-carbon"]),
+              default="ipa", help="ipa-carbon: ipa-energy following the grid (needs --carbon)")
 @click.option("--predictor", default="lstm", show_default=True, help="reactive, max, avg, arima, lstm")
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="adaptation interval, seconds")
@@ -712,6 +713,7 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     from ipa.adapt import LoopSettings, adapt
     from ipa.energy.detect import open_meter
     from ipa.experiment.ray_cell import write_runtime_logs
+    from ipa.optimize.policies import follow_grid
     from ipa.predict import make_predictor
     from ipa.profiles.calibration import Calibrator
     from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, for_profiles, shutdown
@@ -719,8 +721,10 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
 
     from ipa._io import check_writable
 
-    problem = build_problem(policy, pipeline, profiles, **problem_kw)
     series = _carbon_series(carbon, carbon_speedup)
+    if policy == "ipa-carbon" and series is None:
+        raise click.UsageError("--policy ipa-carbon follows the grid's carbon intensity: give the series with --carbon FILE")
+    problem = build_problem("ipa-energy" if policy == "ipa-carbon" else policy, pipeline, profiles, **problem_kw)
     out_dir = check_writable(out or f"results/serve-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}", "--out")
     settings = load_model(RaySettings, {k: v for k, v in {"address": address, "port": port, "cpus": ray_cpus,
                                                          "weights": weights, "meter": meter, "device": device}.items()
@@ -761,7 +765,8 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     try:
         adapt(runtime, problem, make_predictor(predictor), duration if duration else float("inf"),
               LoopSettings(interval_s=interval), policy, initial_rate=initial_load, on_decision=show,
-              calibrator=Calibrator(problem.profiles))
+              calibrator=Calibrator(problem.profiles),
+              reweigh=follow_grid(series, interval, carbon_speedup or 1.0) if policy == "ipa-carbon" else None)
     except KeyboardInterrupt as e:
         err_console.print("terminated (SIGTERM): stopping" if isinstance(e, Terminated) else "stopping")
     finally:

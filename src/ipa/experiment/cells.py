@@ -16,7 +16,7 @@ from ipa._io import write_csv, write_json
 from ipa.adapt import LoopSettings
 from ipa.energy.carbon import CarbonSeries, co2_g, read_carbon
 from ipa.experiment.config import ExperimentConfig, resolve, resolve_profiles
-from ipa.optimize.policies import make_problem
+from ipa.optimize.policies import follow_grid, make_problem
 from ipa.optimize.problem import Problem
 from ipa.predict import Predictor, history_s, make_predictor
 from ipa.profiles.calibration import Calibrator
@@ -83,13 +83,7 @@ class Setup:
         series' mean (the series is known ahead, as Clover assumes), so a mean hour weighs as ipa-energy does."""
         if policy != "ipa-carbon" or self.carbon is None:
             return None
-        carbon, interval, speedup = self.carbon, self.cfg.interval_s, self.cfg.carbon_speedup
-        mean = carbon.mean or 1.0
-
-        def at(problem: Problem, t: float) -> Problem:
-            return problem.with_delta(problem.weights.delta * carbon.over(t, interval, speedup) / mean)
-
-        return at
+        return follow_grid(self.carbon, self.cfg.interval_s, self.cfg.carbon_speedup)
 
     def intensity(self) -> Callable[[float], float] | None:
         """The grid's intensity at a second of the workload (None without a carbon series): what a runtime logs."""

@@ -22,7 +22,7 @@ def summarize(result: SimResult, decisions: list[dict[str, Any]], energy_method:
         "pas": float(result.completed_pas.mean()) if len(result.completed_pas) else float("nan"),
         "cost_cores": float(s["core_seconds"].sum() / seconds),
         "energy_j": energy,
-        "co2_g": float(np.nansum(s["co2_g"])) if "co2_g" in s else float("nan"),  # same method as the energy
+        "co2_g": float(np.nansum(s["co2_g"])) if "co2_g" in s else None,  # same method as the energy; None: no series
         "energy_method": energy_method,
         "avg_power_w": energy / max(int(np.isfinite(s["energy_j"]).sum()), 1),
         "energy_per_request_j": energy / max(result.completed, 1),

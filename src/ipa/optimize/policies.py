@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from ipa.energy.carbon import CarbonSeries
 from ipa.errors import ConfigError
 from ipa.optimize.problem import Problem, Weights
 from ipa.profiles.serving import ServingCost
@@ -63,6 +64,17 @@ def make_problem(
     elif policy == "rim-high":
         replicas = replicas or RIM_DEFAULT_REPLICAS
     return Problem(spec, profiles, weights, idle, scaling_cap, batching_cap, frozen, replicas, max_cores, serving, cpus)
+
+
+def follow_grid(carbon: CarbonSeries, interval_s: float, speedup: float = 1.0) -> Callable[[Problem, float], Problem]:
+    """ipa-carbon: the problem of the interval starting at t, its energy weight times the intensity that interval
+    will see over the series' mean (known ahead, as Clover assumes), so a mean hour weighs as ipa-energy does."""
+    mean = carbon.mean or 1.0
+
+    def at(problem: Problem, t: float) -> Problem:
+        return problem.with_delta(problem.weights.delta * carbon.over(t, interval_s, speedup) / mean)
+
+    return at
 
 
 def _policy_weights(policy: str, w: Weights) -> Weights:
