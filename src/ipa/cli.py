@@ -642,7 +642,9 @@ SUMMARY_SHOWN = ["workload", "policy", "pas", "cost_cores", "energy_j", "energy_
 
 
 def _print_summary(summaries, title: str = "summary") -> None:
-    co2 = any(s.get("co2_g") is not None and s.get("co2_g") == s.get("co2_g") for s in summaries)  # nan: no series
+    from ipa.experiment.metrics import has_co2
+
+    co2 = has_co2(summaries)
     shown = [x for c in SUMMARY_SHOWN for x in ((c, "co2_g") if c == "energy_j" and co2 else (c,))]
     print_table([{c: s.get(c) for c in shown} for s in summaries], title)
 

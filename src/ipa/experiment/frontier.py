@@ -46,4 +46,4 @@ def frontier(cfg: ExperimentConfig, workload: str, deltas: Sequence[float], beta
 
 def _co2(summary: dict[str, Any]) -> str:
     g = summary.get("co2_g")
-    return f", {g:.1f} g CO2" if g is not None and g == g else ""
+    return f", {g:.1f} g CO2" if g is not None else ""

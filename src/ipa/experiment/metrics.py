@@ -9,6 +9,11 @@ import numpy as np
 from ipa.runtime.sim import SimResult
 
 
+def has_co2(summaries: list[dict[str, Any]]) -> bool:
+    """Whether any cell was run with a carbon series (co2_g is None, or empty in a CSV, without one)."""
+    return any(s.get("co2_g") not in (None, "") for s in summaries)
+
+
 def summarize(result: SimResult, decisions: list[dict[str, Any]], energy_method: str, sla_s: float) -> dict[str, Any]:
     """Goodput: requests answered within the SLA per second of the run; dropped: every request not answered
     (refused at arrival, expired in a queue, lost), of which rejected: refused at arrival."""

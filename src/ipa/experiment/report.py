@@ -8,6 +8,7 @@ from pathlib import Path
 from ipa._io import atomic_write_text
 from ipa.experiment import plots
 from ipa.experiment.cells import SUMMARY_COLUMNS, cell_dir, load_cell, slug
+from ipa.experiment.metrics import has_co2
 
 SHOWN = ["workload", "policy", "pas", "cost_cores", "energy_j", "co2_g", "energy_method", "avg_power_w", "sla_violation_pct",
          "dropped_pct", "rejected_pct", "p99_latency_s", "goodput_rps", "objective", "sized_for_true_peak_pct",
@@ -62,16 +63,12 @@ def _section(out: Path, summaries: list[dict], prefix: str, level: int) -> str:
     imgs = "".join(f'<figure><img src="{html.escape(prefix + i)}" alt="{html.escape(i)}"><figcaption>'
                    f"{html.escape(i)}</figcaption></figure>" for i in images)
     return f"""<{h}>Summary</{h}>
-{_table(summaries, [c for c in SHOWN if c in SUMMARY_COLUMNS and (c != "co2_g" or _has_co2(summaries))])}
+{_table(summaries, [c for c in SHOWN if c in SUMMARY_COLUMNS and (c != "co2_g" or has_co2(summaries))])}
 {_real_sections(out, summaries, h)}
 <{h}>Figures</{h}>
 {imgs}
 <{h}>Configuration</{h}>
 <pre>{html.escape(config)}</pre>"""
-
-
-def _has_co2(summaries: list[dict]) -> bool:
-    return any(s.get("co2_g") not in (None, "") and s.get("co2_g") == s.get("co2_g") for s in summaries)
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -35,8 +35,13 @@ class ServingCost:
 
     def cores(self, load_rps: float) -> float:
         """CPU cores serving takes at `load_rps`, beside the replicas."""
-        per_request = self.cpu_per_request_s + (self.client_cpu_per_request_s if self.client else 0.0)
-        return self.cpu_fixed_cores + per_request * max(0.0, load_rps)
+        return self.cpu(max(0.0, load_rps), max(0.0, load_rps))
+
+    def cpu(self, admitted, arrived):
+        """CPU seconds per second with `admitted` requests a second of `arrived` (numbers or per-second arrays):
+        fixed, the proxy's and ingress's per admitted request, the client's per arrival when it is local."""
+        client = self.client_cpu_per_request_s * arrived if self.client else 0.0
+        return self.cpu_fixed_cores + self.cpu_per_request_s * admitted + client
 
     def with_client(self, client: bool) -> ServingCost:
         return replace(self, client=client)

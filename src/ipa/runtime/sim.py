@@ -388,15 +388,9 @@ class Simulator:
         """Serving's CPU follows the load of the second that just ended: its arrivals (the load generator's,
         when it shares the machine) and the requests it admitted (the proxy's and the ingress's)."""
         self._advance()
-        self._serving_demand = self._serving_cpu(self.s["arrivals"][sec - 1], self.s["rejected"][sec - 1])
+        arrived = self.s["arrivals"][sec - 1]
+        self._serving_demand = self.serving.cpu(arrived - self.s["rejected"][sec - 1], arrived)
         self._set_rate()
-
-    def _serving_cpu(self, arrived, refused):
-        """Serving's CPU seconds in a second with these arrivals and refusals (numbers or per-second arrays): fixed,
-        per admitted request, and the client's per request when it shares the machine."""
-        cost = self.serving
-        cpu = cost.cpu_fixed_cores + cost.cpu_per_request_s * (arrived - refused)
-        return cpu + (cost.client_cpu_per_request_s * arrived if cost.client else 0.0)
 
     def _done(self, payload) -> None:
         idx, batch, accuracy, row, sampled, started = payload
@@ -481,7 +475,7 @@ class Simulator:
         series["pas"] = np.divide(series["pas_sum"], done, out=np.full(self.duration, np.nan), where=done > 0)
         if self.cpus is not None:  # the whole machine idles, whatever is reserved
             series["energy_idle_j"] = np.full(self.duration, self.idle_w * self.cpus)
-        series["serving_cpu_s"] = self._serving_cpu(self.s["arrivals"], self.s["rejected"])
+        series["serving_cpu_s"] = self.serving.cpu(self.s["arrivals"] - self.s["rejected"], self.s["arrivals"])
         series["energy_serving_j"] = series["serving_cpu_s"] * self.j_per_cpu_s
         series["energy_j"] = series["energy_idle_j"] + series["energy_dynamic_j"] + series["energy_serving_j"]
         in_flight = len(self.arrival_t) - self.completed - self.dropped
