@@ -102,6 +102,7 @@ def test_cpu_is_calibrated_apart_from_time(tiny):
     assert row.p50 == pytest.approx(raw.p50 * 2.0)
     assert row.cpu_s == pytest.approx(raw.cpu_s * 1.2)
     assert c.cpu_ratios()["detect/small"] == pytest.approx(1.2)
+    assert row.energy_j_per_batch == pytest.approx(raw.energy_j_per_batch * 1.2)  # joules follow CPU, not the wait
 
 
 def test_the_measured_spread_sets_the_p99(tiny):

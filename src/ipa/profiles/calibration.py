@@ -17,9 +17,10 @@ includes waiting for a core, which is not CPU the plan must find room for. The l
 share: of its cores, the share a batch keeps busy when it has the machine to itself (the 90th
 percentile of CPU / (wall x cores) over the last batches; under contention the rest is the wait for
 a core). With it a simulator can take the contention out of a wall time measured on a busy machine
-and put back the contention of its own load (`Profile.alone_s`). Energy per batch keeps the
-profiled value: a slower batch under contention does not burn more joules, and the run's meter
-measures what it really costs.
+and put back the contention of its own load (`Profile.alone_s`). Energy per batch follows the CPU
+ratio, not the time ratio: a batch that waits for a core burns no more joules, one that burns twice
+the CPU (a slower machine than the profiled one) burns twice the dynamic energy. Without measured CPU
+it keeps the profiled value.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class Calibrator:
         for p, raw in zip(slower.rows, self.profiles.rows):
             key = (p.stage, p.variant)
             if key in cpu_r or cpu_known:  # a ratio of 1 (not stored) is the profiled CPU, not the slower wall time
-                p = replace(p, cpu_s_per_batch=cpu_r.get(key, 1.0) * raw.cpu_s)
+                ratio = cpu_r.get(key, 1.0)
+                p = replace(p, cpu_s_per_batch=ratio * raw.cpu_s, energy_j_per_batch=ratio * raw.energy_j_per_batch)
             if key in spread:
                 p = replace(p, latency_p99_s=p.p50 * spread[key])
             if key in share:
