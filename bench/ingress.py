@@ -1,6 +1,6 @@
 """Serving's own CPU per request, per process, and the rate at which the ingress (not a model) becomes the limit.
 
-    python bench/ingress.py [--before REF] [--rates 2,5,8] [--seconds 20] [--out F.csv]
+    python bench/ingress.py [--before REF] [--rates 2,5,8] [--seconds 20] [--ingresses 1,2] [--out F.csv]
 
 Deploys the cheapest video config (one 1-core replica per stage, batch 1) on a local Ray cluster, drives it
 open-loop at each rate, and reads every process of the cluster from /proc: the stage replicas (the models),
@@ -14,8 +14,11 @@ serving's fast path) is checked out in a temporary git worktree and each of its 
 cluster, interleaved with the current code's: Serve's Python proxy in front of the ingress, handle calls through
 Ray's object store, images decoded in the ingress. The current code: each ingress replica serves HTTP behind
 HAProxy, gRPC between replicas, Serve's throughput settings, images decoded in the replica that needs the pixels
-(that decoding is counted as serving's, from the ingress's tally). On a 2-core machine the models saturate near
-8 rps; the ingress's limit is therefore extrapolated from its measured CPU per request, not driven.
+(that decoding is counted as serving's, from the ingress's tally). The current code runs once per count in
+`--ingresses`: with k ingress replicas each sees a share of the requests (HAProxy's least-connections), so the
+busiest process's CPU per request, and the rate at which the ingress side saturates, is taken per process (the
+ledger every replica reports to is a serving process too). On a 2-core machine the models saturate near 8 rps;
+the ingress's limit is therefore extrapolated from its measured CPU per request, not driven.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BEFORE = "0a20d55"  # the commit before serving's fast path
 
 
-def one(rate: float, seconds: float) -> dict:
+def one(rate: float, seconds: float, ingresses: int = 1) -> dict:
     """One cluster, one rate: what each process used (run in a child process, so each path starts fresh)."""
     from ipa.runtime.loadgen import LoadGenerator, photo_jpegs
     from ipa.runtime.overhead import ProcessCpu, _cpu_seconds, _title
@@ -45,7 +48,7 @@ def one(rate: float, seconds: float) -> dict:
     from ipa.spec import StageConfig, load_pipeline
 
     spec = load_pipeline("configs/pipelines/video.yaml")
-    settings = RaySettings(port=free_port())
+    settings = RaySettings(port=free_port(), **({"ingress_replicas": ingresses} if ingresses > 1 else {}))
     config = {s.name: StageConfig(s.least_accurate.name, 1, 1, 1) for s in spec.stages}
     started = connect(settings, spec)
     runtime = RayRuntime(spec, settings)
@@ -106,13 +109,20 @@ def one(rate: float, seconds: float) -> dict:
         serving += u
         idle_serving += idle.get(kind, 0.0)
         per[kind] = max(0.0, u - idle.get(kind, 0.0) * load_s) / max(len(ok), 1)
-    busiest = max(per, key=per.get)
+    # the busiest single process: one event loop saturates one core (ingress replicas are one kind, several pids)
+    pids: dict[str, float] = {}
+    for pid, (kind, cpu_c) in c.items():
+        if kind.startswith(replicas) or pid not in b or pid == os.getpid():
+            continue
+        idle_pid = (b[pid][1] - a[pid][1]) / idle_s if pid in a else 0.0
+        pids[f"{kind} ({pid})"] = max(0.0, cpu_c - b[pid][1] - idle_pid * load_s) / max(len(ok), 1)
+    busiest = max(pids, key=pids.get)
     return {"rate_rps": rate, "requests": n, "served_rps": len(ok) / seconds,
             "p50_latency_s": float(np.median([r.latency_s for r in ok])) if ok else float("nan"),
             "models_cores": models / load_s, "serving_cores": serving / load_s,
             "serving_cpu_per_request_ms": 1000 * max(0.0, serving - idle_serving * load_s) / max(len(ok), 1),
-            "busiest": busiest, "busiest_ms_per_request": 1000 * per[busiest],
-            "busiest_limit_rps": 1.0 / per[busiest] if per[busiest] > 0 else float("inf"),
+            "ingresses": ingresses, "busiest": busiest, "busiest_ms_per_request": 1000 * pids[busiest],
+            "busiest_limit_rps": 1.0 / pids[busiest] if pids[busiest] > 0 else float("inf"),
             "per_process_ms": {k: round(1000 * v, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v > 0}}
 
 
@@ -136,37 +146,39 @@ def main() -> None:
     ap.add_argument("--rates", default="2,5,10")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--before", default=BEFORE, help="git ref of the code to compare with (default: %(default)s)")
+    ap.add_argument("--ingresses", default="1,2", help="ingress replicas of the current code's runs (default: %(default)s)")
     ap.add_argument("--out", default=None, help="CSV of the rows (default: print only)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: rate of a child run
     args = ap.parse_args()
     if args.one:
-        print("ROW " + json.dumps(one(float(args.one), args.seconds)), flush=True)
+        print("ROW " + json.dumps(one(float(args.one), args.seconds, int(args.ingresses))), flush=True)
         return
     before = tempfile.mkdtemp(prefix="ipa-before-")
     subprocess.run(["git", "worktree", "add", "--detach", before, args.before], cwd=ROOT, check=True,
                    capture_output=True)
-    paths = {"before": Path(before), "current": ROOT}
+    paths = {"before": (Path(before), 1)} | {
+        "current" + ("" if k == "1" else f" x{k}"): (ROOT, int(k)) for k in args.ingresses.split(",")}
     print(f"# {platform.node()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}; cheapest video config, "
           f"{args.seconds:g} s per rate, nothing else running")
     rows = []
     for rate in [float(r) for r in args.rates.split(",")]:
-        for path, root in paths.items():  # interleaved: a drift of the machine hits both alike
+        for path, (root, k) in paths.items():  # interleaved: a drift of the machine hits all alike
             env = os.environ | {"PYTHONPATH": str(root / "src")}
             proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", str(rate), "--seconds",
-                                   str(args.seconds)], env=env, cwd=root, capture_output=True, text=True,
-                                  timeout=args.seconds + 400)
+                                   str(args.seconds), "--ingresses", str(k)], env=env, cwd=root, capture_output=True,
+                                  text=True, timeout=args.seconds + 400)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")), None)
             if line is None:
                 print(f"{path} at {rate:g} rps failed:\n{proc.stderr[-2000:]}")
                 continue
             row = {"path": path} | json.loads(line[4:])
             rows.append(row)
-            print(f"{path:8s} {rate:5.1f} rps: served {row['served_rps']:5.2f} rps, p50 {row['p50_latency_s']:.3f} s, "
+            print(f"{path:11s} {rate:5.1f} rps: served {row['served_rps']:5.2f} rps, p50 {row['p50_latency_s']:.3f} s, "
                   f"models {row['models_cores']:.2f} cores, serving {row['serving_cores']:.2f} cores "
                   f"({row['serving_cpu_per_request_ms']:.1f} ms/request beyond idle); busiest {row['busiest']} "
                   f"{row['busiest_ms_per_request']:.1f} ms/request -> saturates at {row['busiest_limit_rps']:.0f} rps",
                   flush=True)
-            print(f"{'':8s} per process (ms/request): {row['per_process_ms']}", flush=True)
+            print(f"{'':11s} per process (ms/request): {row['per_process_ms']}", flush=True)
     for path in paths:
         limits = [r["busiest_limit_rps"] for r in rows if r["path"] == path and r["rate_rps"] >= 5]
         if limits:

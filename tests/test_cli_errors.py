@@ -155,6 +155,9 @@ CASES = [
     (["energy", "watch", "--duration", "1", "--csv", "/tmp"], "is a folder (give a file name)"),
     (["serve", "--weights", "/nonexistent/ckpts", "--out", "{out}"], "--weights /nonexistent/ckpts: no such folder"),
     (["optimize", "--load", "2", "--pipeline", "examples/custom/pipeline.yaml"], "ipa profile --pipeline"),
+    # issue 20: the ingress's replicas
+    (["serve", "--ingress-replicas", "0"], "--ingress-replicas"),
+    (["experiment", "--runtime", "ray", "--ingress-replicas", "65", "--out", "{out}"], "--ingress-replicas"),
 ]
 
 

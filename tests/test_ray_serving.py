@@ -125,13 +125,60 @@ def test_bad_input_gets_4xx_and_the_pipeline_keeps_serving(cluster):
         assert broken.status_code == 400 and "not a decodable" in broken.json()["error"], broken.text
         ok = post(rt.url, json.dumps({"image": base64.b64encode(jpeg).decode()}).encode(), "application/json")
         assert ok.status_code == 200 and ok.json()["variants"]["classify"] == CLS
-        assert sorted(t.stage for t in rt.batch_timings()) == ["classify", "detect"]  # this run's only request
+        got = []  # the ingress pushes what it saw to the ledger every quarter second
+        assert wait_for(lambda: got.extend(rt.batch_timings()) or len(got) >= 2, 10)
+        assert sorted(t.stage for t in got) == ["classify", "detect"]  # this run's only request
         metrics = requests.get(rt.url + "metrics", timeout=30).text
         assert 'ipa_requests_total{code="400"}' in metrics and 'ipa_requests_total{code="415"}' in metrics
         assert 'ipa_stage_config{knob="replicas",stage="classify",variant="resnet18"} 1.0' in metrics
         assert "ipa_request_latency_seconds_bucket" in metrics
     finally:
         rt.stop()
+
+
+def test_two_ingress_replicas_share_the_requests_and_report_as_one(cluster):
+    """Each ingress replica sees a share; what the runtime, GET / and /metrics read is the whole pipeline's."""
+    spec, settings = cluster
+    rt = RayRuntime(spec, settings.model_copy(update={"ingress_replicas": 2}))
+    rt.start(config())
+    try:
+        assert wait_for(lambda: rt_replicas().get("Ingress") == 2)
+        assert rt.ingresses == 2
+        before = answered_200(rt.url)  # the cluster's earlier tests' counts stay (counters never go back)
+        gen = LoadGenerator(rt.url, np.arange(16) / 2.0, photo_jpegs(width=320), timeout_s=60)
+        gen.start()
+        gen.join(120)
+        assert len(gen.records) == 16 and all(r.ok for r in gen.records), [r for r in gen.records if not r.ok][:3]
+        state = {}
+        assert wait_for(lambda: state.update(requests.get(rt.url, timeout=30).json())
+                        or (state["ingress_replicas"] == 2 and state["in_flight"] == 0), 10), state
+        assert state["decode_cpu_s"] > 0  # the detector's decoding, each request's share counted once
+        time.sleep(1.5)  # observed_rates covers whole seconds every replica has reported
+        assert rt.observed_rates().sum() == 16
+        timings = rt.batch_timings()
+        assert sum(t.size for t in timings if t.stage == "detect") == 16
+        assert answered_200(rt.url) - before == 16  # both replicas' counts, from whichever answered the scrape
+        rt.apply(config(), load_rps=1.0)  # the same config for one replica's load: the ingress shrinks alone
+        assert rt.reconfigurations[-1].kinds == [] and rt.ingresses == 2  # fixed by the setting
+    finally:
+        rt.stop()
+
+
+def answered_200(url: str) -> float:
+    metrics = requests.get(url + "metrics", timeout=30).text
+    return sum(float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith('ipa_requests_total{code="200"}'))
+
+
+def test_the_ingress_is_sized_from_serving_cost_and_load():
+    from ipa.profiles.serving import ServingCost
+
+    cost = ServingCost(cpu_per_request_s=0.01)
+    assert [cost.ingresses(r) for r in (0, 10, 70, 71, 300)] == [1, 1, 1, 2, 5]
+    rt = RayRuntime(small_spec(), RaySettings(), serving=cost)
+    assert rt.ingresses_for(300) == 5 and rt.resizes(300) and not rt.resizes(5)
+    assert rt.ingresses_for(None) == 1  # no load: keep what runs
+    fixed = RayRuntime(small_spec(), RaySettings(ingress_replicas=3), serving=cost)
+    assert fixed.ingresses_for(300) == 3 and fixed.ingresses_for(0) == 3
 
 
 def test_a_reconfiguration_that_cannot_be_placed_keeps_the_old_config(cluster):

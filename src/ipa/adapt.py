@@ -26,11 +26,16 @@ log = logging.getLogger(__name__)
 
 
 class Runtime(Protocol):
-    """`expected`: the service time the plan expects of each stage (admission starts from it)."""
+    """`expected`: the service time the plan expects of each stage (admission starts from it); `load_rps`: the load
+    the plan is for (what the runtime sizes itself by: the ingress's replicas)."""
 
-    def start(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None: ...
+    def start(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None,
+              load_rps: float | None = None) -> None: ...
 
-    def apply(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None: ...
+    def apply(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None,
+              load_rps: float | None = None) -> None: ...
+
+    def resizes(self, load_rps: float) -> bool: ...
 
     def observed_rates(self) -> np.ndarray: ...
 
@@ -106,9 +111,9 @@ def adapt(
             record["expected"] = {stage: [e.batch_s, e.per_request_s, e.tail_s]  # admission's start
                                   for stage, e in expected.items()}
             if config is None:
-                runtime.start(decision.config, expected)
-            elif decision.config != config:
-                runtime.apply(decision.config, expected)
+                runtime.start(decision.config, expected, load)
+            elif decision.config != config or runtime.resizes(load):
+                runtime.apply(decision.config, expected, load)
             config = decision.config
         records.append(record)
         on_decision(record)

@@ -88,6 +88,9 @@ def ray_options(f):
         click.option("--ray-cpus", type=int, default=None, help="logical CPUs of the local cluster (default: this machine's)"),
         click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
                      help="where replicas run the models (default: where the profiles were measured)"),
+        click.option("--ingress-replicas", type=click.IntRange(1, 64), default=None,
+                     help="replicas of the HTTP ingress (default: planned from the load and serving's CPU per request "
+                          "in the profiles' meta, one event loop per ~70% of a core)"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -558,7 +561,8 @@ SUITE = ("video", "audio-qa", "audio-sent", "sum-qa", "nlp")  # IPA's five pipel
 @carbon_options
 @click.option("--out", type=click.Path(), default=None, help="result folder (default results/<timestamp>); resumed if it exists")
 def experiment(configs, all_pipelines, workloads, policies, predictor, solver, runtime, profiles, pipeline, seed,
-               duration, load_scale, max_cores, address, port, ray_cpus, device, trace, carbon, carbon_speedup, out):
+               duration, load_scale, max_cores, address, port, ray_cpus, device, ingress_replicas, trace, carbon,
+               carbon_speedup, out):
     """Compare policies on workloads: summary table, CSVs, plots and report.html.
 
     Several CONFIGs (or --all-pipelines) run one after the other into OUT/<config name>/, with one
@@ -575,7 +579,8 @@ def experiment(configs, all_pipelines, workloads, policies, predictor, solver, r
     overrides = dict(workloads=list(workloads), policies=list(policies), predictor=predictor, solver=solver,
                      runtime=runtime, profiles=profiles, pipeline=pipeline, seed=seed, trace=trace, duration_s=duration,
                      load_scale=load_scale, max_cores=max_cores, carbon=carbon, carbon_speedup=carbon_speedup,
-                     ray={"address": address, "port": port, "cpus": ray_cpus, "device": device})
+                     ray={"address": address, "port": port, "cpus": ray_cpus, "device": device,
+                          "ingress_replicas": ingress_replicas})
     from ipa._io import check_writable
 
     cfgs = [load_experiment(c, **overrides) for c in (configs or (None,))]  # every config checked before any runs
@@ -706,7 +711,7 @@ def _log_to(con: Console) -> None:
 @ray_options
 @problem_options
 def serve(pipeline, profiles, policy, predictor, interval, initial_load, duration, weights, meter, out, carbon,
-          carbon_speedup, address, port, ray_cpus, device, **problem_kw):
+          carbon_speedup, address, port, ray_cpus, device, ingress_replicas, **problem_kw):
     """Serve the pipeline on Ray Serve at http://127.0.0.1:PORT/ and adapt it to the traffic it sees."""
     import datetime as dt
     from pathlib import Path
@@ -729,7 +734,8 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     problem = build_problem("ipa-energy" if policy == "ipa-carbon" else policy, pipeline, profiles, **problem_kw)
     out_dir = check_writable(out or f"results/serve-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}", "--out")
     settings = load_model(RaySettings, {k: v for k, v in {"address": address, "port": port, "cpus": ray_cpus,
-                                                         "weights": weights, "meter": meter, "device": device}.items()
+                                                         "weights": weights, "meter": meter, "device": device,
+                                                         "ingress_replicas": ingress_replicas}.items()
                                         if v is not None}, "options")
     settings = for_profiles(settings, problem.profiles.meta)
     _log_to(err_console)
@@ -739,7 +745,7 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     problem = _fit_to_cluster(problem, settings)
     err_console.print(serving_line(problem, initial_load), markup=False, highlight=False)
     runtime = RayRuntime(problem.spec, settings, detection.meter,
-                         serving_latency_s=problem.serving.latency_s if problem.serving else 0.0)
+                         serving_latency_s=problem.serving.latency_s if problem.serving else 0.0, serving=problem.serving)
     if series is not None:
         speedup = carbon_speedup or 1.0
         runtime.carbon = lambda t: float(series.at(t, speedup))
@@ -755,8 +761,10 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
             return
         cfg = ", ".join(f"{s}: {c['variant']} b{c['batch']} x{c['replicas']} ({c['cores']} cores)" for s, c in d["config"].items())
         calibrated = ", ".join(f"{k} x{v:.2f}" for k, v in d.get("calibration", {}).items())
+        ingress = runtime.ingresses_for(d["predicted_rps"])
         err_console.print(f"t={d['t']:.0f} s  predicted {d['predicted_rps']:.1f} rps -> {cfg}; holds "
-                          f"{d['capacity_rps']:.1f} rps, serving takes {d['serving_cores']:.2f} cores"
+                          f"{d['capacity_rps']:.1f} rps, serving takes {d['serving_cores']:.2f} cores "
+                          f"({ingress} ingress replica{'' if ingress == 1 else 's'})"
                           + (f"; measured slower than profiled: {calibrated}" if calibrated else "")
                           + ("" if d["feasible"] else f"  [infeasible: {d['reason']}]"), markup=False, highlight=False)
 

@@ -28,6 +28,7 @@ from ipa.profiles.calibration import BatchTiming, measured
 from ipa.profiles.samples import request_bodies
 from ipa.profiles.zoo import pipeline_kinds
 from ipa.runtime.loadgen import LoadGenerator, RequestRecord, arrival_times
+from ipa.runtime.ledger import PUSH_S
 from ipa.runtime.ray_runtime import CHANGE_KINDS, RayRuntime, Reconfiguration, ReconfigurationError, Sample
 from ipa.runtime.sim import SimResult, _per_second_percentiles
 from ipa.spec import PipelineSpec, aggregate_accuracy
@@ -74,7 +75,8 @@ class RayCluster:
         cfg = self.setup.cfg
         detection = open_meter(cfg.ray.meter, gpu=True)
         log.info("%s", detection.explain())
-        runtime = RayRuntime(self.setup.spec, cfg.ray, detection.meter, cfg.admission, self.setup.serving_latency_s)
+        runtime = RayRuntime(self.setup.spec, cfg.ray, detection.meter, cfg.admission, self.setup.serving_latency_s,
+                             serving=self.setup.serving)
         runtime.carbon = self.setup.intensity()
         try:
             return run_ray_cell(self.setup, workload, policy, runtime)
@@ -108,6 +110,7 @@ def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRunt
                           reweigh=setup.reweigh(policy))
     finally:
         loadgen.stop(wait_s=runtime.drop_limit_s + 5)  # answers still in flight come back or time out
+        time.sleep(2 * PUSH_S)  # the ingress replicas' last pushes of what they saw
         calibrator.observe(runtime.batch_timings())
         runtime.stop()
     score_decisions(setup, decisions, peak)

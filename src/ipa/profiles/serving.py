@@ -20,6 +20,7 @@ from typing import Any
 from ipa.errors import ProfileError
 from ipa.profiles.table import ProfileTable
 
+INGRESS_BUSY = 0.7  # the share of a core one ingress replica (one event loop) is planned to use: queues grow past it
 FIELDS = ("latency_s", "cpu_fixed_cores", "cpu_per_request_s", "client_cpu_per_request_s")
 
 
@@ -43,6 +44,11 @@ class ServingCost:
         client = self.client_cpu_per_request_s * arrived if self.client else 0.0
         return self.cpu_fixed_cores + self.cpu_per_request_s * admitted + client
 
+    def ingresses(self, load_rps: float) -> int:
+        """Ingress replicas for `load_rps`: one event loop each, planned at INGRESS_BUSY of a core with all of
+        serving's CPU per request (the decoding in the replicas and HAProxy's share included: it errs high)."""
+        return max(1, math.ceil(max(0.0, load_rps) * self.cpu_per_request_s / INGRESS_BUSY - 1e-9))
+
     def with_client(self, client: bool) -> ServingCost:
         return replace(self, client=client)
 
@@ -51,8 +57,11 @@ class ServingCost:
         per = self.cpu_per_request_s * 1000
         client = f" + client {self.client_cpu_per_request_s * 1000:.1f} ms" if self.client else ""
         left = f", {cpus - self.cores(load_rps):.2f} of {cpus:g} CPUs left for replicas" if cpus else ""
+        k = self.ingresses(load_rps)
         return (f"serving reserves {self.cores(load_rps):.2f} cores at {load_rps:g} rps ({self.cpu_fixed_cores:.2f} "
-                f"fixed + {per:.1f} ms{client} CPU per request){left} and {self.latency_s * 1000:.0f} ms of the SLA per request")
+                f"fixed + {per:.1f} ms{client} CPU per request){left} and {self.latency_s * 1000:.0f} ms of the SLA per "
+                f"request; {k} ingress replica{'' if k == 1 else 's'}"
+                + (f" (one per {INGRESS_BUSY * 1000 / per:.0f} rps)" if per > 0 else ""))
 
     def to_meta(self) -> dict[str, Any]:
         out = asdict(self)

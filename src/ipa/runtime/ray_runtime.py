@@ -27,6 +27,7 @@ from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.common import EnergyMeter
 from ipa.errors import ConfigError, IpaError
 from ipa.profiles.calibration import BatchTiming
+from ipa.profiles.serving import ServingCost
 from ipa.runtime.admission import AdmissionSettings, StageEstimate
 from ipa.spec import PipelineConfig, PipelineSpec, Strict, config_as_dict
 
@@ -43,13 +44,15 @@ class RaySettings(Strict):
     cpus: int | None = Field(default=None, ge=1, description="logical CPUs of the local cluster (default: this machine's)")
     batch_wait_s: float | None = Field(default=None, ge=0, description="default: the simulator's batch timeout")
     drop_limit_s: float | None = Field(default=None, gt=0, description="default: 2 x SLA, as the simulator")
-    max_in_flight: int = Field(default=256, ge=1, description="requests the ingress holds at once (Serve's "
+    max_in_flight: int = Field(default=256, ge=1, description="requests each ingress replica holds at once (Serve's "
                                "max_ongoing_requests); as many more wait at the proxy, beyond that Serve answers 503")
     deploy_timeout_s: float = Field(default=180.0, gt=0)
     weights: str | None = Field(default=None, description="folder of <variant>.pth checkpoints; default random weights")
     meter: str = "auto"
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="where replicas run their models")
     gpus_per_replica: float = Field(default=0.125, gt=0, le=1, description="share of a GPU each replica reserves (cuda)")
+    ingress_replicas: int | None = Field(default=None, ge=1, le=64, description="replicas of the ingress (default: "
+                                         "planned from the load and serving's CPU per request, one below saturation)")
 
 
 class ReconfigurationError(IpaError):
@@ -99,7 +102,7 @@ class RayRuntime:
     _t0: float = 0.0  # monotonic
     _epoch0: int = 0
     _wall0: float = 0.0  # time.time() at t = 0
-    _handle: Any = None
+    _started: bool = False  # start() ran: the ledger has this run
     _sampler: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _reconfiguring: bool = False
@@ -109,6 +112,9 @@ class RayRuntime:
     on_start: Callable[[float], None] = lambda t0: None  # called with the monotonic time of t = 0
     carbon: Callable[[float], float] | None = None  # grid intensity (gCO2/kWh) at a second of the run
     co2_g: float = 0.0  # grams of CO2 of the joules metered so far, at the intensity of each second
+    serving: ServingCost | None = None  # what serving costs per request: sizes the ingress (auto)
+    ingresses: int = 1  # replicas of the ingress now
+    _ledger: Any = None  # what every ingress replica saw (ipa.runtime.ledger)
 
     @property
     def url(self) -> str:
@@ -127,18 +133,38 @@ class RayRuntime:
             self.meter.stop()
 
     # -- adapt.Runtime ---------------------------------------------------------------------
-    def start(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None:
+    def ingresses_for(self, load_rps: float | None) -> int:
+        """Ingress replicas for `load_rps`: as set, else planned from serving's CPU per request (one without a
+        load or a measured cost); None keeps the current count."""
+        if self.settings.ingress_replicas:
+            return self.settings.ingress_replicas
+        if load_rps is None:
+            return self.ingresses
+        return self.serving.ingresses(load_rps) if self.serving else 1
+
+    def resizes(self, load_rps: float) -> bool:
+        """Whether the ingress would get another number of replicas for `load_rps` (a redeploy of the same config)."""
+        return self.ingresses_for(load_rps) != self.ingresses
+
+    def start(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None,
+              load_rps: float | None = None) -> None:
+        import ray
+
+        from ipa.runtime.ledger import ledger
+
         t = time.monotonic()
-        self._deploy(config, expected)
-        log.info("pipeline deployed in %.1f s: %s", time.monotonic() - t, config_as_dict(config))
+        self._ledger = ledger(create=True)
+        self._deploy(config, expected, self.ingresses_for(load_rps))
+        log.info("pipeline deployed in %.1f s: %s, %d ingress replica%s", time.monotonic() - t,
+                 config_as_dict(config), self.ingresses, "" if self.ingresses == 1 else "s")
         self.config = config
         self._t0 = time.monotonic()
         self._wall0 = time.time()
         self._epoch0 = int(self._wall0)
-        self._handle = _ingress_handle()
-        # an ingress kept from an earlier run (the cells of one experiment share the app) still holds that run's
+        self._started = True
+        # the ledger kept from an earlier run (the cells of one experiment share the cluster) still holds that run's
         # batches: this run's calibration starts after them
-        _, self._cursor = self._handle.timings_since.remote(1 << 62).result(timeout_s=10)
+        _, self._cursor = ray.get(self._ledger.timings_since.remote(1 << 62), timeout=10)
         self._report(config=config)
         if self.meter:
             self.meter.start()
@@ -146,21 +172,24 @@ class RayRuntime:
         self._sampler.start()
         self.on_start(self._t0)
 
-    def apply(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None:
-        """Deploy the new config and time it; if it fails, the old config is deployed again and keeps serving."""
-        old = self.config
+    def apply(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None,
+              load_rps: float | None = None) -> None:
+        """Deploy the new config (and the ingress replicas for `load_rps`) and time it; if it fails, the old config
+        is deployed again and keeps serving."""
+        old, old_ingresses = self.config, self.ingresses
         assert old is not None, "start() first"
-        kinds = change_kinds(old, config)
+        ingresses = self.ingresses_for(load_rps)
+        kinds = change_kinds(old, config) + (["ingress"] if ingresses != old_ingresses else [])
         t_s, t = self.now(), time.monotonic()
         self._reconfiguring = True  # replicas come and go on purpose now: not a fault
         try:
-            self._deploy(config, expected)
+            self._deploy(config, expected, ingresses)
         except Exception as e:  # keep serving: a failed placement or model load must not stop the pipeline
             log.warning("reconfiguration %s failed (%s); the old config keeps serving", kinds, e)
             self.reconfigurations.append(Reconfiguration(t_s, time.monotonic() - t, kinds, False, str(e)))
             self.events.append({"t_s": t_s, "event": "reconfiguration failed", "detail": str(e)})
             try:
-                self._deploy(old, self._expected)
+                self._deploy(old, self._expected, old_ingresses)
             except Exception as again:
                 log.error("redeploying the old config failed too (%s)", again)
             return
@@ -172,24 +201,29 @@ class RayRuntime:
 
     def batch_timings(self) -> list[BatchTiming]:
         """The batches the replicas ran since the last call, as the ingress collected them."""
-        if self._handle is None:
+        if not self._started:
             return []
+        import ray
+
         try:
-            rows, self._cursor = self._handle.timings_since.remote(self._cursor).result(timeout_s=10)
+            rows, self._cursor = ray.get(self._ledger.timings_since.remote(self._cursor), timeout=10)
         except Exception as e:  # calibration is best effort; serving goes on
             log.warning("could not read the batch timings: %s", e)
             return []
-        timings = [BatchTiming(**{k: v for k, v in r.items() if k != "ended_at"},
+        timings = [BatchTiming(**{k: v for k, v in r.items() if k not in ("ended_at", "id")},
                                t_s=r["ended_at"] - self._wall0 if r.get("ended_at") else None) for r in rows]
         self.batches.extend(timings)
         return timings
 
     def observed_rates(self) -> np.ndarray:
-        """Requests per second that reached the ingress, for every whole second since start."""
-        if self._handle is None:
+        """Requests per second that reached the ingress, for every whole second since start that every ingress
+        replica has reported."""
+        if not self._started:
             return np.zeros(0)
-        counts = self._handle.arrivals_since.remote(self._epoch0).result()
-        n = max(0, int(time.time()) - self._epoch0)
+        import ray
+
+        counts, through = ray.get(self._ledger.arrivals_since.remote(self._epoch0), timeout=10)
+        n = max(0, min(int(time.time()), int(through)) - self._epoch0)
         out = np.zeros(n)
         for sec, c in counts.items():
             if 0 <= int(sec) - self._epoch0 < n:
@@ -205,7 +239,7 @@ class RayRuntime:
         return time.monotonic() - self._t0 if self._t0 else 0.0
 
     # -- internals -------------------------------------------------------------------------
-    def _deploy(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None) -> None:
+    def _deploy(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None, ingresses: int) -> None:
         import ray
         from ray import serve
 
@@ -225,10 +259,11 @@ class RayRuntime:
         app = build_app(self.spec, config, expected, batch_wait_s=self.batch_wait_s, drop_limit_s=self.drop_limit_s,
                         admission=self.admission, overhead_s=self.serving_latency_s,
                         max_in_flight=self.settings.max_in_flight, weights=self.settings.weights,
-                        device=self.settings.device, gpus_per_replica=self.settings.gpus_per_replica)
+                        device=self.settings.device, gpus_per_replica=self.settings.gpus_per_replica,
+                        ingresses=ingresses)
         serve._run(app, name=APP, route_prefix="/", _blocking=False)
         _wait_running(self.settings.deploy_timeout_s)
-        self._expected = expected
+        self._expected, self.ingresses = expected, ingresses
 
     @property
     def batch_wait_s(self) -> float:
@@ -236,12 +271,14 @@ class RayRuntime:
         return s if s is not None else self.spec.sla_s / (2 * len(self.spec.stages))
 
     def _report(self, **kw) -> None:
-        if self._handle is None:
+        if not self._started:
             return
         if "config" in kw:
             kw["config"] = config_as_dict(kw["config"])
+        import ray
+
         try:
-            self._handle.observe.remote(**kw).result(timeout_s=10)
+            ray.get(self._ledger.observe.remote(**kw), timeout=10)
         except Exception as e:  # metrics are best effort; serving goes on
             log.warning("could not update the ingress metrics: %s", e)
 
@@ -389,9 +426,20 @@ def shutdown(started_ray: bool) -> None:
     try:
         if ray.is_initialized():
             serve.shutdown()
+            _kill_ledger()
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _kill_ledger() -> None:
+    import ray
+
+    from ipa.runtime.ledger import ledger
+
+    found = ledger()
+    if found is not None:
+        ray.kill(found)
 
 
 def _check_models(spec: PipelineSpec) -> None:
@@ -402,12 +450,6 @@ def _check_models(spec: PipelineSpec) -> None:
 
     pipeline_kinds(spec)
     check_factories(spec)
-
-
-def _ingress_handle():
-    from ray import serve
-
-    return serve.get_app_handle(APP)
 
 
 def _wait_running(timeout_s: float) -> None:

@@ -33,13 +33,15 @@ import logging
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from ipa.runtime.admission import UNKNOWN, Admission, AdmissionSettings, StageEstimate
+from ipa.runtime.ledger import PUSH_S
 from ipa.spec import PipelineConfig, PipelineSpec
 
 log = logging.getLogger(__name__)
@@ -241,8 +243,6 @@ class StageReplica:
     looked for in after the environment (the pipeline YAML's, the driver's working directory)."""
 
     def __init__(self, spec: dict[str, Any], search: list[str] | None = None):
-        import uuid
-
         self.spec = spec
         self.search = list(search or [])
         self.stage = spec["name"]
@@ -379,6 +379,22 @@ async def _drain(request, limit: int) -> None:
         log.debug("draining an oversized body: %s", e)
 
 
+@dataclass
+class News:
+    """What an ingress replica saw since its last push to the ledger."""
+
+    arrivals: Counter = field(default_factory=Counter)
+    timings: list[dict[str, Any]] = field(default_factory=list)
+    decode_cpu_s: float = 0.0
+
+    def merge(self, older: News) -> None:
+        """Keep what could not be pushed (the newest 10,000 batch times when nobody takes them)."""
+        self.arrivals.update(older.arrivals)
+        self.timings[:0] = older.timings
+        del self.timings[:-10_000]
+        self.decode_cpu_s += older.decode_cpu_s
+
+
 class Expired(Exception):
     """A stage answered EXPIRED: the request could no longer be answered within the SLA."""
 
@@ -396,6 +412,11 @@ class Ingress:
     It counts arrivals per second, the requests admitted and not yet through each stage (the work
     ahead of a new one), and the batch times the replicas report. Its `user_config` carries what the
     plan expects of each stage, so admission follows every reconfiguration without a restart.
+
+    The ingress may have replicas of its own (one event loop saturates one core). Each sees a share of the
+    requests, so admission counts its own work ahead and arrivals times the number of ingress replicas (HAProxy
+    gives a new connection to the least busy one), and each pushes what it counted to the cluster's ledger
+    (`ipa.runtime.ledger`) every quarter second: the runtime, `/metrics` and `GET /` read the whole pipeline there.
     """
 
     def __init__(self, stages: list[tuple[str, str]], handles: list, sla_s: float, drop_limit_s: float):
@@ -411,11 +432,14 @@ class Ingress:
         self.admission = Admission(self.deadline_s)
         self.plan: list[dict[str, Any]] = []
         self.at = [0] * len(stages)  # admitted requests now at each stage (decode counts as the first)
-        self.arrivals: Counter[int] = Counter()  # epoch second -> requests that arrived
-        self.timings: list[dict[str, Any]] = []  # batch times, oldest first, for the runtime's calibration
-        self.timings_dropped = 0  # how many older ones were trimmed (cursor offset)
+        self.ingresses = 1  # replicas of the ingress (each sees about this share of the requests)
+        self.arrivals: Counter[int] = Counter()  # epoch second -> requests that arrived (the last few seconds)
+        self._news = News()  # what this replica saw since its last push to the ledger
         self._seen: dict[str, None] = {}  # batch ids already counted (a batch answers several requests)
-        self.decode_cpu_s = 0.0  # CPU seconds the replicas spent decoding requests' images (serving's work)
+        self._ledger: Any = None
+        self._pusher: asyncio.Task | None = None
+        self._observed = -1  # the version of the runtime's report the gauges show
+        self.id = uuid.uuid4().hex[:8]
         reg = self.registry = CollectorRegistry()
         self.m_requests = PCounter("ipa_requests", "Requests by outcome", ["code"], registry=reg)
         buckets = (0.05, 0.1, 0.25, 0.5, 1, 2, sla_s / 2, sla_s, 2 * sla_s, float("inf"))
@@ -432,8 +456,11 @@ class Ingress:
                            "intensity of each second (with ipa serve --carbon)", ["method"], registry=reg)
         self.m_intensity = Gauge("ipa_carbon_intensity_g_per_kwh", "The grid's carbon intensity now", registry=reg)
 
-    def reconfigure(self, cfg: dict[str, Any]) -> None:
+    async def reconfigure(self, cfg: dict[str, Any]) -> None:
         """The plan's expectations per stage; a stage whose config did not change keeps its measured times."""
+        if self._pusher is None:
+            self._pusher = asyncio.get_running_loop().create_task(self._push_forever())
+        self.ingresses = max(1, int(cfg.get("ingresses", 1)))
         settings = AdmissionSettings(**cfg["admission"])
         if (settings, cfg["overhead_s"]) != (self.admission.settings, self.admission.overhead_s):
             self.admission = Admission(self.deadline_s, cfg["overhead_s"], settings)
@@ -455,14 +482,15 @@ class Ingress:
         if request.method == "GET" and path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+            return Response(generate_latest(await self._merged_metrics()), media_type=CONTENT_TYPE_LATEST)
         if path != "/":
             return JSONResponse({"error": f"no such path {request.url.path!r}: POST {ACCEPTS[self.media][2]} to /; "
                                           "GET / for the pipeline's state, GET /metrics for Prometheus"}, 404)
         if request.method == "GET":
-            return JSONResponse(self.status())
+            return JSONResponse(await self.status())
         t0 = time.time()
         self.arrivals[int(t0)] += 1
+        self._news.arrivals[int(t0)] += 1
         if request.method != "POST":
             return self._answer(JSONResponse({"error": f"POST {ACCEPTS[self.media][2]}"}, 405), t0)
         ctype = request.headers.get("content-type", "")
@@ -472,7 +500,7 @@ class Ingress:
             if e.status == 413:
                 await _drain(request, DRAIN_LIMIT)
             return self._answer(JSONResponse({"error": str(e)}, e.status), t0)
-        verdict = self.admission.decide(self.at, float(self.arrivals.get(int(t0) - 1, 0)), t0)
+        verdict = self.admission.decide(*self._whole(int(t0) - 1), t0)
         if not verdict.admit:
             self.m_rejected.labels("admission").inc()
             return self._answer(JSONResponse(
@@ -511,15 +539,23 @@ class Ingress:
             return f"the SLA is {self.sla_s:g} s"
         return f"the drop limit is {self.drop_limit_s:g} s (shorter than the SLA, {self.sla_s:g} s)"
 
-    def status(self) -> dict[str, Any]:
-        """What `GET /` answers: the stages, the requests at each, and what admission expects now (null where it
-        knows nothing yet: JSON has no NaN)."""
+    def _whole(self, second: int) -> tuple[list[int], float]:
+        """The pipeline's work ahead at each stage and its arrival rate, as this replica's own times the number of
+        ingress replicas (each sees about that share; exact with one)."""
+        k = self.ingresses
+        return [a * k for a in self.at], float(self.arrivals.get(second, 0) * k)
+
+    async def status(self) -> dict[str, Any]:
+        """What `GET /` answers: the stages, the requests at each (over every ingress replica), and what admission
+        expects now (null where it knows nothing yet: JSON has no NaN)."""
         from ipa.profiles.builder import jsonable
 
         now = time.time()
-        return jsonable({"stages": [s for s, _ in self.stages], "in_flight": sum(self.at), "at_stage": list(self.at),
-                         "estimate_s": self.admission.estimate(self.at, float(self.arrivals.get(int(now) - 1, 0))),
-                         "sla_s": self.sla_s, "decode_cpu_s": self.decode_cpu_s,
+        totals = await self._totals()
+        return jsonable({"stages": [s for s, _ in self.stages], "in_flight": sum(totals["at_stage"]),
+                         "at_stage": totals["at_stage"], "ingress_replicas": totals["ingress_replicas"],
+                         "estimate_s": self.admission.estimate(*self._whole(int(now) - 1)),
+                         "sla_s": self.sla_s, "decode_cpu_s": totals["decode_cpu_s"],
                          "batch_s": [st.batch_s for st in self.admission.stages],
                          "per_request_s": [st.per_request_s for st in self.admission.stages]})
 
@@ -599,33 +635,79 @@ class Ingress:
             self.at[to] += 1
 
     def _record(self, i: int, outs: list[dict[str, Any]]) -> None:
-        """Each batch once: into the admission estimate and the timings the runtime collects."""
+        """Each batch once: into the admission estimate and the timings the runtime collects; each item's share of
+        its batch's decoding (a batch may hold requests of several ingress replicas)."""
         for o in outs:
             t = o.get("timing")
-            if not t or t["id"] in self._seen:
+            if not t:
+                continue
+            self._news.decode_cpu_s += (t.get("decode_s") or 0.0) / max(t["size"], 1)
+            if t["id"] in self._seen:
                 continue
             self._seen[t["id"]] = None
             if len(self._seen) > 4096:
                 del self._seen[next(iter(self._seen))]
             self.admission.observe(i, t["seconds"], t["size"], t.get("ended_at") or time.time())
-            self.decode_cpu_s += t.get("decode_s") or 0.0
-            self.timings.append({"stage": self.stages[i][0], "variant": t["variant"], "cores": t["cores"],
-                                 "size": t["size"], "seconds": t["seconds"], "cpu_s": t.get("cpu_s"),
-                                 "ended_at": t.get("ended_at")})
-        if len(self.timings) > 20_000:  # nobody collected them: keep the newest
-            self.timings_dropped += len(self.timings) - 10_000
-            del self.timings[:-10_000]
+            self._news.timings.append({"id": t["id"], "stage": self.stages[i][0], "variant": t["variant"],
+                                       "cores": t["cores"], "size": t["size"], "seconds": t["seconds"],
+                                       "cpu_s": t.get("cpu_s"), "ended_at": t.get("ended_at")})
 
-    def timings_since(self, cursor: int) -> tuple[list[dict[str, Any]], int]:
-        """Batch times after `cursor` (a count of all batches recorded), and the new cursor."""
-        start = max(0, cursor - self.timings_dropped)
-        return self.timings[start:], self.timings_dropped + len(self.timings)
+    async def _push_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PUSH_S)
+            await self._push()
 
-    def arrivals_since(self, epoch_s: int) -> dict[int, int]:
-        return {s: n for s, n in self.arrivals.items() if s >= epoch_s}
+    async def _push(self) -> None:
+        """What this replica saw since its last push, to the ledger; the runtime's report back into the gauges. A
+        ledger that is not there (an app deployed without the runtime) or fails is looked up again next time."""
+        from ipa.runtime.ledger import ledger
+
+        if self._ledger is None:
+            self._ledger = await asyncio.to_thread(ledger)
+        news, self._news = self._news, News()
+        now = time.time()
+        for sec in [s for s in self.arrivals if s < now - 5]:  # admission reads the last second's
+            del self.arrivals[sec]
+        if self._ledger is None:
+            self._news.merge(news)
+            return
+        try:
+            version, observed = await self._ledger.push.remote(self.id, dict(news.arrivals), news.timings,
+                                                               news.decode_cpu_s, list(self.at),
+                                                               list(self.registry.collect()), now)
+        except Exception as e:  # the ledger restarts with the runtime; keep the news for the next push
+            log.debug("ingress %s: push to the ledger failed: %s", self.id, e)
+            self._news.merge(news)
+            self._ledger = None
+            return
+        if version != self._observed:
+            self._observed = version
+            self.observe(**observed)
+
+    async def _totals(self) -> dict[str, Any]:
+        """The pipeline's state over every ingress replica (this replica's news pushed first), or this one's alone."""
+        await self._push()
+        if self._ledger is not None:
+            try:
+                return await self._ledger.totals.remote()
+            except Exception as e:
+                log.debug("ingress %s: ledger totals failed: %s", self.id, e)
+        return {"ingress_replicas": 1, "at_stage": list(self.at), "decode_cpu_s": self._news.decode_cpu_s}
+
+    async def _merged_metrics(self):
+        """/metrics over every ingress replica (this replica's counts pushed first), or this one's alone."""
+        from ipa.runtime.ledger import Merged
+
+        await self._push()
+        if self._ledger is not None:
+            try:
+                return Merged(await self._ledger.metric_families.remote())
+            except Exception as e:
+                log.debug("ingress %s: ledger metrics failed: %s", self.id, e)
+        return self.registry
 
     def observe(self, config: dict[str, dict[str, Any]] | None = None, energy: dict[str, Any] | None = None) -> None:
-        """The runtime reports the active config and the latest energy reading for /metrics."""
+        """The runtime's report (through the ledger): the active config and the latest energy reading for /metrics."""
         if config is not None:
             self.m_stage.clear()
             for stage, c in config.items():
@@ -643,10 +725,11 @@ class Ingress:
 def build_app(spec: PipelineSpec, config: PipelineConfig, expected: dict[str, StageEstimate] | None, *,
               batch_wait_s: float, drop_limit_s: float, admission: AdmissionSettings, overhead_s: float,
               max_in_flight: int = 256, weights: str | None = None, device: str = "cpu",
-              gpus_per_replica: float = 0.0):
+              gpus_per_replica: float = 0.0, ingresses: int = 1):
     """The bound application for one pipeline config (deploying it again with another config reconfigures).
 
-    On `cuda` each replica asks Ray for `gpus_per_replica` of a GPU, so several replicas share one.
+    On `cuda` each replica asks Ray for `gpus_per_replica` of a GPU, so several replicas share one. The ingress
+    runs `ingresses` replicas, each holding at most `max_in_flight` requests.
     """
     from ray.serve.config import BackpressureConfig
 
@@ -674,8 +757,9 @@ def build_app(spec: PipelineSpec, config: PipelineConfig, expected: dict[str, St
                      "per_request_s": e.per_request_s if known else None,
                      "tail_s": e.tail_s if known and not math.isnan(e.tail_s) else None})
     ingress_args = (kinds, spec.sla_s, drop_limit_s)
-    ingress_config = {"stages": plan, "overhead_s": overhead_s, "admission": admission.model_dump()}
-    return Ingress.options(user_config=ingress_config, max_ongoing_requests=max_in_flight,
+    ingress_config = {"stages": plan, "overhead_s": overhead_s, "admission": admission.model_dump(),
+                      "ingresses": ingresses}
+    return Ingress.options(user_config=ingress_config, num_replicas=ingresses, max_ongoing_requests=max_in_flight,
                            max_queued_requests=max_in_flight,
                            backpressure_config=BackpressureConfig(retry_after_s=1),
                            **_stable("ingress", ingress_args)).bind(kinds, handles, *ingress_args[1:])

@@ -169,9 +169,11 @@ class Simulator:
                 self._push(float(sec), 3, sec)
 
     # -- setup -----------------------------------------------------------------------------
-    def start(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None:
+    def start(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None,
+              load_rps: float | None = None) -> None:
         """The initial config, serving from t = 0 with no delay. `expected`: the plan's service times
-        (admission starts from them); default: this machine's own profiles."""
+        (admission starts from them); default: this machine's own profiles. Serving's CPU is one demand on the
+        machine's cores however many ingress replicas spread it (`load_rps` sizes them on Ray, not here)."""
         expected = expected or stage_estimates(self.profiles, config)
         self.stages = []
         self._at = [0] * len(self.spec.stages)
@@ -195,7 +197,11 @@ class Simulator:
         self.admission.configure(st.idx, cfg.replicas, cfg.batch, self.batch_timeout, expected)
 
     # -- control ---------------------------------------------------------------------------
-    def apply(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None) -> None:
+    def resizes(self, load_rps: float) -> bool:
+        return False
+
+    def apply(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None,
+              load_rps: float | None = None) -> None:
         """Reconfigure at the current time; each changed stage switches after its load delay (admission at once)."""
         expected = expected or stage_estimates(self.profiles, config)
         for st in self.stages:
