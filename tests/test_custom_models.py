@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from ipa.errors import ConfigError
 from ipa.profiles import builder
 from ipa.profiles.builder import ModelError
 from ipa.profiles.zoo import photos_hwc
-from ipa.spec import PipelineSpec, load_model, load_pipeline
+from ipa.spec import PipelineSpec, StageConfig, load_model, load_pipeline
 from tests.custom_models import checkpoints
 
 HERE = Path(__file__).resolve().parent / "custom_models"
@@ -402,6 +403,45 @@ def test_a_factory_that_raises_keeps_the_old_config_and_a_model_that_fails_answe
         small = post(rt.url, png(np.full((150, 150, 3), 200, np.uint8)), "image/png")  # crops of 75 rows: served
         assert small.status_code == 200, small.text
     finally:
+        rt.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_requests_while_the_stages_load_get_503_starting_and_get_is_not_ready(cluster):
+    """Behind HAProxy the ingress takes HTTP before the stages have loaded: it says so (GET / 503, a POST 503
+    `starting` with Retry-After) instead of holding the request until it expires."""
+    import threading
+
+    import requests
+
+    from ipa.runtime.ray_runtime import RayRuntime
+    from tests.test_ray_serving import post
+
+    rt = RayRuntime(load_pipeline(HERE / "slow.yaml"), cluster)
+    starting = threading.Thread(target=rt.start, args=({"detect": StageConfig("quadrant", 1, 1, 1),
+                                                        "classify": StageConfig("slow-to-load", 1, 1, 1)},))
+    starting.start()
+    seen: dict = {}
+    try:
+        while starting.is_alive() and "post" not in seen:
+            try:
+                got = requests.get(rt.url, timeout=5)
+            except requests.ConnectionError:  # the ingress is not up yet
+                time.sleep(0.3)
+                continue
+            if got.status_code == 503 and got.json().get("ready") is False:
+                seen["get"] = got.json()
+                seen["post"] = post(rt.url, png(photos_hwc()[0]), "image/png")
+        starting.join(240)
+        assert "post" in seen, "the ingress never answered while the classifier loaded"
+        assert seen["post"].status_code == 503 and seen["post"].json()["reason"] == "starting"
+        assert seen["post"].headers["Retry-After"] == "2"
+        ready = requests.get(rt.url, timeout=30)
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        assert post(rt.url, png(photos_hwc()[0]), "image/png").status_code == 200
+    finally:
+        starting.join(240)
         rt.stop()
 
 

@@ -127,11 +127,12 @@ def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_po
     )
 
 
-def serving_line(problem, load: float) -> str:
-    """What serving takes from the plan at this load, in one line (or why nothing)."""
+def serving_line(problem, load: float, ingresses: int | None = None) -> str:
+    """What serving takes from the plan at this load, in one line (or why nothing); `ingresses`: a count the user
+    fixed (--ingress-replicas)."""
     if problem.serving is None:
         return "serving: not planned for (no 'serving' in the profiles' meta: measure it with ipa profile --serving)"
-    return problem.serving.describe(load, problem.cpus)
+    return problem.serving.describe(load, problem.cpus, ingresses)
 
 
 @cli.command()
@@ -743,7 +744,7 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     err_console.print(detection.explain(), highlight=False)
     started = connect(settings, problem.spec)
     problem = _fit_to_cluster(problem, settings)
-    err_console.print(serving_line(problem, initial_load), markup=False, highlight=False)
+    err_console.print(serving_line(problem, initial_load, settings.ingress_replicas), markup=False, highlight=False)
     runtime = RayRuntime(problem.spec, settings, detection.meter,
                          serving_latency_s=problem.serving.latency_s if problem.serving else 0.0, serving=problem.serving)
     if series is not None:

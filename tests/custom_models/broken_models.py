@@ -35,3 +35,13 @@ def fails_on_large_images(variant, device, weights):
 
 
 NOT_A_FACTORY = 42
+
+
+def slow_to_load(variant, device, weights):
+    """Takes 10 s to load (a big checkpoint), then classifies as the histogram model does."""
+    import time
+
+    from hist_models import classifier
+
+    time.sleep(10)
+    return classifier("hist-s", device, weights)

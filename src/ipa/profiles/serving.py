@@ -52,16 +52,18 @@ class ServingCost:
     def with_client(self, client: bool) -> ServingCost:
         return replace(self, client=client)
 
-    def describe(self, load_rps: float, cpus: float | None = None) -> str:
-        """One line for `ipa optimize` and `ipa serve`: what serving reserves at this load."""
+    def describe(self, load_rps: float, cpus: float | None = None, ingresses: int | None = None) -> str:
+        """One line for `ipa optimize` and `ipa serve`: what serving reserves at this load (`ingresses`: a count
+        fixed by the user instead of the planned one)."""
         per = self.cpu_per_request_s * 1000
         client = f" + client {self.client_cpu_per_request_s * 1000:.1f} ms" if self.client else ""
         left = f", {cpus - self.cores(load_rps):.2f} of {cpus:g} CPUs left for replicas" if cpus else ""
-        k = self.ingresses(load_rps)
+        k = ingresses or self.ingresses(load_rps)
         return (f"serving reserves {self.cores(load_rps):.2f} cores at {load_rps:g} rps ({self.cpu_fixed_cores:.2f} "
                 f"fixed + {per:.1f} ms{client} CPU per request){left} and {self.latency_s * 1000:.0f} ms of the SLA per "
                 f"request; {k} ingress replica{'' if k == 1 else 's'}"
-                + (f" (one per {INGRESS_BUSY * 1000 / per:.0f} rps)" if per > 0 else ""))
+                + (" (--ingress-replicas)" if ingresses else
+                   f" (one per {INGRESS_BUSY * 1000 / per:.0f} rps)" if per > 0 else ""))
 
     def to_meta(self) -> dict[str, Any]:
         out = asdict(self)

@@ -4,7 +4,9 @@ Knobs map onto Serve (DESIGN.md section 5): variant -> `user_config` + `reconfig
 loads the other model beside the serving one and swaps), batch -> `@serve.batch` resized with
 `set_max_batch_size`, replicas -> `num_replicas`, cores -> `num_cpus` and torch's thread count.
 
-The ingress checks what the headers say (4xx on bad input, even under overload), admits a request only
+Behind HAProxy the ingress takes HTTP as soon as it is up: until every stage has answered once it says so (`GET /`
+503 with `"ready": false`; a POST waits a second, then 503 `starting` with Retry-After). The ingress checks what
+the headers say (4xx on bad input, even under overload), admits a request only
 when it can be answered within the SLA (`ipa.runtime.admission`; otherwise a 503 with Retry-After at
 once, before the body is even read), then reads it (an image only as far as its header: the replica that
 needs its pixels decodes it, and the detector's replica cuts the crops the next stage takes). Each stage call carries the request's start-by
@@ -47,6 +49,7 @@ from ipa.spec import PipelineConfig, PipelineSpec
 log = logging.getLogger(__name__)
 MAX_BATCH = 64  # the decorator's ceiling; each config sets the real size with set_max_batch_size
 EXPIRED = {"expired": True}  # what a replica answers for an item past its start-by time (no model ran)
+STARTING_WAIT_S = 1.0  # a request that comes while the stages load waits this long for them, then gets a 503
 MAX_CROPS = 1  # crops classified per request: one per request, as the profiles and the simulator count it
 
 
@@ -438,6 +441,8 @@ class Ingress:
         self._seen: dict[str, None] = {}  # batch ids already counted (a batch answers several requests)
         self._ledger: Any = None
         self._pusher: asyncio.Task | None = None
+        self._warming: asyncio.Task | None = None
+        self.ready = asyncio.Event()  # every stage has answered once
         self._observed = -1  # the version of the runtime's report the gauges show
         self.id = uuid.uuid4().hex[:8]
         reg = self.registry = CollectorRegistry()
@@ -460,6 +465,7 @@ class Ingress:
         """The plan's expectations per stage; a stage whose config did not change keeps its measured times."""
         if self._pusher is None:
             self._pusher = asyncio.get_running_loop().create_task(self._push_forever())
+            self._warming = asyncio.get_running_loop().create_task(self._warm())
         self.ingresses = max(1, int(cfg.get("ingresses", 1)))
         settings = AdmissionSettings(**cfg["admission"])
         if (settings, cfg["overhead_s"]) != (self.admission.settings, self.admission.overhead_s):
@@ -487,7 +493,8 @@ class Ingress:
             return JSONResponse({"error": f"no such path {request.url.path!r}: POST {ACCEPTS[self.media][2]} to /; "
                                           "GET / for the pipeline's state, GET /metrics for Prometheus"}, 404)
         if request.method == "GET":
-            return JSONResponse(await self.status())
+            status = await self.status()
+            return JSONResponse(status, 200 if self.ready.is_set() else 503)
         t0 = time.time()
         self.arrivals[int(t0)] += 1
         self._news.arrivals[int(t0)] += 1
@@ -500,6 +507,11 @@ class Ingress:
             if e.status == 413:
                 await _drain(request, DRAIN_LIMIT)
             return self._answer(JSONResponse({"error": str(e)}, e.status), t0)
+        if not self.ready.is_set() and not await self._ready_within(STARTING_WAIT_S):
+            self.m_rejected.labels("starting").inc()
+            return self._answer(JSONResponse({"error": "starting: the pipeline's stages are still loading their models; "
+                                              "retry in 2 s", "reason": "starting"}, 503, headers={"Retry-After": "2"}),
+                                t0)
         verdict = self.admission.decide(*self._whole(int(t0) - 1), t0)
         if not verdict.admit:
             self.m_rejected.labels("admission").inc()
@@ -539,6 +551,13 @@ class Ingress:
             return f"the SLA is {self.sla_s:g} s"
         return f"the drop limit is {self.drop_limit_s:g} s (shorter than the SLA, {self.sla_s:g} s)"
 
+    async def _ready_within(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self.ready.wait(), seconds)
+            return True
+        except TimeoutError:
+            return False
+
     def _whole(self, second: int) -> tuple[list[int], float]:
         """The pipeline's work ahead at each stage and its arrival rate, as this replica's own times the number of
         ingress replicas (each sees about that share; exact with one)."""
@@ -552,7 +571,8 @@ class Ingress:
 
         now = time.time()
         totals = await self._totals()
-        return jsonable({"stages": [s for s, _ in self.stages], "in_flight": sum(totals["at_stage"]),
+        return jsonable({"stages": [s for s, _ in self.stages], "ready": self.ready.is_set(),
+                         "in_flight": sum(totals["at_stage"]),
                          "at_stage": totals["at_stage"], "ingress_replicas": totals["ingress_replicas"],
                          "estimate_s": self.admission.estimate(*self._whole(int(now) - 1)),
                          "sla_s": self.sla_s, "decode_cpu_s": totals["decode_cpu_s"],
@@ -651,6 +671,22 @@ class Ingress:
             self._news.timings.append({"id": t["id"], "stage": self.stages[i][0], "variant": t["variant"],
                                        "cores": t["cores"], "size": t["size"], "seconds": t["seconds"],
                                        "cpu_s": t.get("cpu_s"), "ended_at": t.get("ended_at")})
+
+    async def _warm(self) -> None:
+        """Ready once every stage has answered: behind HAProxy the ingress takes HTTP as soon as it is up, while the
+        stages may still be loading their models for seconds (on a fresh `ipa serve`, the first request the README's
+        `until curl` let through waited 6 s for them and expired)."""
+        t0 = time.perf_counter()
+        for name, h in zip(self.stages, self.handles):
+            while True:
+                try:
+                    await h.options(method_name="state").remote()  # waits for a replica of the stage
+                    break
+                except Exception as e:
+                    log.debug("ingress %s: stage %s not reached yet: %s", self.id, name[0], e)
+                    await asyncio.sleep(0.5)
+        self.ready.set()
+        log.info("ingress %s: every stage reached in %.1f s", self.id, time.perf_counter() - t0)
 
     async def _push_forever(self) -> None:
         while True:
