@@ -221,6 +221,29 @@ def machine_pace(profiles: ProfileTable, batches: Iterable[BatchTiming]) -> tupl
     return (_quantile(sorted(ratios), 0.5), len(ratios)) if ratios else None
 
 
+def served_shape(profiles: ProfileTable, batches: Iterable[BatchTiming]) -> tuple[float, float] | None:
+    """How served batches' wall times differ from their rows', beyond the pace: the stretch (the median of a
+    batch's wall time over its CPU, against its row's; at least 1) and the spread (their 99th percentile over
+    their median, each stage's batches against their own median; at least 1), or None when no batch with its CPU
+    measured matches a row. A replica's model shares its process with the replica's own threads (its event loop,
+    Ray's workers) and their GIL, and its cores with serving: on the 2-core VM served batches took 1.12-1.21x
+    their CPU at every load, with a p99 1.55-2.4x their median against 1.03-1.13x profiled (2026-12-03)."""
+    stretch, by_stage = [], defaultdict(list)
+    for t in batches:
+        row = row_of(profiles, t)
+        if row is None or t.cpu_s is None or not 0 < t.cpu_s < math.inf or not 0 < t.seconds < math.inf:
+            continue
+        stretch.append((t.seconds / t.cpu_s) / (row.alone_s / row.cpu_s))
+        by_stage[t.stage].append(t.seconds / row.p50)
+    if not stretch:
+        return None
+    relative = []
+    for ratios in by_stage.values():
+        mid = _quantile(sorted(ratios), 0.5)
+        relative.extend(r / mid for r in ratios)
+    return max(1.0, _quantile(sorted(stretch), 0.5)), max(1.0, _quantile(sorted(relative), 0.99))
+
+
 def _median(values: Iterable[float], at_least: int) -> float | None:
     v = sorted(values)
     return _quantile(v, 0.5) if len(v) >= at_least else None
