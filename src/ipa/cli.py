@@ -420,8 +420,7 @@ def _profile_serving(spec, out, n_requests: int) -> None:
     console.print(f"serving on this machine: {cost.latency_s * 1000:.0f} ms per request outside the models, "
                   f"{cost.cpu_fixed_cores:.2f} cores with no traffic + {cost.cpu_per_request_s * 1000:.1f} ms CPU per "
                   f"request (+ {cost.client_cpu_per_request_s * 1000:.1f} ms for a local load generator); the models "
-                  f"ran at {cost.pace:.2f}x their profiled CPU, took {cost.stretch:.2f}x that CPU in wall time "
-                  f"with a p99 {cost.spread:.2f}x their median "
+                  f"ran at {cost.pace:.2f}x their profiled CPU with a p99 {cost.spread:.2f}x their median "
                   f"({meta['pace_batches']} batches), and plans and "
                   f"predictions with these profiles will run them so; written to {meta_path(out)}",
                   markup=False, highlight=False)

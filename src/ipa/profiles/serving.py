@@ -33,8 +33,7 @@ class ServingCost:
     client: bool = False  # whether the load generator runs on the serving machine (ipa experiment --runtime ray)
     source: str = ""
     pace: float = 1.0  # the models' CPU per batch served on this machine / profiled (the day's or the VM's speed)
-    stretch: float = 1.0  # a served batch's wall time over its CPU, against its row's (the replica's threads, the GIL)
-    spread: float = 1.0  # served batches' p99 over their p50 (at least: a row's own may be wider)
+    spread: float = 1.0  # served batches' p99 over their p50 (a row's own, if wider, stays)
 
     def cores(self, load_rps: float) -> float:
         """CPU cores serving takes at `load_rps`, beside the replicas."""
@@ -75,11 +74,11 @@ class ServingCost:
 
     def machine(self, profiles: ProfileTable) -> ProfileTable:
         """The profiles as this machine runs them when serving: every row's work at the measured pace."""
-        if self.pace == 1.0 and self.stretch == 1.0 and self.spread == 1.0:
+        if self.pace == 1.0 and self.spread == 1.0:
             return profiles
-        return profiles.at_pace(self.pace, f"{profiles.source} (as served here: x{self.pace:.2f} CPU, x{self.stretch:.2f}"
-                                           f" wall over CPU, p99 >= {self.spread:.2f} x p50, from ipa profile --serving"
-                                           f"{' ' + self.source if self.source else ''})", self.stretch, self.spread)
+        return profiles.at_pace(self.pace, f"{profiles.source} (as served here: x{self.pace:.2f} CPU, p99 >= "
+                                           f"{self.spread:.2f} x p50, from ipa profile --serving"
+                                           f"{' ' + self.source if self.source else ''})", self.spread)
 
 
 def from_meta(meta: dict[str, Any], source: str = "") -> ServingCost | None:
@@ -96,7 +95,7 @@ def from_meta(meta: dict[str, Any], source: str = "") -> ServingCost | None:
             raise ProfileError(f"{source}: serving.{name} must be a finite number >= 0, got {v!r}")
         values[name] = float(v)
     factors = {}
-    for name in ("pace", "stretch", "spread"):
+    for name in ("pace", "spread"):
         v = raw.get(name, 1.0)
         if not isinstance(v, int | float) or not 0 < v < math.inf:
             raise ProfileError(f"{source}: serving.{name} must be a finite number > 0, got {v!r}")

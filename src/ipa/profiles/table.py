@@ -108,18 +108,15 @@ class ProfileTable:
             return "estimate"
         return methods[0] if len(methods) == 1 else "+".join(methods)
 
-    def at_pace(self, factor: float, source: str, stretch: float = 1.0, spread: float = 1.0) -> ProfileTable:
+    def at_pace(self, factor: float, source: str, spread: float = 1.0) -> ProfileTable:
         """The table of a machine that does every row's work `factor` times slower: its batches take that much
-        longer and burn that much more CPU, and the joules that CPU costs (unlike `slower`, a wait). As served
-        (`ipa profile --serving`), batches also take `stretch` times longer than that CPU (they keep 1/stretch of
-        their cores busy: the replica's own threads and the GIL) and their p99 is at least `spread` x p50."""
-        if factor == 1.0 and stretch == 1.0 and spread == 1.0:
+        longer and burn that much more CPU, and the joules that CPU costs (unlike `slower`, a wait). `spread`:
+        the p99 over p50 its batches have when served (a row keeps its own if that is wider)."""
+        if factor == 1.0 and spread == 1.0:
             return self
-        rows = []
-        for slow, p in zip(self.slower(lambda p: factor * stretch, source).rows, self.rows):
-            share = (p.cpu_share or 1.0) / stretch if stretch != 1.0 else p.cpu_share
-            rows.append(replace(slow, cpu_s_per_batch=p.cpu_s * factor, energy_j_per_batch=p.energy_j_per_batch * factor,
-                                cpu_share=share, latency_p99_s=max(slow.latency_p99_s, slow.p50 * spread)))
+        rows = [replace(slow, cpu_s_per_batch=p.cpu_s * factor, energy_j_per_batch=p.energy_j_per_batch * factor,
+                        latency_p99_s=max(slow.latency_p99_s, slow.p50 * spread))
+                for slow, p in zip(self.slower(lambda p: factor, source).rows, self.rows)]
         return ProfileTable(rows, self.meta, source)
 
     def slower(self, factor: Callable[[Profile], float], source: str) -> ProfileTable:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ipa.profiles.calibration import machine_pace, served_shape
+from ipa.profiles.calibration import machine_pace, served_spread
 from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import ProfileTable
 from ipa.spec import PipelineSpec, StageConfig
@@ -136,8 +136,8 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     - `client_cpu_per_request_s`: the load generator's thread, per request,
     - `latency_s`: the median of each answer's latency less the time its batches took in the models and it
       waited for them at the replicas,
-    - `pace` (with `profiles`): the CPU the models' batches burned against their profiled rows, and `stretch`:
-      their wall time over that CPU against the rows' (`stretch`) and their p99 over their p50 (`spread`).
+    - `pace` (with `profiles`): the CPU the models' batches burned against their profiled rows, and `spread`:
+      the p99 over the p50 of their times.
 
     Returns the cost and what it was measured on (for the profile's meta).
     """
@@ -194,8 +194,7 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     )
     pace = machine_pace(profiles, batches) if profiles is not None else None
     if pace is not None:
-        stretch, spread = served_shape(profiles, batches) or (1.0, 1.0)
-        cost = replace(cost, pace=pace[0], stretch=stretch, spread=spread)
+        cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0)
     meta = {"measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.node() or "unknown", "cpus": len(os.sched_getaffinity(0)),
             "config": {s: c.as_dict() for s, c in config.items()}, "requests": len(ok), "rate_rps": rate_rps,
