@@ -9,6 +9,14 @@ loads from the plan's capacity on this machine's CPUs (fa2-low's cheapest config
 one and about two times that capacity and on a step from half to 1.5x capacity for one minute. Each real cell
 is predicted before it runs (`fidelity.csv`: predicted, twin, real); this prints the prediction's errors
 against the targets and writes OUT/prediction.csv and OUT/prediction.md. Needs the machine to itself.
+
+    python bench/prediction.py --repredict OUT
+
+predicts OUT's finished cells again with the simulator as it is now (the same profiles, config and loads; no
+serving, a few seconds) against the same real runs, into OUT/reprediction.csv and OUT/reprediction.md: how a
+change to the simulator would have done on a run already made. With --at-cell-pace each cell is simulated at
+the CPU pace its own real batches had (OUT/at-cell-pace.md): not a prediction (the pace is measured in the run),
+but what is left of the error once this VM's speed, which moves from cell to cell, is known.
 """
 
 from __future__ import annotations
@@ -65,7 +73,13 @@ def main() -> None:
     ap.add_argument("--profiles", help="profiles refreshed for this machine already (skips the copy)")
     ap.add_argument("--no-refresh", action="store_true", help="do not run ipa profile --serving on them")
     ap.add_argument("--policy", action="append", help="default: fa2-low and ipa")
+    ap.add_argument("--repredict", metavar="OUT", help="predict OUT's finished cells again (no serving)")
+    ap.add_argument("--at-cell-pace", action="store_true", help="with --repredict: simulate each cell at the pace "
+                    "its real batches had (OUT/at-cell-pace.md; the model's error once the machine's speed is known)")
     args = ap.parse_args()
+    if args.repredict:
+        repredict(Path(args.repredict).resolve(), args.at_cell_pace)
+        return
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cpus = len(os.sched_getaffinity(0))
@@ -85,15 +99,70 @@ def main() -> None:
     ipa("experiment", "--runtime", "ray", "--profiles", str(profiles), "--max-cores", str(cpus),
         *(x for w in workloads for x in ("--workload", w)), *(x for p in policies for x in ("--policy", p)),
         "--out", str(run))
+    compare(read_fidelity(run / "fidelity.csv"), out / "prediction", f"capacity {cap:.1f} rps planned on {cpus} CPUs")
+
+
+def read_fidelity(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def repredict(out: Path, at_cell_pace: bool = False) -> None:
+    """OUT's real cells against a prediction made now, from what the run's own prediction was made with.
+    `at_cell_pace`: each cell simulated at the CPU pace its real batches had, which the run measured (not a
+    prediction: what is left is the model's error once the machine's own speed is known)."""
+    import json
+    from dataclasses import replace
+
+    from ipa.experiment.cells import Setup, cell_dir, shape
+    from ipa.experiment.config import load_experiment
+    from ipa.experiment.runner import cell_pace
+    from ipa.experiment.sim_cell import run_sim_cell
+    from ipa.profiles import load_profiles
+    from ipa.profiles.calibration import BatchTiming
+    from ipa.workload import load_workload
+
+    run = out / "run"
+    cfg = load_experiment(run / "config.yaml", runtime="sim")
+    setup = Setup.load(cfg)
+    twins = {(r["workload"], r["policy"], r["metric"]): r["twin"] for r in read_fidelity(run / "fidelity.csv")}
     rows = []
-    with (run / "fidelity.csv").open() as f:
-        for r in csv.DictReader(f):
-            if r["metric"] not in TARGETS or r["predicted"] in ("", "nan") or r["real"] in ("", "nan"):
+    for name in cfg.workloads:
+        w = shape(load_workload(name, cfg.trace), cfg.duration_s, cfg.load_scale)
+        for policy in cfg.policies:
+            real = cell_dir(run, w.name, policy) / "summary.json"
+            if not real.is_file():
                 continue
-            e, ok = error(r["metric"], float(r["predicted"]), float(r["real"]))
-            rows.append(r | {"error": e, "unit": "pts" if TARGETS[r["metric"]][0] == "abs" else "%",
-                             "target": TARGETS[r["metric"]][1], "met": ok})
-    with (out / "prediction.csv").open("w") as f:
+            real = json.loads(real.read_text())
+            with (cell_dir(run, w.name, policy) / "batches.csv").open() as f:
+                batches = [BatchTiming(r["stage"], r["variant"], int(r["cores"]), int(r["size"]), float(r["seconds"]),
+                                       float(r["cpu_s"]) if r["cpu_s"] else None) for r in csv.DictReader(f)]
+            planned, measured = cell_pace(setup, batches)
+            cell_setup = setup
+            if at_cell_pace and measured and setup.serving:
+                serving = replace(setup.serving, pace=measured)
+                table = serving.machine(load_profiles(cfg.profiles, setup.spec))
+                cell_setup = Setup(cfg, setup.spec, table, table, serving, setup.carbon)
+            predicted = run_sim_cell(cell_setup, w, policy, client=True)["summary"]
+            rows += [{"workload": w.name, "policy": policy, "metric": m, "predicted": predicted[m],
+                      "twin": twins.get((w.name, policy, m), "nan"), "real": real[m]} for m in TARGETS]
+            rows.append({"workload": w.name, "policy": policy, "metric": "machine_pace", "predicted": planned,
+                         "twin": "nan", "real": measured if measured else "nan"})
+    compare(rows, out / ("at-cell-pace" if at_cell_pace else "reprediction"),
+            f"simulated again on {run}" + (" at each cell's own measured pace (not a prediction)" if at_cell_pace
+                                           else " with the simulator of today"))
+
+
+def compare(fidelity_rows: list[dict], stem: Path, footer: str) -> None:
+    """Each metric's error against its target, as STEM.csv and a markdown table in STEM.md."""
+    rows = []
+    for r in fidelity_rows:
+        if r["metric"] not in TARGETS or str(r["predicted"]) in ("", "nan") or str(r["real"]) in ("", "nan"):
+            continue
+        e, ok = error(r["metric"], float(r["predicted"]), float(r["real"]))
+        rows.append(r | {"error": e, "unit": "pts" if TARGETS[r["metric"]][0] == "abs" else "%",
+                         "target": TARGETS[r["metric"]][1], "met": ok})
+    with stem.with_suffix(".csv").open("w") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
@@ -103,10 +172,14 @@ def main() -> None:
                      f"{float(r['twin']):.4g} | {float(r['real']):.4g} | {r['error']:+.1f} {r['unit']} | "
                      f"{'met' if r['met'] else 'MISSED'} (±{r['target']}) |")
     met = sum(r["met"] for r in rows)
-    lines.append(f"\n{met} of {len(rows)} within target; capacity {cap:.1f} rps planned on {cpus} CPUs")
-    (out / "prediction.md").write_text("\n".join(lines) + "\n")
+    lines.append(f"\n{met} of {len(rows)} within target; {footer}")
+    paces = [r for r in fidelity_rows if r["metric"] == "machine_pace" and str(r["real"]) not in ("", "nan")]
+    if paces:
+        lines.append(f"\nthe models' CPU pace over the profiles: predicted at {float(paces[0]['predicted']):.2f}; the "
+                     "real cells' batches: " + ", ".join(f"{r['workload']} {r['policy']} {float(r['real']):.2f}"
+                                                        for r in paces))
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
 
 if __name__ == "__main__":
     main()

@@ -132,3 +132,20 @@ def test_fidelity_rows_hold_predicted_twin_and_real(tmp_path):
     assert got[0]["twin"] == "5" and got[0]["real_vs_twin_pct"] == "-20" and got[0]["predicted"] == ""
     assert {r["workload"] for r in got} == {"v", "w"}
 
+
+
+def test_a_cells_pace_is_the_refreshed_pace_times_how_its_batches_ran_against_it(tiny):
+    from types import SimpleNamespace
+
+    from ipa.experiment.runner import cell_pace
+
+    _, table = tiny
+    serving = ServingCost(pace=2.0)
+    setup = SimpleNamespace(serving=serving, profiles=serving.machine(table))
+    row = table.lookup("detect", "small", 1, 1)
+    batches = [BatchTiming("detect", "small", 1, 1, row.p50 * 2.2, row.cpu_s * 2.2)] * 3  # 10% slower than refreshed
+    assert cell_pace(setup, batches) == (2.0, pytest.approx(2.2))
+    assert cell_pace(setup, []) == (2.0, None)
+    rows = fidelity.compare("w", "ipa", {"energy_method": "estimate"}, {}, {"energy_method": "estimate"}, (2.0, 2.2))
+    pace = next(r for r in rows if r["metric"] == "machine_pace")
+    assert pace["predicted"] == 2.0 and pace["real_vs_predicted_pct"] == pytest.approx(10)

@@ -80,8 +80,17 @@ def serving_latency(records: list[RequestRecord], at_least: int = 20) -> tuple[f
 
 
 def compare(workload: str, policy: str, predicted: dict[str, Any], twin: dict[str, Any],
-            real: dict[str, Any]) -> list[dict[str, Any]]:
+            real: dict[str, Any], pace: tuple[float, float | None] | None = None) -> list[dict[str, Any]]:
+    """Each metric's predicted, twin and real figure. `pace`: the models' CPU against their profiled rows as the
+    prediction ran them and as the real cell's batches burned it (this VM's speed moves from cell to cell; a
+    figure that moved with it says so)."""
     rows = []
+    if pace is not None:
+        rows.append({"workload": workload, "policy": policy, "metric": "machine_pace", "predicted": pace[0],
+                     "twin": float("nan"), "real": pace[1], "real_vs_predicted_pct": _relative(pace[1], pace[0]),
+                     "real_vs_twin_pct": float("nan"),
+                     "note": "the models' CPU per batch over their profiled rows' (median): predicted, as "
+                             "ipa profile --serving measured it; real, this cell's batches"})
     for m in METRICS:
         p, t, r = predicted.get(m), twin.get(m), real.get(m)
         note = (f"predicted, twin: profiles + serving's CPU ({predicted['energy_method']}); real: the meter "
