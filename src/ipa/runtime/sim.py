@@ -496,9 +496,9 @@ def shared_rate(demand: float, own: float, cpus: float) -> float:
     its own. The rest keeps each CPU busy a share rho of the time at moments that do not wait for it: rho^cpus of
     the time the batch finds every CPU taken and shares one with one other thread, so it is slowed below
     saturation too; past it, every running thing gets at most cpus / demand (processor sharing). On the 2-core VM
-    served batches took 1.05-1.27x their CPU in wall time, more as the machine got busier (32 stages x cells of
-    two bench/prediction.py runs, 2026-12-03, 1.1-1.8 busy cores): this is within 0.05 of each, where the
-    fluid share alone says 1.0 until 2 cores are busy."""
+    served batches took 1.04-1.27x their CPU in wall time, more as the machine got busier (48 stages x cells of
+    three bench/prediction.py runs, 2026-12-03, 1.0-1.8 busy cores): this is 0.02 off on average (0.076 at
+    most), where the fluid share alone says 1.0 until 2 cores are busy."""
     rho = min(1.0, max(0.0, demand - own) / cpus)
     return min(1.0 if demand <= cpus else cpus / demand, 1.0 - 0.5 * rho ** cpus)
 
