@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from ipa.runtime.ledger import GONE_S, Merged, Tally
@@ -62,3 +63,14 @@ def test_merging_twice_gives_the_same_figures_and_the_runtime_report_has_a_versi
     again, observed = t.push("a", {}, [], 0.0, [0], None, time.time())
     assert again == version + 1 and observed["config"] == {"detect": {"variant": "v"}}
     assert 'ipa_requests_total{code="200"} 5.0' in generate_latest(Merged(t.metric_families())).decode()
+
+
+def test_a_request_counts_in_the_second_its_client_or_proxy_stamped():
+    from ipa.runtime.serving import request_start
+
+    now = 1_750_000_000.4
+    assert request_start("t=1749999999.9", now) == 1749999999.9  # sent in the second before it reached the ingress
+    assert request_start("1749999999900", now) == pytest.approx(1749999999.9)  # milliseconds
+    assert request_start("t=1749999999900000", now) == pytest.approx(1749999999.9)  # microseconds (NGINX's t=)
+    for other in (None, "", "soon", "t=12", f"t={now + 60}", f"t={now - 3600}"):  # absent, garbled, another clock
+        assert request_start(other, now) == now

@@ -6,6 +6,7 @@ import base64
 import json
 import socket
 import os
+import math
 import time
 
 import numpy as np
@@ -149,8 +150,16 @@ def test_two_ingress_replicas_share_the_requests_and_report_as_one(cluster):
         assert wait_for(lambda: rt_replicas().get("Ingress") == 2)
         assert rt.ingresses == 2
         before = answered_200(rt.url)  # the cluster's earlier tests' counts stay (counters never go back)
-        gen = LoadGenerator(rt.url, np.arange(16) / 2.0, photo_jpegs(width=320), timeout_s=60)
-        gen.start()
+        photo = photo_jpegs(width=320)
+        time.sleep(max(0.0, rt._wall0 + 1.6 - time.time()))
+        stamped = time.time() - 1.5  # three requests a front proxy stamped 1.5 s before they reached the ingress
+        for _ in range(3):
+            r = requests.post(rt.url, data=photo[0], timeout=60,
+                              headers={"content-type": "image/jpeg", "x-request-start": f"t={stamped:.3f}"})
+            assert r.status_code == 200, r.text
+        gen = LoadGenerator(rt.url, np.arange(16) / 2.0, photo, timeout_s=60)
+        whole = math.ceil(time.time()) + 1.0  # two requests in each of 8 whole seconds, as the client sends them
+        gen.start(time.monotonic() + whole - time.time())
         gen.join(120)
         assert len(gen.records) == 16 and all(r.ok for r in gen.records), [r for r in gen.records if not r.ok][:3]
         state = {}
@@ -158,10 +167,13 @@ def test_two_ingress_replicas_share_the_requests_and_report_as_one(cluster):
                         or (state["ingress_replicas"] == 2 and state["in_flight"] == 0), 10), state
         assert state["decode_cpu_s"] > 0  # the detector's decoding, each request's share counted once
         time.sleep(1.5)  # observed_rates covers whole seconds every replica has reported
-        assert rt.observed_rates().sum() == 16
+        rates = rt.observed_rates()
+        # each in the second its client or proxy stamped (X-Request-Start), not when it reached an ingress replica
+        assert rates.sum() == 19 and rates[int(stamped) - rt._epoch0] == 3, rates
+        assert list(rates[int(whole) - rt._epoch0:][:8]) == [2] * 8, rates
         timings = rt.batch_timings()
-        assert sum(t.size for t in timings if t.stage == "detect") == 16
-        assert answered_200(rt.url) - before == 16  # both replicas' counts, from whichever answered the scrape
+        assert sum(t.size for t in timings if t.stage == "detect") == 19
+        assert answered_200(rt.url) - before == 19  # both replicas' counts, from whichever answered the scrape
         rt.apply(config(), load_rps=1.0)  # the same config for one replica's load: the ingress shrinks alone
         assert rt.reconfigurations[-1].kinds == [] and rt.ingresses == 2  # fixed by the setting
     finally:

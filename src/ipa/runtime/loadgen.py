@@ -144,7 +144,8 @@ class LoadGenerator:
         t0 = time.monotonic()
         sent = t0 - self._start
         try:
-            async with session.post(self.url, data=body, headers={"content-type": self.content_type}) as r:
+            headers = {"content-type": self.content_type, "x-request-start": f"t={time.time():.6f}"}
+            async with session.post(self.url, data=body, headers=headers) as r:
                 text = await r.text()
                 status = r.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:

@@ -158,6 +158,7 @@ class RayRuntime:
         log.info("pipeline deployed in %.1f s: %s, %d ingress replica%s", time.monotonic() - t,
                  config_as_dict(config), self.ingresses, "" if self.ingresses == 1 else "s")
         self.config = config
+        time.sleep(math.ceil(time.time()) - time.time())  # t = 0 on a whole second: the ledger counts by epoch second
         self._t0 = time.monotonic()
         self._wall0 = time.time()
         self._epoch0 = int(self._wall0)
@@ -216,8 +217,9 @@ class RayRuntime:
         return timings
 
     def observed_rates(self) -> np.ndarray:
-        """Requests per second that reached the ingress, for every whole second since start that every ingress
-        replica has reported."""
+        """Requests per second, for every whole second since start that every ingress replica has reported, each
+        counted in the second its client or proxy stamped (`X-Request-Start`; else when it reached the ingress):
+        a request still on its way is counted when it arrives, so the last second may be a request or two short."""
         if not self._started:
             return np.zeros(0)
         import ray

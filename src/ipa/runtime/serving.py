@@ -402,6 +402,26 @@ class Expired(Exception):
     """A stage answered EXPIRED: the request could no longer be answered within the SLA."""
 
 
+REQUEST_START = "x-request-start"  # when the request left the client or a front proxy (NGINX's t=${msec})
+START_SKEW_S = (10.0, 1.0)  # a stamp older or further ahead than this is another clock's: the ingress's own time
+
+
+def request_start(stamp: str | None, now: float) -> float:
+    """The second a request joined the load: its `X-Request-Start` (`t=` epoch seconds, or milli- or microseconds)
+    where a client or proxy stamped it, else `now`. Counted at the ingress, arrivals moved by the wait in
+    HAProxy and the event loop into the next second; the load the plan is for is what was offered, when."""
+    if not stamp:
+        return now
+    try:
+        t = float(stamp.strip().removeprefix("t="))
+    except ValueError:
+        return now
+    for scale in (1.0, 1e3, 1e6):
+        if now - START_SKEW_S[0] <= t / scale <= now + START_SKEW_S[1]:
+            return t / scale
+    return now
+
+
 class StageFailed(Exception):
     """A stage's model raised or answered what the pipeline cannot use; the message names the variant."""
 
@@ -496,8 +516,9 @@ class Ingress:
             status = await self.status()
             return JSONResponse(status, 200 if self.ready.is_set() else 503)
         t0 = time.time()
-        self.arrivals[int(t0)] += 1
-        self._news.arrivals[int(t0)] += 1
+        second = int(request_start(request.headers.get(REQUEST_START), t0))
+        self.arrivals[second] += 1
+        self._news.arrivals[second] += 1
         if request.method != "POST":
             return self._answer(JSONResponse({"error": f"POST {ACCEPTS[self.media][2]}"}, 405), t0)
         ctype = request.headers.get("content-type", "")
