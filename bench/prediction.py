@@ -181,5 +181,6 @@ def compare(fidelity_rows: list[dict], stem: Path, footer: str) -> None:
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
+
 if __name__ == "__main__":
     main()

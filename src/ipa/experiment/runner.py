@@ -22,7 +22,7 @@ from ipa.experiment.cells import (SUMMARY_COLUMNS, Setup, cell_dir, cell_setting
 from ipa.errors import ConfigError
 from ipa.experiment.config import ExperimentConfig
 from ipa.experiment.sim_cell import run_sim_cell
-from ipa.profiles.calibration import machine_pace
+from ipa.profiles.calibration import BatchTiming, machine_pace
 from ipa.workload import Workload, load_workload
 from ipa.workload.patterns import PATTERNS
 from ipa.workload.trace import find_trace
@@ -127,7 +127,7 @@ def _serve_cell(cluster, setup: Setup, w: Workload, policy: str, folder: Path, o
     return real["summary"]
 
 
-def cell_pace(setup: Setup, batches: list) -> tuple[float, float | None]:
+def cell_pace(setup: Setup, batches: list[BatchTiming]) -> tuple[float, float | None]:
     """The pace the prediction ran the models at (the profiles' `serving.pace`) and the one the cell's batches had."""
     planned = setup.serving.pace if setup.serving else 1.0
     measured = machine_pace(setup.profiles, batches)  # against the profiles as planned: already at that pace

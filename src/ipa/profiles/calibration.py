@@ -223,7 +223,7 @@ def machine_pace(profiles: ProfileTable, batches: Iterable[BatchTiming]) -> tupl
 
 def served_spread(profiles: ProfileTable, batches: Iterable[BatchTiming]) -> float | None:
     """Served batches' 99th percentile over their median, each stage's batch times against their own median (at
-    least 1), or None when no batch matches a row. On the 2-core VM it was 1.33-1.9 where the profiles say
+    least 1), or None when no batch matches a row. On the 2-core VM it was 1.33-2.08 where the profiles say
     1.03-1.13 (2026-12-03): this VM's speed moves by a quarter from one 10 s to the next, idle or not."""
     by_stage = defaultdict(list)
     for t in batches:
