@@ -205,18 +205,19 @@ def test_serving_latency_and_cpu_shape_the_plan(tiny):
     from ipa.profiles.serving import ServingCost
 
     spec, table = tiny
-    plain = solve(make_problem("ipa", spec, table, max_cores=4), 20)
     slow_hop = ServingCost(latency_s=0.5)
     d = solve(make_problem("ipa", spec, table, max_cores=4, serving=slow_hop), 20)
     assert d.assessment.latency_s <= spec.sla_s + 1e-9
+    planned = d.profiles  # the rows stretched by the contention on 4 CPUs
     assert d.assessment.latency_s - 0.5 == pytest.approx(sum(
-        make_problem("ipa", spec, table).option(table.lookup(s, c.variant, c.batch, c.cores), 20).latency_s
+        make_problem("ipa", spec, table).option(planned.lookup(s, c.variant, c.batch, c.cores), 20).latency_s
         for s, c in d.config.items()))
     hungry = ServingCost(cpu_fixed_cores=0.5, cpu_per_request_s=0.05)  # 1.5 cores at 20 rps
     tight = solve(make_problem("ipa", spec, table, max_cores=4, serving=hungry), 20)
     assert tight.assessment.cpu_demand + tight.assessment.serving_cores <= 4 + 1e-9
     assert tight.assessment.serving_cores == pytest.approx(1.5)
-    assert plain.assessment.capacity_rps >= tight.assessment.capacity_rps
+    alone = make_problem("ipa", spec, table, max_cores=4).with_profiles(tight.profiles)
+    assert alone.assess_config(tight.config, 20).capacity_rps >= tight.assessment.capacity_rps
 
 
 def test_latency_infeasible_picks_fastest(tiny):

@@ -149,3 +149,49 @@ def test_a_cells_pace_is_the_refreshed_pace_times_how_its_batches_ran_against_it
     rows = fidelity.compare("w", "ipa", {"energy_method": "estimate"}, {}, {"energy_method": "estimate"}, (2.0, 2.2))
     pace = next(r for r in rows if r["metric"] == "machine_pace")
     assert pace["predicted"] == 2.0 and pace["real_vs_predicted_pct"] == pytest.approx(10)
+
+
+def test_a_known_machines_plan_holds_the_contention_its_own_choice_makes(tiny):
+    from dataclasses import replace
+
+    from ipa.optimize.solvers import exact, solve
+    from ipa.profiles.machine import shared_rate
+
+    spec, table = tiny
+    assert make_problem("ipa", spec, table).contention(exact(make_problem("ipa", spec, table), 10), 10) == {}
+    p = make_problem("ipa", spec, table, max_cores=4, serving=SERVING, cpus=2.0)
+    d = solve(p, 10)
+    chosen = [p.option(table.lookup(s, c.variant, c.batch, c.cores), 10, replicas=c.replicas)
+              for s, c in d.config.items()]
+    demand = sum(o.cpu_demand for o in chosen) + SERVING.cores(10)
+    for o in chosen:  # a fixed point: the rows planned on are stretched by what this very config makes
+        stretch = 1 / shared_rate(demand, o.cpu_demand / o.replicas, 2.0)
+        assert stretch > 1.01 and d.assessment.contention[o.stage] == pytest.approx(stretch)
+        assert d.profiles.lookup(o.stage, o.variant, o.batch, o.cores).p50 == pytest.approx(
+            table.lookup(o.stage, o.variant, o.batch, o.cores).p50 * stretch)
+    assert p.assess_config(d.config, 10).capacity_rps > d.assessment.capacity_rps  # contention costs capacity
+    busy = replace(table.lookup("detect", "small", 1, 1), latency_p50_s=0.06, cpu_s_per_batch=0.045, cpu_share=1.0)
+    held = p.with_profiles(type(table)([busy if r.stage == "detect" and r.batch == 1 and r.cores == 1 and
+                                        r.variant == "small" else r for r in table.rows], table.meta, "calibrated"))
+    again = held.contended(chosen, 10).profiles.lookup("detect", "small", 1, 1)
+    assert again.p50 == pytest.approx(0.045 * d.assessment.contention["detect"])  # its p50 held some already
+
+
+def test_the_loop_admits_with_the_rows_the_plan_stretched(tiny):
+    from ipa.adapt import LoopSettings, adapt
+    from ipa.predict.simple import WindowMax
+    from ipa.runtime.admission import stage_estimates
+
+    spec, table = tiny
+    sim = Simulator(spec, table, 3.0, np.full(30, 8.0), SimSettings(cpus=2.0), seed=0, serving=SERVING)
+    problem = make_problem("ipa", spec, table, max_cores=4, serving=SERVING, cpus=2.0)
+    records = adapt(sim, problem, WindowMax(10), 30, LoopSettings(interval_s=10), initial_rate=8)
+    first = records[0]
+    config = {s: StageConfig(**c) for s, c in first["config"].items()}
+    chosen = [problem.option(table.lookup(s, c.variant, c.batch, c.cores), 8, replicas=c.replicas)
+              for s, c in config.items()]
+    planned = problem.contended(chosen, 8)
+    assert first["contention"] == pytest.approx(planned.stretch) and min(planned.stretch.values()) > 1
+    for stage, e in stage_estimates(planned.profiles, config).items():  # what admission starts from
+        assert first["expected"][stage] == pytest.approx([e.batch_s, e.per_request_s, e.tail_s])
+        assert e.batch_s > stage_estimates(table, config)[stage].batch_s

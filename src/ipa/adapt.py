@@ -3,7 +3,9 @@
 It sees a runtime only through `Runtime` (apply a config, read the observed rates and the batches
 it ran, advance time), so the simulator and Ray Serve run the same loop. With a calibrator, every
 plan is made with the profile values corrected by the batches measured so far, and each decision
-records the correction and the capacity the plan expects.
+records the correction and the capacity the plan expects. On a known machine (`Problem.cpus`) the plan
+also holds the contention its config makes there (`Problem.contended`, the simulator's machine model), and
+admission starts from those stretched rows, so a real run starts where calibration would have taken it.
 """
 
 from __future__ import annotations
@@ -107,7 +109,9 @@ def adapt(
                 "cpu_demand": a.cpu_demand, "serving_cores": a.serving_cores, "solve_ms": decision.solve_ms,
                 "reason": decision.reason, "unservable": decision.unservable, "config": config_as_dict(a.config),
             }
-            expected = stage_estimates(planned.profiles, decision.config)
+            if a.contention:
+                record["contention"] = a.contention
+            expected = stage_estimates(decision.profiles or planned.profiles, decision.config)
             record["expected"] = {stage: [e.batch_s, e.per_request_s, e.tail_s]  # admission's start
                                   for stage, e in expected.items()}
             if config is None:

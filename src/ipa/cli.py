@@ -172,6 +172,10 @@ def optimize(pipeline, profiles, load, policy, solver, as_json, **problem_kw):
            "latency are for what it serves)" if a.capacity_rps < load else ""),
         markup=False, highlight=False,
     )
+    if a.contention:
+        console.print(f"sharing {problem.cpus:g} CPUs with serving at {load:g} rps, each stage's batches take "
+                      + ", ".join(f"{s} x{f:.2f}" for s, f in a.contention.items())
+                      + " their work alone (the plan's latency and capacity hold it)", markup=False, highlight=False)
     if not decision.feasible:
         error("no feasible configuration at this load: " + ("nothing can be served within the constraints"
               if decision.unservable else f"the one above holds {decision.holds_rps:.2f} of {load:g} rps"))

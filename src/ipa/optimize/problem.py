@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
+from ipa.profiles.machine import shared_rate
 from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import Profile, ProfileTable
 from ipa.spec import PipelineConfig, PipelineSpec, StageConfig, Strict, aggregate_accuracy, config_as_dict
@@ -65,6 +66,7 @@ class Problem:
     max_cores: int | None = None  # the cluster's core budget for the whole pipeline (None: unbounded)
     serving: ServingCost | None = None  # latency and CPU of serving outside the models (profile meta)
     cpus: float | None = None  # physical CPUs replicas and serving share (None: not bounded)
+    stretch: Mapping[str, float] = field(default_factory=dict)  # the contention the rows hold (`contended`)
 
     def within_budget(self, cores: float) -> bool:
         return self.max_cores is None or cores <= self.max_cores + EPS
@@ -92,6 +94,27 @@ class Problem:
     def with_profiles(self, profiles: ProfileTable) -> Problem:
         """The same problem planned with other profile values (the calibrated ones)."""
         return replace(self, profiles=profiles)
+
+    def contention(self, chosen: Sequence[Option], load: float) -> dict[str, float]:
+        """Per stage, how many times its batches' work alone (`Profile.alone_s`) they take while `chosen` and
+        serving share the machine's CPUs at `load` (`shared_rate`, the simulator's model; own: one replica's
+        demand); empty when the machine is not known."""
+        if self.cpus is None:
+            return {}
+        demand = sum(o.cpu_demand for o in chosen) + self.serving_cores(load)
+        return {o.stage: 1.0 / shared_rate(demand, o.cpu_demand / o.replicas, self.cpus) for o in chosen}
+
+    def contended(self, chosen: Sequence[Option], load: float) -> Problem:
+        """This problem with each stage's rows as long as the contention `chosen` makes at `load` says: a row's
+        work alone times its stage's stretch. A row measured on a busy machine already holds some of it (its p50
+        is above its work alone), so it stretches less, or shrinks when the load is now lighter."""
+        stretch = self.contention(chosen, load)
+        if not stretch:
+            return self
+        words = ", ".join(f"{s} x{f:.2f}" for s, f in stretch.items())
+        table = self.profiles.slower(lambda p: p.alone_s / p.p50 * stretch.get(p.stage, 1.0),
+                                     f"{self.profiles.source} (sharing {self.cpus:g} CPUs: {words})")
+        return replace(self.with_profiles(table), stretch=stretch)
 
     def option(self, profile: Profile, load: float, replicas: int | None = None) -> Option:
         """Score one profile row at `load`; replicas default to the fewest that sustain it."""
@@ -185,6 +208,7 @@ class Problem:
             capacity_rps=self.capacity(chosen),
             cpu_demand=demand,
             serving_cores=self.serving_cores(load),
+            contention=dict(self.stretch),
         )
 
     def assess_config(self, config: PipelineConfig, load: float) -> Assessment:
@@ -210,6 +234,7 @@ class Assessment:
     capacity_rps: float = math.inf  # the most this config sustains (slowest stage, or the CPU it shares)
     cpu_demand: float = 0.0  # cores the replicas burn at the load
     serving_cores: float = 0.0  # cores serving takes at the load
+    contention: dict[str, float] = field(default_factory=dict)  # per stage, batch time / work alone (planned)
 
 
 @dataclass(frozen=True)
@@ -224,6 +249,7 @@ class Decision:
     solve_ms: float
     reason: str = ""
     holds_rps: float | None = None
+    profiles: ProfileTable | None = None  # the rows it was planned on (the machine's contention in them)
 
     @property
     def unservable(self) -> bool:
@@ -253,6 +279,7 @@ class Decision:
             "shortfall_rps": max(0.0, self.load_rps - a.capacity_rps),
             "cpu_demand": a.cpu_demand,
             "serving_cores": a.serving_cores,
+            "contention": a.contention,
             "solve_ms": self.solve_ms,
             "policy": self.policy,
             "solver": self.solver,

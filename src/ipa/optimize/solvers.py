@@ -270,6 +270,7 @@ def gurobi(problem: Problem, load: float) -> Chosen | None:
 SOLVERS: dict[str, Solver] = {"exact": exact, "brute-force": brute_force, "q-learning": q_learning, "milp": milp,
                               "gurobi": gurobi}
 EXACT = ("exact", "brute-force", "milp", "gurobi")  # solvers that return the optimum
+CONTENTION_ROUNDS = 4  # solves on a known machine's contention before settling on the best choice seen
 
 
 
@@ -291,15 +292,55 @@ def solve(problem: Problem, load: float, solver: str | Solver = "exact", policy:
     name = solver if isinstance(solver, str) else getattr(solver, "name", type(solver).__name__)
     run = SOLVERS[solver] if isinstance(solver, str) else solver
     t0 = time.perf_counter()
+    planned, chosen, reason, holds = problem, *_choose(problem, load, run, name)
+    if problem.cpus is not None:
+        planned, chosen, reason, holds = _on_the_machine(problem, load, run, name, (chosen, reason, holds))
+    ms = (time.perf_counter() - t0) * 1000
+    return Decision(policy, name, load, planned.assess(chosen, load), ms, reason, holds, planned.profiles)
+
+
+def _choose(problem: Problem, load: float, run: Solver, name: str) -> tuple[Chosen, str, float]:
+    """The solver's choice, or the best-effort one (why, and the load it holds) when nothing is feasible."""
     chosen = run(problem, load)
     if chosen is not None and name != "exact" and not problem.assess(chosen, load).feasible:
         chosen = None  # a heuristic solver must not return what breaks a constraint
-    reason, holds = "", load
     if chosen is None:
-        chosen, reason, holds = best_effort(problem, load)
-        reason = f"no configuration meets the constraints at {load:.1f} rps: {reason}"
-    ms = (time.perf_counter() - t0) * 1000
-    return Decision(policy, name, load, problem.assess(chosen, load), ms, reason, holds)
+        chosen, why, holds = best_effort(problem, load)
+        return chosen, f"no configuration meets the constraints at {load:.1f} rps: {why}", holds
+    return chosen, "", load
+
+
+def _on_the_machine(problem: Problem, load: float, run: Solver, name: str, first: tuple[Chosen, str, float]
+                    ) -> tuple[Problem, Chosen, str, float]:
+    """Plan for the contention a config makes on the machine's CPUs (`Problem.contended`): solve again on the rows
+    the last choice stretches, until a choice is the choice on its own contention. A choice that flips between
+    two (each one's contention favours the other) ends at the best of them judged on its own."""
+    tried: list[tuple[Problem, Chosen, str, float]] = []
+    chosen, reason, holds = first
+    for _ in range(CONTENTION_ROUNDS):
+        planned = problem.contended(chosen, load)
+        own = _reassessed(planned, chosen, load)
+        tried.append((planned, own, reason, holds))
+        again, why, held = _choose(planned, load, run, name)
+        if _config(again) == _config(own):
+            return planned, again, why, held
+        chosen, reason, holds = again, why, held
+    planned, chosen, reason, holds = max(
+        tried, key=lambda t: (t[0].assess(t[1], load).feasible, t[3], t[0].assess(t[1], load).objective))
+    if not reason and not planned.assess(chosen, load).feasible:
+        reason = (f"at {load:.1f} rps each choice's contention on {problem.cpus:g} CPUs favours another; "
+                  "serving the best of them, which does not meet every constraint on its own")
+    return planned, chosen, reason, holds
+
+
+def _reassessed(problem: Problem, chosen: Chosen, load: float) -> Chosen:
+    """The same configuration scored on another problem's rows (its replicas kept)."""
+    return [problem.option(problem.profiles.lookup(o.stage, o.variant, o.batch, o.cores), load, replicas=o.replicas)
+            for o in chosen]
+
+
+def _config(chosen: Chosen) -> tuple:
+    return tuple((o.stage, o.variant, o.batch, o.cores, o.replicas) for o in chosen)
 
 
 def combinations(problem: Problem, load: float) -> int:

@@ -17,9 +17,9 @@ batch needs its row's CPU share (cores x `cpu_share`, CPU seconds per second wit
 itself) and serving needs `ServingCost.cores` at the last second's load; while the sum passes `cpus`,
 every running batch progresses at cpus / demand of its uncontended pace (processor sharing, which is
 what Linux's scheduler approximates), and below that it still loses the moments when every CPU is taken
-by the rest (`shared_rate`). A row calibrated on a busy machine has a wall time that already
-holds that machine's contention: the batch's work is its CPU over its share (`Profile.alone_s`), and the
-simulator adds back the contention its own load makes. Without `cpus` each replica owns its cores.
+by the rest (`ipa.profiles.machine.shared_rate`; plans on a known machine use it too). A row calibrated on
+a busy machine has a wall time that already holds that machine's contention: the batch's work is its CPU
+over its share (`Profile.alone_s`), and the simulator adds back the contention its own load makes. Without `cpus` each replica owns its cores.
 
 Energy is what a meter on the machine would read. Each batch costs its row's joules; serving costs its
 CPU (`ServingCost`: fixed, per admitted request, and the load generator's per request when it shares the
@@ -39,6 +39,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from ipa.profiles.calibration import BatchTiming
+from ipa.profiles.machine import shared_rate
 from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import Profile, ProfileTable
 from ipa.runtime.admission import Admission, AdmissionSettings, StageEstimate, stage_estimates
@@ -489,18 +490,6 @@ class Simulator:
         in_flight = len(self.arrival_t) - self.completed - self.dropped
         return SimResult(self.duration, series, lat, np.array(self._pas), len(self.arrival_t), self.completed,
                          self.dropped, in_flight, self.reconfigurations, self.rejected)
-
-
-def shared_rate(demand: float, own: float, cpus: float) -> float:
-    """The pace a running batch keeps (1: its own) on `cpus` CPUs that `demand` CPUs of work share, `own` of them
-    its own. The rest keeps each CPU busy a share rho of the time at moments that do not wait for it: rho^cpus of
-    the time the batch finds every CPU taken and shares one with one other thread, so it is slowed below
-    saturation too; past it, every running thing gets at most cpus / demand (processor sharing). On the 2-core VM
-    served batches took 1.04-1.27x their CPU in wall time, more as the machine got busier (48 stages x cells of
-    three bench/prediction.py runs, 2026-12-03, 1.0-1.8 busy cores): this is 0.02 off on average (0.076 at
-    most), where the fluid share alone says 1.0 until 2 cores are busy."""
-    rho = min(1.0, max(0.0, demand - own) / cpus)
-    return min(1.0 if demand <= cpus else cpus / demand, 1.0 - 0.5 * rho ** cpus)
 
 
 def scaled(profiles: ProfileTable, factor: float) -> ProfileTable:
