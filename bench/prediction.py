@@ -8,7 +8,8 @@ loads from the plan's capacity on this machine's CPUs (fa2-low's cheapest config
 `ipa experiment --runtime ray --profiles OUT/profiles.csv --max-cores CPUS` for fa2-low and ipa at half, about
 one and about two times that capacity and on a step from half to 1.5x capacity for one minute. Each real cell
 is predicted before it runs (`fidelity.csv`: predicted, twin, real); this prints the prediction's errors
-against the targets and writes OUT/prediction.csv and OUT/prediction.md. Needs the machine to itself.
+against the targets and writes OUT/prediction.csv and OUT/prediction.md, then the same cells simulated at the
+pace each one's batches ran at (OUT/at-cell-pace.md, as with --at-cell-pace below). Needs the machine to itself.
 
     python bench/prediction.py --repredict OUT
 
@@ -100,6 +101,7 @@ def main() -> None:
         *(x for w in workloads for x in ("--workload", w)), *(x for p in policies for x in ("--policy", p)),
         "--out", str(run))
     compare(read_fidelity(run / "fidelity.csv"), out / "prediction", f"capacity {cap:.1f} rps planned on {cpus} CPUs")
+    repredict(out, at_cell_pace=True)  # how much of what was missed is this machine's speed moving under the run
 
 
 def read_fidelity(path: Path) -> list[dict]:
