@@ -180,3 +180,34 @@ def test_an_image_is_checked_by_its_header_at_the_ingress_and_decoded_where_its_
     assert e.value.status == 400
     with pytest.raises(BadInput):
         check_image(b"not an image", "image/jpeg")
+
+
+def test_start_waits_until_http_reaches_the_app_not_just_until_serve_says_running():
+    """Serve says RUNNING before its route is in the proxy's table; a request then gets 404 "Path '/' not found"
+    (a CI rehearsal's first POST did). A real HTTP server answering 404 three times, then 200."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ipa.runtime.ray_runtime import _wait_routed
+
+    seen = []
+
+    class Routing(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(404 if len(seen) <= 3 else 200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Routing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        assert _wait_routed(url, 10.0) and len(seen) == 4
+        seen.clear()
+        assert not _wait_routed(url, 0.0)  # still 404 when the time is up: False (and a warning), not a hang
+    finally:
+        server.shutdown()
