@@ -213,12 +213,12 @@ class Problem:
 
     def assess_config(self, config: PipelineConfig, load: float) -> Assessment:
         """Score a given config (any replicas) at a load, e.g. the one a runtime is serving."""
-        chosen = []
-        for s in self.spec.stage_names:
-            sc = config[s]
-            p = self.profiles.lookup(s, sc.variant, sc.batch, sc.cores)
-            chosen.append(self.option(p, load, replicas=sc.replicas))
-        return self.assess(chosen, load)
+        return self.assess(self.chosen(config, load), load)
+
+    def chosen(self, config: PipelineConfig, load: float) -> list[Option]:
+        """A given config's options on this problem's rows at a load, its replicas kept."""
+        return [self.option(self.profiles.lookup(s, sc.variant, sc.batch, sc.cores), load, replicas=sc.replicas)
+                for s, sc in ((s, config[s]) for s in self.spec.stage_names)]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ipa.errors import ConfigError
 from ipa.optimize.pareto import pareto_filter
-from ipa.optimize.problem import EPS, Decision, Option, Problem
+from ipa.optimize.problem import EPS, Assessment, Decision, Option, Problem
 from ipa.workload.patterns import MAX_RATE as MAX_LOAD  # the same bound as workloads'
 
 Chosen = list[Option]
@@ -315,32 +315,21 @@ def _on_the_machine(problem: Problem, load: float, run: Solver, name: str, first
     """Plan for the contention a config makes on the machine's CPUs (`Problem.contended`): solve again on the rows
     the last choice stretches, until a choice is the choice on its own contention. A choice that flips between
     two (each one's contention favours the other) ends at the best of them judged on its own."""
-    tried: list[tuple[Problem, Chosen, str, float]] = []
+    tried: list[tuple[Problem, Chosen, str, float, Assessment]] = []
     chosen, reason, holds = first
     for _ in range(CONTENTION_ROUNDS):
         planned = problem.contended(chosen, load)
-        own = _reassessed(planned, chosen, load)
-        tried.append((planned, own, reason, holds))
+        own = planned.chosen({o.stage: o.config for o in chosen}, load)
         again, why, held = _choose(planned, load, run, name)
-        if _config(again) == _config(own):
+        if [o.config for o in again] == [o.config for o in own]:
             return planned, again, why, held
+        tried.append((planned, own, reason, holds, planned.assess(own, load)))
         chosen, reason, holds = again, why, held
-    planned, chosen, reason, holds = max(
-        tried, key=lambda t: (t[0].assess(t[1], load).feasible, t[3], t[0].assess(t[1], load).objective))
-    if not reason and not planned.assess(chosen, load).feasible:
+    planned, chosen, reason, holds, a = max(tried, key=lambda t: (t[4].feasible, t[3], t[4].objective))
+    if not reason and not a.feasible:
         reason = (f"at {load:.1f} rps each choice's contention on {problem.cpus:g} CPUs favours another; "
                   "serving the best of them, which does not meet every constraint on its own")
     return planned, chosen, reason, holds
-
-
-def _reassessed(problem: Problem, chosen: Chosen, load: float) -> Chosen:
-    """The same configuration scored on another problem's rows (its replicas kept)."""
-    return [problem.option(problem.profiles.lookup(o.stage, o.variant, o.batch, o.cores), load, replicas=o.replicas)
-            for o in chosen]
-
-
-def _config(chosen: Chosen) -> tuple:
-    return tuple((o.stage, o.variant, o.batch, o.cores, o.replicas) for o in chosen)
 
 
 def combinations(problem: Problem, load: float) -> int:
