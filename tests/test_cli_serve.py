@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from ipa.runtime.loadgen import photo_jpegs
-from tests.test_ray_serving import free_port
+from ipa.runtime.ray_runtime import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

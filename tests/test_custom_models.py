@@ -325,8 +325,7 @@ def test_a_broken_factory_stops_ipa_profile_with_rc_2_naming_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ipa.runtime.ray_runtime import RaySettings, connect, shutdown
-    from tests.test_ray_serving import free_port
+    from ipa.runtime.ray_runtime import RaySettings, connect, free_port, shutdown
 
     settings = RaySettings(port=free_port(), cpus=4, deploy_timeout_s=240)
     started = connect(settings, load_pipeline(HIST))

@@ -7,8 +7,8 @@ import requests
 from ray import serve
 
 from ipa.runtime.loadgen import photo_jpegs
-from ipa.runtime.ray_runtime import APP, RayRuntime, RaySettings, connect, shutdown
-from tests.test_ray_serving import config, free_port, small_spec
+from ipa.runtime.ray_runtime import APP, RayRuntime, RaySettings, connect, free_port, shutdown
+from tests.test_ray_serving import config, small_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

@@ -12,10 +12,10 @@ import requests
 from ipa.errors import ConfigError
 from ipa.profiles.audio import read_wav
 from ipa.profiles.samples import find_speech
-from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, shutdown
+from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, free_port, shutdown
 from ipa.spec import PipelineSpec, StageConfig, load_pipeline
 from tests.test_pipelines import tiny_stage
-from tests.test_ray_serving import free_port, post
+from tests.test_ray_serving import post
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import os
 import math
 import time
@@ -14,7 +13,7 @@ import pytest
 import requests
 
 from ipa.runtime.loadgen import LoadGenerator, arrival_times, photo_jpegs
-from ipa.runtime.ray_runtime import RayRuntime, RaySettings, change_kinds, connect, shutdown
+from ipa.runtime.ray_runtime import RayRuntime, RaySettings, change_kinds, connect, free_port, shutdown
 from ipa.spec import PipelineSpec, StageConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -35,12 +34,6 @@ def small_spec() -> PipelineSpec:
 
 def config(det=DET, det_batch=1, cls=CLS, cls_batch=1, cls_replicas=1) -> dict[str, StageConfig]:
     return {"detect": StageConfig(det, det_batch, 1, 1), "classify": StageConfig(cls, cls_batch, cls_replicas, 1)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

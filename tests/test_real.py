@@ -211,3 +211,17 @@ def test_start_waits_until_http_reaches_the_app_not_just_until_serve_says_runnin
         assert not _wait_routed(url, 0.0)  # still 404 when the time is up: False (and a warning), not a hang
     finally:
         server.shutdown()
+
+
+def test_servings_port_is_free_and_outside_the_range_ray_and_the_kernel_hand_out(monkeypatch, tmp_path):
+    # CI: a port from bind(0) (the ephemeral range) was taken by Ray's own connections before HAProxy bound it.
+    import socket
+
+    from ipa.runtime import ray_runtime
+
+    low, high = ray_runtime._ephemeral_range()
+    ports = {ray_runtime.free_port() for _ in range(20)}
+    assert all(20000 <= p < 32768 and not low <= p <= high for p in ports)
+    for p in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))  # still free

@@ -409,7 +409,7 @@ def _profile_serving(spec, out, n_requests: int) -> None:
     from ipa.profiles import load_profiles
     from ipa.profiles.table import meta_path
     from ipa.runtime.overhead import measure_serving
-    from ipa.runtime.ray_runtime import RaySettings
+    from ipa.runtime.ray_runtime import RaySettings, free_port
 
     table = load_profiles(out, spec)  # the profile it belongs to must exist and fit the pipeline
     if n_requests < 4:
@@ -418,7 +418,7 @@ def _profile_serving(spec, out, n_requests: int) -> None:
     rate = _serving_rate(spec, table)
     err_console.print(f"measuring the serving cost: {n_requests} requests at {rate:.2g} rps on a local Ray cluster "
                       f"(about {n_requests / rate / 60 + 0.5:.0f} min)", highlight=False)
-    cost, meta = measure_serving(spec, RaySettings(port=_free_port()), requests=n_requests, rate_rps=rate,
+    cost, meta = measure_serving(spec, RaySettings(port=free_port()), requests=n_requests, rate_rps=rate,
                                  profiles=table)
     write_json(meta_path(out), table.meta | {"serving": cost.to_meta() | meta})
     console.print(f"serving on this machine: {cost.latency_s * 1000:.0f} ms per request outside the models, "
@@ -436,14 +436,6 @@ def _serving_rate(spec, table) -> float:
     rates = [p.throughput_rps for s in spec.stages for p in table.for_stage(s.name)
              if p.variant == s.least_accurate.name and p.batch == 1 and p.cores == 1]
     return min([5.0] + [0.5 * r for r in rates])
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def print_table(rows: list[dict], title: str = "", floatfmt: str = "{:.4g}") -> None:

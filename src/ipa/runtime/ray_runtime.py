@@ -422,6 +422,33 @@ def _check_port_free(host: str, port: int) -> None:
             raise ConfigError(f"port {port} on {host} is not free ({e.strerror}): pass another with --port") from None
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free port for Serve's proxy that nothing else will take before it binds: outside the kernel's ephemeral
+    range (where port 0 lands, and where Ray's own processes and outgoing connections take ports while the cluster
+    starts: a port picked there was taken before HAProxy bound it, on CI) and above Ray's worker ports (10002-19999)."""
+    import random
+    import socket
+
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(20000, 32768) if not low <= p <= high] or list(range(20000, 32768))
+    for port in random.sample(candidates, min(len(candidates), 200)):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise ConfigError("no free port in 20000-32767 for Serve's proxy: pass one with --port")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def shutdown(started_ray: bool) -> None:
     """Delete the app and Serve; stop Ray if `connect` started it (a joined cluster keeps running)."""
     import ray
