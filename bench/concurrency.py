@@ -16,7 +16,6 @@ import csv
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,12 +27,7 @@ import numpy as np
 import requests
 
 from ipa.runtime.loadgen import photo_jpegs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ipa.runtime.ray_runtime import free_port
 
 
 def start_server(port: int, out: Path, policy: str, extra: list[str]) -> subprocess.Popen:

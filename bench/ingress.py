@@ -134,11 +134,16 @@ def decode_cpu_s(url: str) -> float:
 
 
 def free_port() -> int:
-    import socket
+    """Outside the ephemeral range where the current code has the helper; the old commit lacks it."""
+    try:
+        from ipa.runtime.ray_runtime import free_port as pick
+    except ImportError:
+        import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    return pick()
 
 
 def main() -> None:

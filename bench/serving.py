@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import requests
 from ipa.optimize import make_problem, solve
 from ipa.profiles import load_profiles
 from ipa.runtime.loadgen import photo_jpegs
-from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, shutdown
+from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, free_port, shutdown
 from ipa.runtime.serving import _load, crops, decode_image
 from ipa.spec import StageConfig, config_as_dict, load_pipeline
 
@@ -95,10 +94,7 @@ def main() -> None:
     local = sequential(lambda: in_process(models, jpeg), args.requests)
     n_local, lat_local = closed_loop(lambda: in_process(models, jpeg), args.clients, args.seconds)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = RaySettings(port=port, cpus=(os.cpu_count() or 1) + 1)  # room for one more replica
+    settings = RaySettings(port=free_port(), cpus=(os.cpu_count() or 1) + 1)  # room for one more replica
     started = connect(settings, spec)
     rt = RayRuntime(spec, settings)
     try:
