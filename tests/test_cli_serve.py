@@ -142,6 +142,8 @@ def test_profile_serving_refreshes_serving_cost_and_the_machines_pace(tmp_path):
     assert serving["pace"] > 0 and serving["pace_batches"] >= 20  # every request ran a batch in each stage
     assert serving["cpu_per_request_s"] > 0 and serving["latency_s"] > 0
     assert f"ran at {serving['pace']:.2f}x their profiled CPU" in done.stdout
+    assert set(serving["batch_overhead_s"]) == {"detect", "classify"}  # each replica's own time per batch
+    assert 0 < serving["batch_overhead_s"]["detect"] < 0.5
     setup = Setup.load(load_experiment(None, profiles=str(profiles)))
     assert setup.machine is setup.profiles  # plans and the simulated machine run the same paced table
     row = setup.profiles.lookup("detect", "ssdlite320_mobilenet_v3_large", 1, 1)

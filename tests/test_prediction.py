@@ -116,6 +116,16 @@ def test_the_machine_factors_are_read_from_the_meta_and_a_bad_one_is_refused_by_
             from_meta({"serving": {name: bad}}, "p.csv")
 
 
+def test_the_replicas_overheads_are_read_from_the_meta_and_a_bad_one_is_refused_by_name():
+    assert from_meta({"serving": {"batch_overhead_s": {"detect": 0.003}}}).batch_overhead_s == {"detect": 0.003}
+    assert from_meta({"serving": {}}).batch_overhead_s == {}
+    for bad in ({"detect": -1}, {"detect": "slow"}, [0.003], {"detect": float("nan")}):
+        with pytest.raises(ProfileError, match="serving.batch_overhead_s"):
+            from_meta({"serving": {"batch_overhead_s": bad}}, "p.csv")
+    cost = ServingCost(batch_overhead_s={"detect": 0.003})
+    assert from_meta({"serving": cost.to_meta()}).batch_overhead_s == {"detect": 0.003}  # what the refresh writes
+
+
 def test_fidelity_rows_hold_predicted_twin_and_real(tmp_path):
     predicted = {"throughput_rps": 10.0, "p99_latency_s": 0.5, "energy_method": "estimate"}
     twin = {"throughput_rps": 9.0, "p99_latency_s": 0.8, "energy_method": "estimate"}

@@ -166,6 +166,9 @@ def test_two_ingress_replicas_share_the_requests_and_report_as_one(cluster):
         assert list(rates[int(whole) - rt._epoch0:][:8]) == [2] * 8, rates
         timings = rt.batch_timings()
         assert sum(t.size for t in timings if t.stage == "detect") == 19
+        # each replica's own time on a batch outside the model: decoding and hops, milliseconds, not the model's
+        assert all(t.overhead_s is not None and 0 <= t.overhead_s < t.seconds + 1.0 for t in timings)
+        assert any(t.overhead_s > 0 for t in timings if t.stage == "detect")
         assert answered_200(rt.url) - before == 19  # both replicas' counts, from whichever answered the scrape
         rt.apply(config(), load_rps=1.0)  # the same config for one replica's load: the ingress shrinks alone
         assert rt.reconfigurations[-1].kinds == [] and rt.ingresses == 2  # fixed by the setting

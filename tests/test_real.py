@@ -225,3 +225,25 @@ def test_servings_port_is_free_and_outside_the_range_ray_and_the_kernel_hand_out
     for p in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", p))  # still free
+
+
+def test_a_replicas_overhead_counts_from_when_its_batch_could_have_started():
+    from ipa.runtime.serving import _ready_at
+
+    # a full batch could start at its last item's arrival, or when the batch before it ended if that was later
+    assert _ready_at(10.0, [9.2, 9.5], 9.0, full=True) == 9.5
+    assert _ready_at(10.0, [9.2, 9.5], 9.8, full=True) == 9.8
+    assert _ready_at(10.0, [9.2], 11.0, full=True) == 10.0  # never after it started
+    # one that is not full may have waited for the batch timeout: from its start
+    assert _ready_at(10.0, [9.2], 9.0, full=False) == 10.0
+
+
+def test_the_overhead_per_batch_is_each_stages_median_of_what_its_replicas_reported():
+    from ipa.profiles.calibration import BatchTiming
+    from ipa.runtime.overhead import batch_overheads
+
+    batches = [BatchTiming("detect", "small", 1, 1, 0.05, None, 1.0, o) for o in (0.002, 0.003, 0.010)]
+    batches += [BatchTiming("classify", "r18", 1, 1, 0.02, None, 1.0, 0.001),
+                BatchTiming("classify", "r18", 1, 1, 0.02, None, 1.0, None)]  # an older replica: not measured
+    assert batch_overheads(batches) == {"detect": pytest.approx(0.003), "classify": pytest.approx(0.001)}
+    assert batch_overheads([BatchTiming("detect", "small", 1, 1, 0.05)]) == {}

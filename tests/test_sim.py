@@ -263,3 +263,29 @@ def test_simulated_batches_say_when_they_ended(tiny):
     sim = run(tiny, [5] * 10)
     ends = [t.t_s for t in sim.batch_timings()]
     assert ends and ends == sorted(ends) and 0 < ends[0] and ends[-1] <= 10
+
+
+def test_a_replicas_own_overhead_per_batch_holds_the_replica_and_the_request_but_not_the_models_time(tiny):
+    from ipa.profiles.serving import ServingCost
+
+    overhead = ServingCost(batch_overhead_s={"detect": 0.004, "classify": 0.002})
+    for settings in (SimSettings(serving_latency_s=0.01), SimSettings(serving_latency_s=0.01, cpus=2)):
+        plain = one_request(tiny, settings)
+        r = one_request(tiny, settings, overhead)
+        # the replicas' overheads are served in them, and taken out of serving's latency, which measured them
+        assert r.latencies[0] == pytest.approx(plain.latencies[0])
+        assert r.latencies[0] == pytest.approx(0.05 * 0.9 + 0.02 * 0.9 + 0.01)
+        alone = one_request(tiny, settings.model_copy(update={"serving_latency_s": 0.0}), overhead)
+        assert alone.latencies[0] == pytest.approx(0.05 * 0.9 + 0.02 * 0.9 + 0.006)  # no serving latency to take from
+    # saturated: a replica serves one batch per model time plus its overhead
+    spec, table = tiny
+    rps = np.full(30, 200.0)
+    rates = []
+    for serving in (ServingCost(), ServingCost(batch_overhead_s={"detect": 0.045})):
+        sim = Simulator(spec, exact(table), 3.0, rps, SimSettings(), seed=0, serving=serving)
+        sim.start(config())
+        sim.run_until(30)
+        timings = [t for t in sim.batch_timings() if t.stage == "detect"]
+        rates.append(sum(t.size for t in timings))
+        assert timings and all(t.seconds == pytest.approx(0.05 * 0.9) for t in timings)  # the model's time only
+    assert rates[1] / rates[0] == pytest.approx(0.5, rel=0.05)  # 45 ms of model + 45 ms of overhead

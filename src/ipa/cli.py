@@ -425,7 +425,9 @@ def _profile_serving(spec, out, n_requests: int) -> None:
                   f"{cost.cpu_fixed_cores:.2f} cores with no traffic + {cost.cpu_per_request_s * 1000:.1f} ms CPU per "
                   f"request (+ {cost.client_cpu_per_request_s * 1000:.1f} ms for a local load generator); the models "
                   f"ran at {cost.pace:.2f}x their profiled CPU with a p99 {cost.spread:.2f}x their median "
-                  f"({meta['pace_batches']} batches), and plans and "
+                  f"({meta['pace_batches']} batches) and each replica spent "
+                  + ", ".join(f"{ms * 1000:.1f} ms ({stage})" for stage, ms in cost.batch_overhead_s.items())
+                  + " per batch outside its model; plans and "
                   f"predictions with these profiles will run them so; written to {meta_path(out)}",
                   markup=False, highlight=False)
 

@@ -11,7 +11,8 @@ drifted apart (a plan one interval later on one side moves every figure after it
 machine as the real run measured it: the profiles corrected by every batch the run timed (calibration
 over the whole run, so the batch times hold the contention of that load), the reconfiguration delays it
 timed, its drop limit and batch timeout, the same admission rule, and serving's own latency per answer
-as the run measured it (each answer's time neither in a model nor queued for one: HTTP, decode, hops).
+as the run measured it (each answer's time neither in a model nor queued for one: HTTP, decode, hops), and each
+replica's own overhead per batch as the run measured it.
 Each simulated batch takes its row's p50 times the pace the run's batches had at that moment (`pace`),
 so the machine's slow spells fall where they fell.
 What still differs is what the simulator does not model, which is what the table is for.
@@ -20,6 +21,7 @@ What still differs is what the simulator does not model, which is what the table
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from ipa.experiment.cells import Setup
 from ipa.profiles.calibration import BatchTiming, row_of
 from ipa.profiles.table import Profile, ProfileTable
 from ipa.runtime.loadgen import RequestRecord
+from ipa.runtime.overhead import batch_overheads
 from ipa.runtime.sim import Pace, SimSettings
 
 METRICS = ["throughput_rps", "completed", "goodput_rps", "p99_latency_s", "sla_violation_pct", "dropped_pct",
@@ -47,7 +50,9 @@ def twin(setup: Setup, real: dict[str, Any]) -> Setup:
                       reconfig_s=real["delays"] or None, serving_latency_s=setup.serving_latency_s,
                       serving_latency_spread_s=serving_latency(real["records"]))
     cfg = setup.cfg.model_copy(update={"sim": sim})
-    return Setup(cfg, setup.spec, setup.profiles, real["learned"], setup.serving)
+    overheads = batch_overheads(real["batches"])  # the replicas' own, as this run measured them
+    serving = replace(setup.serving, batch_overhead_s=overheads) if setup.serving and overheads else setup.serving
+    return Setup(cfg, setup.spec, setup.profiles, real["learned"], serving)
 
 
 def pace(batches: list[BatchTiming], machine: ProfileTable) -> Pace:

@@ -39,7 +39,8 @@ from ipa.spec import Strict
 
 class BatchTiming(NamedTuple):
     """One batch a replica ran: which model, on how many cores, how many requests, how long it took, how
-    much CPU it burned and when it ended, in seconds since the run started (None: not measured)."""
+    much CPU it burned, when it ended, in seconds since the run started, and the wall time the replica spent on
+    it outside the model (`overhead_s`: hand-off, decoding, thread hops; None: not measured)."""
 
     stage: str
     variant: str
@@ -48,6 +49,7 @@ class BatchTiming(NamedTuple):
     seconds: float
     cpu_s: float | None = None
     t_s: float | None = None
+    overhead_s: float | None = None
 
 
 class CalibrationSettings(Strict):

@@ -14,7 +14,7 @@ meta, every plan and prediction runs the profiles at this machine's speed (`Serv
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ipa.errors import ProfileError
@@ -34,6 +34,8 @@ class ServingCost:
     source: str = ""
     pace: float = 1.0  # the models' CPU per batch served on this machine / profiled (the day's or the VM's speed)
     spread: float = 1.0  # served batches' p99 over their p50 (a row's own, if wider, stays)
+    # per stage: the wall time a replica spends on each batch outside the model (hand-off, decoding, thread hops)
+    batch_overhead_s: dict[str, float] = field(default_factory=dict)
 
     def cores(self, load_rps: float) -> float:
         """CPU cores serving takes at `load_rps`, beside the replicas."""
@@ -94,10 +96,15 @@ def from_meta(meta: dict[str, Any], source: str = "") -> ServingCost | None:
         if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
             raise ProfileError(f"{source}: serving.{name} must be a finite number >= 0, got {v!r}")
         values[name] = float(v)
+    overheads = raw.get("batch_overhead_s", {})
+    if not isinstance(overheads, dict) or not all(
+            isinstance(v, int | float) and math.isfinite(v) and v >= 0 for v in overheads.values()):
+        raise ProfileError(f"{source}: serving.batch_overhead_s must map each stage to seconds >= 0, got {overheads!r}")
     factors = {}
     for name in ("pace", "spread"):
         v = raw.get(name, 1.0)
         if not isinstance(v, int | float) or not 0 < v < math.inf:
             raise ProfileError(f"{source}: serving.{name} must be a finite number > 0, got {v!r}")
         factors[name] = float(v)
-    return ServingCost(**values, source=str(raw.get("measured", source)), **factors)
+    return ServingCost(**values, source=str(raw.get("measured", source)), **factors,
+                       batch_overhead_s={str(k): float(v) for k, v in overheads.items()})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import platform
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ipa.profiles.calibration import machine_pace, served_spread
+from ipa.profiles.calibration import BatchTiming, machine_pace, served_spread
 from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import ProfileTable
 from ipa.spec import PipelineSpec, StageConfig
@@ -86,6 +87,16 @@ class ProcessCpu:
             out.append(pid)
             todo.extend(children.get(pid, ()))
         return out
+
+
+def batch_overheads(batches: Iterable[BatchTiming]) -> dict[str, float]:
+    """Per stage, the median wall time its replicas spent on a batch outside the model (the stages that reported it):
+    a replica busy back to back serves one batch per model time plus this."""
+    by_stage: dict[str, list[float]] = {}
+    for t in batches:
+        if t.overhead_s is not None and math.isfinite(t.overhead_s):
+            by_stage.setdefault(t.stage, []).append(t.overhead_s)
+    return {stage: float(np.median(v)) for stage, v in by_stage.items()}
 
 
 def _fields(path: str) -> list[str] | None:
@@ -195,6 +206,7 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     pace = machine_pace(profiles, batches) if profiles is not None else None
     if pace is not None:
         cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0)
+    cost = replace(cost, batch_overhead_s=batch_overheads(batches))
     meta = {"measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.node() or "unknown", "cpus": len(os.sched_getaffinity(0)),
             "config": {s: c.as_dict() for s, c in config.items()}, "requests": len(ok), "rate_rps": rate_rps,

@@ -255,6 +255,7 @@ class StageReplica:
         self.loads: list[dict[str, Any]] = []  # (variant, seconds) of every model load, for reconfiguration timing
         self.replica = uuid.uuid4().hex[:8]
         self.batches = 0
+        self._ended = 0.0  # when this replica's last batch ended (the next could start no earlier)
 
     async def reconfigure(self, cfg: dict[str, Any]) -> None:
         """Load a new variant next to the serving one, then swap; batch and threads change in place."""
@@ -281,6 +282,7 @@ class StageReplica:
         Each answer carries the model's output and says how long its item waited in this replica for its batch
         (`queued_s`); a model that raises answers `failed` with the reason for each item of the batch."""
         now = time.time()
+        ready = _ready_at(now, arrived, self._ended, len(items) >= self.infer._get_max_batch_size())
         live = [i for i, t in enumerate(start_by) if now <= t]
         out: list[dict[str, Any]] = [EXPIRED] * len(items)
         if not live:
@@ -302,9 +304,10 @@ class StageReplica:
                 out[i] = {"failed": str(e)}
             return out
         self.batches += 1
+        self._ended = ended = time.time()
         timing = {"id": f"{self.replica}:{self.batches}", "seconds": seconds, "cpu_s": cpu_s, "size": len(live),
-                  "variant": model.variant, "cores": self.cores, "ended_at": time.time(),
-                  "decode_s": decode_s}
+                  "variant": model.variant, "cores": self.cores, "ended_at": ended,
+                  "decode_s": decode_s, "overhead_s": max(0.0, ended - ready - seconds)}
         detection = self.spec.get("kind") == "detection"
         for i, x, o in zip(live, inputs, outputs):
             out[i] = {"output": o, "variant": model.variant, "batch": len(live), "timing": timing,
@@ -321,6 +324,16 @@ class StageReplica:
         return {"stage": self.stage, "variant": self.variant, "batch": self.infer._get_max_batch_size(),
                 "threads": torch.get_num_threads(), "loads": self.loads,
                 "node": ray.get_runtime_context().get_node_id()}
+
+
+def _ready_at(started: float, arrived: list[float], last_ended: float, full: bool) -> float:
+    """When a batch could have started: its last item's arrival, or the replica's previous batch's end if later (the
+    time from there to its answers, less the model's, is the replica's own overhead: the hand-off from the batch
+    queue, decoding, the hops to and from the model's thread). A batch that is not full may have waited for the
+    batch timeout: it counts from its start."""
+    if not full:
+        return started
+    return min(started, max(last_ended, max(arrived)))
 
 
 def _load(stage: dict[str, Any], variant: str, weights: str | None, device: str = "cpu", search: tuple | list = ()):
@@ -691,7 +704,8 @@ class Ingress:
             self.admission.observe(i, t["seconds"], t["size"], t.get("ended_at") or time.time())
             self._news.timings.append({"id": t["id"], "stage": self.stages[i][0], "variant": t["variant"],
                                        "cores": t["cores"], "size": t["size"], "seconds": t["seconds"],
-                                       "cpu_s": t.get("cpu_s"), "ended_at": t.get("ended_at")})
+                                       "cpu_s": t.get("cpu_s"), "ended_at": t.get("ended_at"),
+                                       "overhead_s": t.get("overhead_s")})
 
     async def _warm(self) -> None:
         """Ready once every stage has answered: behind HAProxy the ingress takes HTTP as soon as it is up, while the

@@ -91,6 +91,7 @@ class _Stage:
     queue: deque = field(default_factory=deque)  # (request id, time it joined this queue, latest start)
     timeout_at: float = -1.0
     pending: tuple[float, StageConfig] | None = None  # (when it switches, the config it switches to)
+    overhead_s: float = 0.0  # a replica's wall time per batch outside the model (serving's `batch_overhead_s`)
 
     def reserved_cores(self) -> int:
         own = self.cfg.replicas * self.cfg.cores
@@ -166,6 +167,7 @@ class Simulator:
         self._rate = 1.0
         self._batch_demand = 0.0  # CPUs the running batches would use with the machine to themselves
         self._serving_demand = self.serving.cores(0.0)
+        self._in_replicas_s = sum(self.serving.batch_overhead_s.get(s.name, 0.0) for s in spec.stages)
         if self.cpus is not None:
             for sec in range(1, n):
                 self._push(float(sec), 3, sec)
@@ -179,8 +181,9 @@ class Simulator:
         expected = expected or stage_estimates(self.profiles, config)
         self.stages = []
         self._at = [0] * len(self.spec.stages)
+        overheads = self.serving.batch_overhead_s
         for i, s in enumerate(self.spec.stages):
-            st = _Stage(i, s.name, config[s.name], [], 0.0)
+            st = _Stage(i, s.name, config[s.name], [], 0.0, overhead_s=overheads.get(s.name, 0.0))
             self.stages.append(st)
             self._configure(st, config[s.name])
             self._admit(st, config[s.name], expected[s.name])
@@ -348,7 +351,7 @@ class Simulator:
             took = self._service_time(row)
             payload = (st.idx, batch, st.accuracy, row, took, self.now)
             if self.cpus is None:
-                self._push(self.now + took, 0, payload)
+                self._push(self.now + took + st.overhead_s, 0, payload)
             else:
                 self._share(payload, took * row.alone_s / row.p50, row.cpu_s / row.alone_s)
 
@@ -387,11 +390,17 @@ class Simulator:
         return self._virtual_at + (self._running[0][0] - self._virtual) / self._rate
 
     def _finish(self) -> None:
+        """A batch's model work is done; its replica answers after its own overhead (off the shared CPUs: the
+        decoding in it is serving's CPU)."""
         self._advance()
         _, _, payload, demand = heapq.heappop(self._running)
         self._batch_demand = max(0.0, self._batch_demand - demand) if self._running else 0.0
         self._set_rate()
-        self._done(payload)
+        overhead = self.stages[payload[0]].overhead_s
+        if overhead > 0:
+            self._push(self.now + overhead, 0, payload)
+        else:
+            self._done(payload)
 
     def _tick(self, sec: int) -> None:
         """Serving's CPU follows the load of the second that just ended: its arrivals (the load generator's,
@@ -403,9 +412,10 @@ class Simulator:
 
     def _done(self, payload) -> None:
         idx, batch, accuracy, row, sampled, started = payload
-        # what the replica would measure: with shared CPUs, the wall time includes the wait for them
-        took = sampled if self.cpus is None else self.now - started
         st = self.stages[idx]
+        # what the replica would measure: with shared CPUs, the wall time includes the wait for them; its own
+        # overhead is not the model's time
+        took = sampled if self.cpus is None else self.now - started - st.overhead_s
         st.busy -= 1
         st.in_service -= len(batch)
         self.admission.observe(idx, took, len(batch), self.now)
@@ -429,7 +439,8 @@ class Simulator:
             self.admission.observe_outside(overhead)
         else:
             overhead = self.serving_latency
-        latency = self.now - self._arrived[req] + overhead
+        # the replicas' own overheads were measured in serving's latency, and were served here already
+        latency = self.now - self._arrived[req] + max(0.0, overhead - self._in_replicas_s)
         pas = self.acc[req] / len(self.stages) if self.spec.accuracy_method == "average" else self.acc[req]
         self.completed += 1
         self.s["completions"][sec] += 1
