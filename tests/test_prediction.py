@@ -205,3 +205,15 @@ def test_the_loop_admits_with_the_rows_the_plan_stretched(tiny):
     for stage, e in stage_estimates(planned.profiles, config).items():  # what admission starts from
         assert first["expected"][stage] == pytest.approx([e.batch_s, e.per_request_s, e.tail_s])
         assert e.batch_s > stage_estimates(table, config)[stage].batch_s
+
+
+def test_a_variants_own_pace_multiplies_the_machines_and_a_bad_one_is_refused_by_name(tiny):
+    _, table = tiny
+    served = ServingCost(pace=2.0, variant_pace={"detect/small": 1.5}).machine(table)
+    for old, new in zip(table.rows, served.rows):
+        f = 3.0 if (old.stage, old.variant) == ("detect", "small") else 2.0
+        assert new.p50 == pytest.approx(f * old.p50) and new.cpu_s == pytest.approx(f * old.cpu_s)
+    assert from_meta({"serving": {"variant_pace": {"detect/small": 1.3}}}).variant_pace == {"detect/small": 1.3}
+    for bad in ({"detect/small": 0}, {"detect/small": "x"}, [1.3], {"detect/small": float("nan")}):
+        with pytest.raises(ProfileError, match="serving.variant_pace"):
+            from_meta({"serving": {"variant_pace": bad}}, "p.csv")

@@ -42,3 +42,23 @@ def test_zoo_builds_detectors_and_classifiers_without_downloads():
 def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(ConfigError, match="not a torchvision"):
         kind_of("yolov9z")
+
+
+@pytest.mark.slow
+def test_each_variants_pace_is_measured_against_the_served_ones_alone_on_a_core():
+    from dataclasses import replace
+
+    from ipa.profiles.profiler import variant_pace
+    from ipa.profiles.table import ProfileTable
+
+    shipped = load_profiles("profiles/video-cpu-2core.csv", VIDEO)
+    keep = {("classify", "resnet18"), ("classify", "resnet34"), ("detect", "ssdlite320_mobilenet_v3_large")}
+    rows = [p for p in shipped.rows if (p.stage, p.variant) in keep and p.batch == 1 and p.cores == 1]
+    table = ProfileTable(rows, shipped.meta, "t")
+    reference = {"classify": "resnet18", "detect": "ssdlite320_mobilenet_v3_large"}
+    got = variant_pace(VIDEO, table, reference, min_s=0.2)
+    assert set(got) == {"classify/resnet34"}  # the served variants are the reference; detect has no other row
+    # a row that claims a tenth of its CPU makes that variant ten times slower than profiled, relative to resnet18
+    cheap = ProfileTable([replace(p, cpu_s_per_batch=p.cpu_s * 0.1) if p.variant == "resnet34" else p for p in rows],
+                         shipped.meta, "t")
+    assert 5 < variant_pace(VIDEO, cheap, reference, min_s=0.2)["classify/resnet34"] / got["classify/resnet34"] < 20

@@ -238,12 +238,12 @@ def test_a_replicas_overhead_counts_from_when_its_batch_could_have_started():
     assert _ready_at(10.0, [9.2], 9.0, full=False) == 10.0
 
 
-def test_the_overhead_per_batch_is_each_stages_median_of_what_its_replicas_reported():
+def test_the_overhead_per_batch_is_each_stages_mean_of_what_its_replicas_reported():
     from ipa.profiles.calibration import BatchTiming
     from ipa.runtime.overhead import batch_overheads
 
     batches = [BatchTiming("detect", "small", 1, 1, 0.05, None, 1.0, o) for o in (0.002, 0.003, 0.010)]
     batches += [BatchTiming("classify", "r18", 1, 1, 0.02, None, 1.0, 0.001),
                 BatchTiming("classify", "r18", 1, 1, 0.02, None, 1.0, None)]  # an older replica: not measured
-    assert batch_overheads(batches) == {"detect": pytest.approx(0.003), "classify": pytest.approx(0.001)}
+    assert batch_overheads(batches) == {"detect": pytest.approx(0.005), "classify": pytest.approx(0.001)}
     assert batch_overheads([BatchTiming("detect", "small", 1, 1, 0.05)]) == {}

@@ -427,7 +427,10 @@ def _profile_serving(spec, out, n_requests: int) -> None:
                   f"ran at {cost.pace:.2f}x their profiled CPU with a p99 {cost.spread:.2f}x their median "
                   f"({meta['pace_batches']} batches) and each replica spent "
                   + ", ".join(f"{ms * 1000:.1f} ms ({stage})" for stage, ms in cost.batch_overhead_s.items())
-                  + " per batch outside its model; plans and "
+                  + " per batch outside its model"
+                  + (f"; alone on a core the other variants ran x{min(cost.variant_pace.values()):.2f}-"
+                     f"{max(cost.variant_pace.values()):.2f} of the served ones' pace" if cost.variant_pace else "")
+                  + "; plans and "
                   f"predictions with these profiles will run them so; written to {meta_path(out)}",
                   markup=False, highlight=False)
 

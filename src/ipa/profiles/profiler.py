@@ -110,6 +110,54 @@ def measure(runner: builder.Runner, items: list, settings: ProfilerSettings, met
     }
 
 
+def variant_pace(spec: PipelineSpec, table: ProfileTable, reference: dict[str, str], device: str = "cpu",
+                 min_s: float = 0.5, calls: int = 3, progress: Callable[[str], None] = lambda s: None
+                 ) -> dict[str, float]:
+    """Each profiled variant alone on one core at batch 1, against its row, over the same for its stage's
+    `reference` variant (the one served while the machine's pace was measured), timed just before and just after
+    the others: 'stage/variant' -> how much slower than the reference's pace it runs here. A machine's speed is
+    not one number (on the 2-core VM fasterrcnn ran 1.2-1.3x slower against its profile than ssdlite did, alone and
+    served), and a plan that picks a variant the serving measurement did not run should know it. CPU time of this
+    process, so a busy moment of the machine is not read as a slow model; about 15 s for the video pipeline."""
+    from ipa.profiles.zoo import pipeline_kinds
+
+    kinds = pipeline_kinds(spec)
+    search = builder.search_path(spec)
+    out: dict[str, float] = {}
+    with pinned(1, device):
+        for stage in spec.stages:
+            rows = {p.variant: p for p in table.for_stage(stage.name) if p.batch == 1 and p.cores == 1}
+            ref = reference.get(stage.name)
+            if ref not in rows:
+                continue
+            items = stage_items(spec, kinds, stage.name, 1)
+            runners = {}
+            for v in [ref] + [v for v in rows if v != ref]:
+                runners[v] = builder.build(stage, v, device=device, search=search)
+                runners[v](items)  # the first call allocates
+            before = _cpu_per_call(runners[ref], items, min_s, calls) / rows[ref].cpu_s
+            own = {v: _cpu_per_call(r, items, min_s, calls) / rows[v].cpu_s for v, r in runners.items() if v != ref}
+            after = _cpu_per_call(runners[ref], items, min_s, calls) / rows[ref].cpu_s
+            base = 0.5 * (before + after)
+            for v, ratio in own.items():
+                out[f"{stage.name}/{v}"] = ratio / base
+            progress(f"{stage.name}: " + ", ".join(f"{v} x{ratio / base:.2f}" for v, ratio in own.items())
+                     + f" of {ref}'s pace")
+            del runners
+    return out
+
+
+def _cpu_per_call(runner: builder.Runner, items: list, min_s: float, calls: int) -> float:
+    """The median CPU seconds of one call, over at least `calls` calls and `min_s` seconds."""
+    cpu: list[float] = []
+    start = time.perf_counter()
+    while len(cpu) < calls or time.perf_counter() - start < min_s:
+        c0 = time.process_time()
+        runner(items)
+        cpu.append(time.process_time() - c0)
+    return float(np.median(cpu))
+
+
 def _sync(device: str) -> Callable[[], None]:
     if device.startswith("cuda"):
         import torch

@@ -36,6 +36,10 @@ class ServingCost:
     spread: float = 1.0  # served batches' p99 over their p50 (a row's own, if wider, stays)
     # per stage: the wall time a replica spends on each batch outside the model (hand-off, decoding, thread hops)
     batch_overhead_s: dict[str, float] = field(default_factory=dict)
+    # per 'stage/variant': its pace over the pace of the variant served in the measurement, each alone on a core
+    # (the machine's speed is not one number: on the 2-core VM fasterrcnn ran 1.2-1.3x slower against its profile
+    # than ssdlite did, served and alone)
+    variant_pace: dict[str, float] = field(default_factory=dict)
 
     def cores(self, load_rps: float) -> float:
         """CPU cores serving takes at `load_rps`, beside the replicas."""
@@ -75,12 +79,16 @@ class ServingCost:
         return out
 
     def machine(self, profiles: ProfileTable) -> ProfileTable:
-        """The profiles as this machine runs them when serving: every row's work at the measured pace."""
-        if self.pace == 1.0 and self.spread == 1.0:
+        """The profiles as this machine runs them when serving: every row's work at the measured pace (each
+        variant's own, where measured)."""
+        if self.pace == 1.0 and self.spread == 1.0 and not self.variant_pace:
             return profiles
-        return profiles.at_pace(self.pace, f"{profiles.source} (as served here: x{self.pace:.2f} CPU, p99 >= "
-                                           f"{self.spread:.2f} x p50, from ipa profile --serving"
-                                           f"{' ' + self.source if self.source else ''})", self.spread)
+        own = f", per variant x{min(self.variant_pace.values()):.2f}-{max(self.variant_pace.values()):.2f} of it" \
+            if self.variant_pace else ""
+        return profiles.at_pace(lambda p: self.pace * self.variant_pace.get(f"{p.stage}/{p.variant}", 1.0),
+                                f"{profiles.source} (as served here: x{self.pace:.2f} CPU{own}, p99 >= "
+                                f"{self.spread:.2f} x p50, from ipa profile --serving"
+                                f"{' ' + self.source if self.source else ''})", self.spread)
 
 
 def from_meta(meta: dict[str, Any], source: str = "") -> ServingCost | None:
@@ -100,6 +108,11 @@ def from_meta(meta: dict[str, Any], source: str = "") -> ServingCost | None:
     if not isinstance(overheads, dict) or not all(
             isinstance(v, int | float) and math.isfinite(v) and v >= 0 for v in overheads.values()):
         raise ProfileError(f"{source}: serving.batch_overhead_s must map each stage to seconds >= 0, got {overheads!r}")
+    variants = raw.get("variant_pace", {})
+    if not isinstance(variants, dict) or not all(
+            isinstance(v, int | float) and 0 < v < math.inf for v in variants.values()):
+        raise ProfileError(f"{source}: serving.variant_pace must map each 'stage/variant' to a factor > 0, "
+                           f"got {variants!r}")
     factors = {}
     for name in ("pace", "spread"):
         v = raw.get(name, 1.0)
@@ -107,4 +120,5 @@ def from_meta(meta: dict[str, Any], source: str = "") -> ServingCost | None:
             raise ProfileError(f"{source}: serving.{name} must be a finite number > 0, got {v!r}")
         factors[name] = float(v)
     return ServingCost(**values, source=str(raw.get("measured", source)), **factors,
-                       batch_overhead_s={str(k): float(v) for k, v in overheads.items()})
+                       batch_overhead_s={str(k): float(v) for k, v in overheads.items()},
+                       variant_pace={str(k): float(v) for k, v in variants.items()})

@@ -108,15 +108,16 @@ class ProfileTable:
             return "estimate"
         return methods[0] if len(methods) == 1 else "+".join(methods)
 
-    def at_pace(self, factor: float, source: str, spread: float = 1.0) -> ProfileTable:
-        """The table of a machine that does every row's work `factor` times slower: its batches take that much
-        longer and burn that much more CPU, and the joules that CPU costs (unlike `slower`, a wait). `spread`:
-        the p99 over p50 its batches have when served (a row keeps its own if that is wider)."""
-        if factor == 1.0 and spread == 1.0:
+    def at_pace(self, factor: float | Callable[[Profile], float], source: str, spread: float = 1.0) -> ProfileTable:
+        """The table of a machine that does every row's work `factor` (or `factor(row)`) times slower: its batches
+        take that much longer and burn that much more CPU, and the joules that CPU costs (unlike `slower`, a wait).
+        `spread`: the p99 over p50 its batches have when served (a row keeps its own if that is wider)."""
+        of = factor if callable(factor) else (lambda p: factor)
+        if not callable(factor) and factor == 1.0 and spread == 1.0:
             return self
-        rows = [replace(slow, cpu_s_per_batch=p.cpu_s * factor, energy_j_per_batch=p.energy_j_per_batch * factor,
+        rows = [replace(slow, cpu_s_per_batch=p.cpu_s * of(p), energy_j_per_batch=p.energy_j_per_batch * of(p),
                         latency_p99_s=max(slow.latency_p99_s, slow.p50 * spread))
-                for slow, p in zip(self.slower(lambda p: factor, source).rows, self.rows)]
+                for slow, p in zip(self.slower(of, source).rows, self.rows)]
         return ProfileTable(rows, self.meta, source)
 
     def slower(self, factor: Callable[[Profile], float], source: str) -> ProfileTable:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ipa.profiles.calibration import BatchTiming, machine_pace, served_spread
+from ipa.profiles.profiler import variant_pace
 from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import ProfileTable
 from ipa.spec import PipelineSpec, StageConfig
@@ -90,13 +91,14 @@ class ProcessCpu:
 
 
 def batch_overheads(batches: Iterable[BatchTiming]) -> dict[str, float]:
-    """Per stage, the median wall time its replicas spent on a batch outside the model (the stages that reported it):
-    a replica busy back to back serves one batch per model time plus this."""
+    """Per stage, the mean wall time its replicas spent on a batch outside the model (the stages that reported it):
+    a replica busy back to back serves one batch per model time plus this, so the mean, tail included, is what its
+    capacity loses (the detector's at 5 rps: median 2.6 ms; back to back at twice capacity 4.0 ms)."""
     by_stage: dict[str, list[float]] = {}
     for t in batches:
         if t.overhead_s is not None and math.isfinite(t.overhead_s):
             by_stage.setdefault(t.stage, []).append(t.overhead_s)
-    return {stage: float(np.median(v)) for stage, v in by_stage.items()}
+    return {stage: float(np.mean(v)) for stage, v in by_stage.items()}
 
 
 def _fields(path: str) -> list[str] | None:
@@ -148,7 +150,9 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     - `latency_s`: the median of each answer's latency less the time its batches took in the models and it
       waited for them at the replicas,
     - `pace` (with `profiles`): the CPU the models' batches burned against their profiled rows, and `spread`:
-      the p99 over the p50 of their times.
+      the p99 over the p50 of their times; then, the cluster stopped, each other variant's pace against the
+      served one's, each alone on a core (`variant_pace`),
+    - `batch_overhead_s`: per stage, what its replica spent on a batch outside the model.
 
     Returns the cost and what it was measured on (for the profile's meta).
     """
@@ -205,7 +209,9 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     )
     pace = machine_pace(profiles, batches) if profiles is not None else None
     if pace is not None:
-        cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0)
+        cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0,
+                       variant_pace=variant_pace(spec, profiles, {s: c.variant for s, c in config.items()},
+                                                 settings.device, progress=log.info))
     cost = replace(cost, batch_overhead_s=batch_overheads(batches))
     meta = {"measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.node() or "unknown", "cpus": len(os.sched_getaffinity(0)),
