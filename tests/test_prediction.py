@@ -217,3 +217,8 @@ def test_a_variants_own_pace_multiplies_the_machines_and_a_bad_one_is_refused_by
     for bad in ({"detect/small": 0}, {"detect/small": "x"}, [1.3], {"detect/small": float("nan")}):
         with pytest.raises(ProfileError, match="serving.variant_pace"):
             from_meta({"serving": {"variant_pace": bad}}, "p.csv")
+
+
+def test_the_variants_paces_read_as_one_figure_or_a_range():
+    assert ServingCost(variant_pace={"a/x": 1.011, "a/y": 1.012}).variant_range() == "1.01"
+    assert ServingCost(variant_pace={"a/x": 1.0, "a/y": 1.33}).variant_range() == "1.00-1.33"

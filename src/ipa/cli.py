@@ -428,8 +428,8 @@ def _profile_serving(spec, out, n_requests: int) -> None:
                   f"({meta['pace_batches']} batches) and each replica spent "
                   + ", ".join(f"{ms * 1000:.1f} ms ({stage})" for stage, ms in cost.batch_overhead_s.items())
                   + " per batch outside its model"
-                  + (f"; alone on a core the other variants ran x{min(cost.variant_pace.values()):.2f}-"
-                     f"{max(cost.variant_pace.values()):.2f} of the served ones' pace" if cost.variant_pace else "")
+                  + (f"; alone on a core the other variants ran x{cost.variant_range()} of the served ones' pace"
+                     if cost.variant_pace else "")
                   + "; plans and "
                   f"predictions with these profiles will run them so; written to {meta_path(out)}",
                   markup=False, highlight=False)

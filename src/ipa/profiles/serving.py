@@ -72,6 +72,11 @@ class ServingCost:
                 + (" (--ingress-replicas)" if ingresses else
                    f" (one per {INGRESS_BUSY * 1000 / per:.0f} rps)" if per > 0 else ""))
 
+    def variant_range(self) -> str:
+        """The variants' own paces as one figure or a range ('1.01', '1.00-1.33')."""
+        lo, hi = min(self.variant_pace.values(), default=1.0), max(self.variant_pace.values(), default=1.0)
+        return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}"
+
     def to_meta(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("client")
@@ -83,8 +88,7 @@ class ServingCost:
         variant's own, where measured)."""
         if self.pace == 1.0 and self.spread == 1.0 and not self.variant_pace:
             return profiles
-        own = f", per variant x{min(self.variant_pace.values()):.2f}-{max(self.variant_pace.values()):.2f} of it" \
-            if self.variant_pace else ""
+        own = f", per variant x{self.variant_range()} of it" if self.variant_pace else ""
         return profiles.at_pace(lambda p: self.pace * self.variant_pace.get(f"{p.stage}/{p.variant}", 1.0),
                                 f"{profiles.source} (as served here: x{self.pace:.2f} CPU{own}, p99 >= "
                                 f"{self.spread:.2f} x p50, from ipa profile --serving"
