@@ -58,6 +58,10 @@ def test_each_variants_pace_is_measured_against_the_served_ones_alone_on_a_core(
     reference = {"classify": "resnet18", "detect": "ssdlite320_mobilenet_v3_large"}
     got = variant_pace(VIDEO, table, reference, min_s=0.2)
     assert set(got) == {"classify/resnet34"}  # the served variants are the reference; detect has no other row
+    said = []
+    broken = ProfileTable(rows + [replace(rows[0], variant="no-such-model")], shipped.meta, "t")
+    assert set(variant_pace(VIDEO, broken, reference, min_s=0.2, progress=said.append)) == {"classify/resnet34"}
+    assert any("no-such-model: not timed" in m for m in said)  # one that does not build is said and skipped
     # a row that claims a tenth of its CPU makes that variant ten times slower than profiled, relative to resnet18
     cheap = ProfileTable([replace(p, cpu_s_per_batch=p.cpu_s * 0.1) if p.variant == "resnet34" else p for p in rows],
                          shipped.meta, "t")

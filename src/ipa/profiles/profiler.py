@@ -133,8 +133,14 @@ def variant_pace(spec: PipelineSpec, table: ProfileTable, reference: dict[str, s
             items = stage_items(spec, kinds, stage.name, 1)
             runners = {}
             for v in [ref] + [v for v in rows if v != ref]:
-                runners[v] = builder.build(stage, v, device=device, search=search)
-                runners[v](items)  # the first call allocates
+                try:
+                    runners[v] = builder.build(stage, v, device=device, search=search)
+                    runners[v](items)  # the first call allocates
+                except Exception as e:  # one variant that does not build here must not lose the measurement
+                    progress(f"{stage.name}/{v}: not timed ({e}); it keeps the machine's pace")
+                    runners.pop(v, None)
+            if ref not in runners:
+                continue
             before = _cpu_per_call(runners[ref], items, min_s, calls) / rows[ref].cpu_s
             own = {v: _cpu_per_call(r, items, min_s, calls) / rows[v].cpu_s for v, r in runners.items() if v != ref}
             after = _cpu_per_call(runners[ref], items, min_s, calls) / rows[ref].cpu_s

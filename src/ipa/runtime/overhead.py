@@ -209,9 +209,10 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     )
     pace = machine_pace(profiles, batches) if profiles is not None else None
     if pace is not None:
-        cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0,
-                       variant_pace=variant_pace(spec, profiles, {s: c.variant for s, c in config.items()},
-                                                 settings.device, progress=log.info))
+        cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0)
+        if settings.device == "cpu":  # a GPU model's CPU per call says little of its pace
+            cost = replace(cost, variant_pace=variant_pace(spec, profiles, {s: c.variant for s, c in config.items()},
+                                                           progress=log.info))
     cost = replace(cost, batch_overhead_s=batch_overheads(batches))
     meta = {"measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.node() or "unknown", "cpus": len(os.sched_getaffinity(0)),
