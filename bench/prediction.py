@@ -116,18 +116,18 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     import json
     from dataclasses import replace
 
-    from ipa.experiment.cells import Setup, cell_dir, shape
+    from ipa.experiment.cells import Setup, cell_dir, cell_pace, shape
     from ipa.experiment.config import load_experiment
-    from ipa.experiment.runner import cell_pace
     from ipa.experiment.sim_cell import run_sim_cell
-    from ipa.profiles import load_profiles
     from ipa.profiles.calibration import BatchTiming
     from ipa.workload import load_workload
 
     run = out / "run"
     cfg = load_experiment(run / "config.yaml", runtime="sim")
     setup = Setup.load(cfg)
-    twins = {(r["workload"], r["policy"], r["metric"]): r["twin"] for r in read_fidelity(run / "fidelity.csv")}
+    fidelity = read_fidelity(run / "fidelity.csv")
+    twins = {(r["workload"], r["policy"], r["metric"]): r["twin"] for r in fidelity}
+    started = {(r["workload"], r["policy"]): float(r["predicted"]) for r in fidelity if r["metric"] == "machine_pace"}
     rows = []
     for name in cfg.workloads:
         w = shape(load_workload(name, cfg.trace), cfg.duration_s, cfg.load_scale)
@@ -140,15 +140,13 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
                 batches = [BatchTiming(r["stage"], r["variant"], int(r["cores"]), int(r["size"]), float(r["seconds"]),
                                        float(r["cpu_s"]) if r["cpu_s"] else None) for r in csv.DictReader(f)]
             planned, measured = cell_pace(setup, batches)
-            cell_setup = setup
-            if at_cell_pace and measured and setup.serving:
-                serving = replace(setup.serving, pace=measured)
-                table = serving.machine(load_profiles(cfg.profiles, setup.spec))
-                cell_setup = Setup(cfg, setup.spec, table, table, serving, setup.carbon)
+            pace = measured if at_cell_pace else started.get((w.name, policy))  # the pace the run's prediction had
+            cell_setup = setup.at_serving(replace(setup.serving, pace=pace)) if pace and setup.serving else setup
             predicted = run_sim_cell(cell_setup, w, policy, client=True)["summary"]
             rows += [{"workload": w.name, "policy": policy, "metric": m, "predicted": predicted[m],
                       "twin": twins.get((w.name, policy, m), "nan"), "real": real[m]} for m in TARGETS]
-            rows.append({"workload": w.name, "policy": policy, "metric": "machine_pace", "predicted": planned,
+            rows.append({"workload": w.name, "policy": policy, "metric": "machine_pace",
+                         "predicted": cell_setup.serving.pace if cell_setup.serving else planned,
                          "twin": "nan", "real": measured if measured else "nan"})
     compare(rows, out / ("at-cell-pace" if at_cell_pace else "reprediction"),
             f"simulated again on {run}" + (" at each cell's own measured pace (not a prediction)" if at_cell_pace
@@ -177,9 +175,8 @@ def compare(fidelity_rows: list[dict], stem: Path, footer: str) -> None:
     lines.append(f"\n{met} of {len(rows)} within target; {footer}")
     paces = [r for r in fidelity_rows if r["metric"] == "machine_pace" and str(r["real"]) not in ("", "nan")]
     if paces:
-        lines.append(f"\nthe models' CPU pace over the profiles: predicted at {float(paces[0]['predicted']):.2f}; the "
-                     "real cells' batches: " + ", ".join(f"{r['workload']} {r['policy']} {float(r['real']):.2f}"
-                                                        for r in paces))
+        lines.append("\nthe models' CPU pace over the profiles, predicted at -> the real cell's batches: " + ", ".join(
+            f"{r['workload']} {r['policy']} {float(r['predicted']):.2f} -> {float(r['real']):.2f}" for r in paces))
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -147,7 +147,7 @@ def test_fidelity_rows_hold_predicted_twin_and_real(tmp_path):
 def test_a_cells_pace_is_the_refreshed_pace_times_how_its_batches_ran_against_it(tiny):
     from types import SimpleNamespace
 
-    from ipa.experiment.runner import cell_pace
+    from ipa.experiment.cells import cell_pace
 
     _, table = tiny
     serving = ServingCost(pace=2.0)
@@ -222,3 +222,37 @@ def test_a_variants_own_pace_multiplies_the_machines_and_a_bad_one_is_refused_by
 def test_the_variants_paces_read_as_one_figure_or_a_range():
     assert ServingCost(variant_pace={"a/x": 1.011, "a/y": 1.012}).variant_range() == "1.01"
     assert ServingCost(variant_pace={"a/x": 1.0, "a/y": 1.33}).variant_range() == "1.00-1.33"
+
+
+def test_a_setup_at_another_serving_cost_paces_the_profiles_as_measured_not_the_paced_ones(tiny):
+    from dataclasses import replace
+
+    from ipa.experiment.cells import Setup
+    from ipa.experiment.config import ExperimentConfig
+
+    spec, table = tiny
+    first = Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_serving(ServingCost(pace=2.0))
+    again = first.at_serving(replace(first.serving, pace=3.0))
+    for old, new in zip(table.rows, again.profiles.rows):
+        assert new.p50 == pytest.approx(3.0 * old.p50) and new.cpu_s == pytest.approx(3.0 * old.cpu_s)
+    assert again.machine is again.profiles and again.serving.pace == 3.0 and again.profiled is table
+
+
+def test_the_next_real_cell_starts_from_the_pace_the_last_one_ran_at(tiny):
+    """What `ipa experiment --runtime ray` does after each cell: the next cell's prediction and its real loop start
+    from the pace the machine was last served at, not the one the refresh measured minutes before."""
+    from ipa.experiment.cells import Setup
+    from ipa.experiment.config import ExperimentConfig
+    from ipa.experiment.ray_cell import RayCluster
+
+    spec, table = tiny
+    cluster = RayCluster(Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_serving(
+        ServingCost(pace=2.0, variant_pace={"detect/small": 1.5})))
+    row = cluster.setup.profiles.lookup("detect", "small", 1, 1)
+    cluster._follow([BatchTiming("detect", "small", 1, 1, row.p50 * 0.9, row.cpu_s * 0.9)] * 3)  # 10% faster
+    assert cluster.setup.serving.pace == pytest.approx(1.8)
+    assert cluster.setup.serving.variant_pace == {"detect/small": 1.5}  # a variant's own pace stays
+    now = cluster.setup.profiles.lookup("detect", "small", 1, 1)
+    assert now.cpu_s == pytest.approx(table.lookup("detect", "small", 1, 1).cpu_s * 1.8 * 1.5)
+    cluster._follow([])  # a cell with no batch timed leaves the pace as it was
+    assert cluster.setup.serving.pace == pytest.approx(1.8)

@@ -6,7 +6,7 @@ import csv
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from ipa.experiment.config import ExperimentConfig, resolve, resolve_profiles
 from ipa.optimize.policies import follow_grid, make_problem
 from ipa.optimize.problem import Problem
 from ipa.predict import Predictor, history_s, make_predictor
-from ipa.profiles.calibration import Calibrator
+from ipa.profiles.calibration import BatchTiming, Calibrator, machine_pace
 from ipa.profiles.serving import ServingCost, from_meta
 from ipa.profiles.table import ProfileTable, load_profiles
 from ipa.spec import PipelineSpec, StageConfig, load_pipeline
@@ -39,7 +39,8 @@ class Setup:
 
     `profiles` are what plans are made with; `machine` what the simulator runs (the same table unless
     `sim.true_profiles` names another); `serving` what serving costs beside the models, from the
-    profiles' meta (None when never measured or `serving: false`).
+    profiles' meta (None when never measured or `serving: false`); `profiled` the profiles as measured, before
+    any machine's pace (what a pace measured later applies to).
     """
 
     cfg: ExperimentConfig
@@ -48,21 +49,30 @@ class Setup:
     machine: ProfileTable
     serving: ServingCost | None
     carbon: CarbonSeries | None = None
+    profiled: ProfileTable | None = None
 
     @classmethod
     def load(cls, cfg: ExperimentConfig) -> Setup:
         spec = load_pipeline(resolve(cfg.pipeline))
-        profiles = load_profiles(resolve_profiles(cfg.profiles, cfg.pipeline), spec)
-        serving = from_meta(profiles.meta, profiles.source) if cfg.serving else None
-        profiles = serving.machine(profiles) if serving else profiles
-        machine = load_profiles(resolve(cfg.sim.true_profiles), spec) if cfg.sim.true_profiles else profiles
+        profiled = load_profiles(resolve_profiles(cfg.profiles, cfg.pipeline), spec)
+        serving = from_meta(profiled.meta, profiled.source) if cfg.serving else None
+        machine = load_profiles(resolve(cfg.sim.true_profiles), spec) if cfg.sim.true_profiles else profiled
         carbon = read_carbon(cfg.carbon) if cfg.carbon else None
-        return cls(cfg, spec, profiles, machine, serving, carbon)
+        setup = cls(cfg, spec, profiled, machine, None, carbon, profiled)
+        return setup.at_serving(serving) if serving else setup
 
     def updated(self, **fields) -> Setup:
         """The same setup with some config fields changed (what a runtime learns about its cluster)."""
-        return Setup(self.cfg.model_copy(update=fields), self.spec, self.profiles, self.machine, self.serving,
-                     self.carbon)
+        return replace(self, cfg=self.cfg.model_copy(update=fields))
+
+    def at_serving(self, serving: ServingCost) -> Setup:
+        """The same setup with `serving` as serving's cost (the pace a real cell was served at, say):
+        plans run the profiles at its pace, and so does the simulated machine unless `sim.true_profiles` names
+        its own."""
+        profiled = self.profiled or self.profiles
+        profiles = serving.machine(profiled)
+        machine = self.machine if self.cfg.sim.true_profiles else profiles
+        return replace(self, profiles=profiles, machine=machine, serving=serving, profiled=profiled)
 
     def problem(self, policy: str, weights: dict[str, float] | None = None, client: bool = False) -> Problem:
         """The policy's problem; `weights` overrides some configured weights (the frontier's sweep);
@@ -105,6 +115,14 @@ class Setup:
     @property
     def serving_latency_s(self) -> float:
         return self.serving.latency_s if self.serving else 0.0
+
+
+def cell_pace(setup: Setup, batches: list[BatchTiming]) -> tuple[float, float | None]:
+    """The pace a cell's prediction ran the models at (its setup's `serving.pace`) and the one its batches had
+    (None when none of them was timed against a row)."""
+    planned = setup.serving.pace if setup.serving else 1.0
+    measured = machine_pace(setup.profiles, batches)  # against the profiles as planned: already at that pace
+    return planned, planned * measured[0] if measured else None
 
 
 def slug(text: str) -> str:

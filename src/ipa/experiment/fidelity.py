@@ -52,7 +52,7 @@ def twin(setup: Setup, real: dict[str, Any]) -> Setup:
     cfg = setup.cfg.model_copy(update={"sim": sim})
     overheads = batch_overheads(real["batches"])  # the replicas' own, as this run measured them
     serving = replace(setup.serving, batch_overhead_s=overheads) if setup.serving and overheads else setup.serving
-    return Setup(cfg, setup.spec, setup.profiles, real["learned"], serving)
+    return replace(setup, cfg=cfg, machine=real["learned"], serving=serving, carbon=None)
 
 
 def pace(batches: list[BatchTiming], machine: ProfileTable) -> Pace:

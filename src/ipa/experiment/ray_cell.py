@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from ipa._io import write_csv, write_json
 from ipa.adapt import adapt
 from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.detect import open_meter
-from ipa.experiment.cells import Setup, control, score_decisions, true_peak, write_cell
+from ipa.experiment.cells import Setup, cell_pace, control, score_decisions, true_peak, write_cell
 from ipa.experiment.metrics import summarize
 from ipa.profiles.calibration import BatchTiming, measured
 from ipa.profiles.samples import request_bodies
@@ -79,10 +79,24 @@ class RayCluster:
                              serving=self.setup.serving)
         runtime.carbon = self.setup.intensity()
         try:
-            return run_ray_cell(self.setup, workload, policy, runtime)
+            real = run_ray_cell(self.setup, workload, policy, runtime)
         except ReconfigurationError as e:
             log.warning("%s / %s not served: %s", workload.name, policy, e)
             return None
+        self._follow(real["batches"])
+        return real
+
+    def _follow(self, batches: list[BatchTiming]) -> None:
+        """The next cell starts from the pace this one's batches ran at: the machine as last served. This VM's
+        speed drifts: over six runs of `bench/prediction.py` (2026-12-04) the pace `ipa profile --serving`
+        measured was 10% off each cell's on average (up to 23%), the cell served just before 5.5% (up to 18%)."""
+        s = self.setup
+        before, after = cell_pace(s, batches)
+        if s.serving is None or after is None:
+            return
+        self.setup = s.at_serving(replace(s.serving, pace=after))
+        log.info("the next cell starts from the pace this one's models ran at: x%.2f of their profiled CPU "
+                 "(this one started from x%.2f)", after, before)
 
 
 def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRuntime) -> dict[str, Any]:

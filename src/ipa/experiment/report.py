@@ -105,9 +105,9 @@ def _real_sections(out: Path, summaries: list[dict], h: str = "h2") -> str:
         "the queueing and admission code, fitted to the run it judges. Real energy is what the run-time meter read "
         "for the whole machine (Ray, HTTP and the load generator included); the simulator's is the profiles' joules "
         "per batch plus serving's and the load generator's CPU, at the profiles' energy method. <b>machine_pace</b>: "
-        "the models' CPU per batch over their profiled rows, as the prediction assumed it (<code>ipa profile "
-        "--serving</code>) and as the cell's batches burned it: where they differ, the machine's own speed moved, "
-        "and every figure near capacity moves with it.</p>",
+        "the models' CPU per batch over their profiled rows, as the prediction assumed it (the first cell: <code>ipa "
+        "profile --serving</code>; each later one: the cell served before it) and as the cell's batches burned it: "
+        "where they differ, the machine's own speed moved, and every figure near capacity moves with it.</p>",
         _table(fidelity, ["workload", "policy", "metric", "predicted", "twin", "real", "real_vs_predicted_pct",
                           "real_vs_twin_pct", "note"]),
         f"<{h}>Reconfigurations (measured)</{h}>",

@@ -17,12 +17,11 @@ import yaml
 
 from ipa._io import atomic_write_text, write_csv, write_json
 from ipa.experiment import fidelity
-from ipa.experiment.cells import (SUMMARY_COLUMNS, Setup, cell_dir, cell_settings, differences, read_settings, shape,
-                                  write_cell)
+from ipa.experiment.cells import (SUMMARY_COLUMNS, Setup, cell_dir, cell_pace, cell_settings, differences,
+                                  read_settings, shape, write_cell)
 from ipa.errors import ConfigError
 from ipa.experiment.config import ExperimentConfig
 from ipa.experiment.sim_cell import run_sim_cell
-from ipa.profiles.calibration import BatchTiming, machine_pace
 from ipa.workload import Workload, load_workload
 from ipa.workload.patterns import PATTERNS
 from ipa.workload.trace import find_trace
@@ -62,7 +61,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: Progress = lambda
             else:
                 (folder / "summary.json").unlink(missing_ok=True)  # unfinished until this run writes it again
                 write_json(folder / "cell.json", settings)
-                summary = (_serve_cell(cluster, fitted, w, policy, folder, out) if cluster
+                summary = (_serve_cell(cluster, w, policy, folder, out) if cluster
                            else _sim_cell(fitted, w, policy, folder, tick))
                 if summary is None:
                     progress(f"{w.name} / {policy}: skipped (see the warning above)", None)
@@ -109,12 +108,14 @@ def _sim_cell(setup: Setup, w: Workload, policy: str, folder: Path,
     return cell["summary"]
 
 
-def _serve_cell(cluster, setup: Setup, w: Workload, policy: str, folder: Path, out: Path) -> dict[str, Any] | None:
+def _serve_cell(cluster, w: Workload, policy: str, folder: Path, out: Path) -> dict[str, Any] | None:
     """The simulator's prediction of the cell (before it runs: its own control loop on the profiles the run starts
     from, this machine's CPUs, the load generator on them), the real cell, then its twin (the run's configs
-    replayed on what it measured); all written, the fidelity rows merged."""
+    replayed on what it measured); all written, the fidelity rows merged. Both the prediction and the real
+    cell start from the machine's pace as last served (`RayCluster.run`)."""
     from ipa.experiment.ray_cell import save_cell
 
+    setup = cluster.setup
     predicted = run_sim_cell(setup, w, policy, client=True)["summary"]
     real = cluster.run(w, policy)
     if real is None:
@@ -125,13 +126,6 @@ def _serve_cell(cluster, setup: Setup, w: Workload, policy: str, folder: Path, o
     fidelity.merge(out / "fidelity.csv", fidelity.compare(w.name, policy, predicted, twin, real["summary"],
                                                           cell_pace(setup, real["batches"])))
     return real["summary"]
-
-
-def cell_pace(setup: Setup, batches: list[BatchTiming]) -> tuple[float, float | None]:
-    """The pace the prediction ran the models at (the profiles' `serving.pace`) and the one the cell's batches had."""
-    planned = setup.serving.pace if setup.serving else 1.0
-    measured = machine_pace(setup.profiles, batches)  # against the profiles as planned: already at that pace
-    return planned, planned * measured[0] if measured else None
 
 
 @contextmanager
