@@ -146,5 +146,7 @@ def test_profile_serving_refreshes_serving_cost_and_the_machines_pace(tmp_path):
     assert 0 < serving["batch_overhead_s"]["detect"] < 0.5
     setup = Setup.load(load_experiment(None, profiles=str(profiles)))
     assert setup.machine is setup.profiles  # plans and the simulated machine run the same paced table
+    ssd = "detect/ssdlite320_mobilenet_v3_large"
+    assert {ssd, "classify/resnet18"} <= set(serving["variant_pace"])  # each served variant's own pace over the pooled
     row = setup.profiles.lookup("detect", "ssdlite320_mobilenet_v3_large", 1, 1)
-    assert row.p50 == pytest.approx(0.0651868 * serving["pace"], rel=1e-6)
+    assert row.p50 == pytest.approx(0.0651868 * serving["pace"] * serving["variant_pace"][ssd], rel=1e-6)

@@ -87,6 +87,20 @@ def test_a_paced_table_does_every_rows_work_slower_and_pays_for_it(tiny):
     assert "x2.00" in paced.source and ServingCost().machine(table) is table
 
 
+def test_each_served_variants_pace_is_its_own_batches_over_all_of_theirs(tiny):
+    from ipa.profiles.calibration import served_paces
+
+    _, table = tiny
+    det, cls = table.lookup("detect", "small", 1, 1), table.lookup("classify", "r18", 1, 1)
+    batches = ([BatchTiming("detect", "small", 1, 1, det.p50, det.cpu_s * 1.2)] * 11
+               + [BatchTiming("classify", "r18", 1, 1, cls.p50, cls.cpu_s * 1.0)] * 10)
+    pooled = machine_pace(table, batches)[0]
+    assert pooled == pytest.approx(1.2)  # the median of 21 batches, 11 of them the detector's
+    assert served_paces(table, batches) == {"detect/small": pytest.approx(1.0), "classify/r18": pytest.approx(1 / 1.2)}
+    assert served_paces(table, batches[:11] + batches[-3:]) == {"detect/small": pytest.approx(1.0)}  # 3 say nothing
+    assert served_paces(table, []) == {}
+
+
 def test_served_spread_is_each_stages_tail_over_its_own_median(tiny):
     _, table = tiny
     det, cls = table.lookup("detect", "small", 1, 1), table.lookup("classify", "r18", 1, 1)

@@ -421,6 +421,7 @@ def _profile_serving(spec, out, n_requests: int) -> None:
     cost, meta = measure_serving(spec, RaySettings(port=free_port()), requests=n_requests, rate_rps=rate,
                                  profiles=table)
     write_json(meta_path(out), table.meta | {"serving": cost.to_meta() | meta})
+    served = [name for name in (f"{s}/{c['variant']}" for s, c in meta["config"].items()) if name in cost.variant_pace]
     console.print(f"serving on this machine: {cost.latency_s * 1000:.0f} ms per request outside the models, "
                   f"{cost.cpu_fixed_cores:.2f} cores with no traffic + {cost.cpu_per_request_s * 1000:.1f} ms CPU per "
                   f"request (+ {cost.client_cpu_per_request_s * 1000:.1f} ms for a local load generator); the models "
@@ -428,7 +429,9 @@ def _profile_serving(spec, out, n_requests: int) -> None:
                   f"({meta['pace_batches']} batches) and each replica spent "
                   + ", ".join(f"{ms * 1000:.1f} ms ({stage})" for stage, ms in cost.batch_overhead_s.items())
                   + " per batch outside its model"
-                  + (f"; alone on a core the other variants ran x{cost.variant_range()} of the served ones' pace"
+                  + (f"; per variant x{cost.variant_range()} of that pace (served: "
+                     + ", ".join(f"{name} x{cost.variant_pace[name]:.2f}" for name in served)
+                     + "; the others timed alone on a core)"
                      if cost.variant_pace else "")
                   + "; plans and "
                   f"predictions with these profiles will run them so; written to {meta_path(out)}",

@@ -223,6 +223,28 @@ def machine_pace(profiles: ProfileTable, batches: Iterable[BatchTiming]) -> tupl
     return (_quantile(sorted(ratios), 0.5), len(ratios)) if ratios else None
 
 
+def served_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], least: int = 10) -> dict[str, float]:
+    """Per served 'stage/variant' with at least `least` batches: its own `machine_pace` over all of theirs. The
+    rows were profiled one model at a time on another day, and a machine's speed is not one number across models:
+    served on the 2-core VM, ssdlite burned 0.98-1.25x resnet18's pace against their shipped rows (1.04x or more in
+    44 of the 47 cells of seven bench/prediction.py runs that served both, 2026-12-04), so one pace for both put the
+    detector's batches 8-10% slower than planned and the classifier's as much faster, and a loop calibrating on
+    that chose a heavier classifier the detector could not feed."""
+    batches = list(batches)
+    pooled = machine_pace(profiles, batches)
+    if pooled is None:
+        return {}
+    groups: dict[str, list[BatchTiming]] = defaultdict(list)
+    for t in batches:
+        groups[f"{t.stage}/{t.variant}"].append(t)
+    out = {}
+    for name, group in groups.items():
+        own = machine_pace(profiles, group)
+        if own is not None and own[1] >= least:
+            out[name] = own[0] / pooled[0]
+    return out
+
+
 def served_spread(profiles: ProfileTable, batches: Iterable[BatchTiming]) -> float | None:
     """Served batches' 99th percentile over their median, each stage's batch times against their own median (at
     least 1), or None when no batch matches a row. On the 2-core VM it was 1.33-2.08 where the profiles say

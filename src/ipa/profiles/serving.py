@@ -36,9 +36,10 @@ class ServingCost:
     spread: float = 1.0  # served batches' p99 over their p50 (a row's own, if wider, stays)
     # per stage: the wall time a replica spends on each batch outside the model (hand-off, decoding, thread hops)
     batch_overhead_s: dict[str, float] = field(default_factory=dict)
-    # per 'stage/variant': its pace over the pace of the variant served in the measurement, each alone on a core
-    # (the machine's speed is not one number: on the 2-core VM fasterrcnn ran 1.2-1.3x slower against its profile
-    # than ssdlite did, served and alone)
+    # per 'stage/variant': its pace over `pace`. A served variant's is its own batches' pace over all of them;
+    # another's, its pace alone on a core over its stage's served variant's, times that one's (the machine's speed
+    # is not one number: on the 2-core VM fasterrcnn ran 1.2-1.3x slower against its profile than ssdlite did,
+    # served and alone, and ssdlite 1.04-1.25x slower than resnet18, served)
     variant_pace: dict[str, float] = field(default_factory=dict)
 
     def cores(self, load_rps: float) -> float:

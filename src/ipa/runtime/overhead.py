@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ipa.profiles.calibration import BatchTiming, machine_pace, served_spread
+from ipa.profiles.calibration import BatchTiming, machine_pace, served_paces, served_spread
 from ipa.profiles.profiler import variant_pace
 from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import ProfileTable
@@ -150,8 +150,9 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     - `latency_s`: the median of each answer's latency less the time its batches took in the models and it
       waited for them at the replicas,
     - `pace` (with `profiles`): the CPU the models' batches burned against their profiled rows, and `spread`:
-      the p99 over the p50 of their times; then, the cluster stopped, each other variant's pace against the
-      served one's, each alone on a core (`variant_pace`),
+      the p99 over the p50 of their times; `variant_pace`: each served variant's own pace over that, then, the
+      cluster stopped, each other variant's pace against its stage's served one, each alone on a core, times
+      that one's,
     - `batch_overhead_s`: per stage, what its replica spent on a batch outside the model.
 
     Returns the cost and what it was measured on (for the profile's meta).
@@ -209,10 +210,13 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     )
     pace = machine_pace(profiles, batches) if profiles is not None else None
     if pace is not None:
-        cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0)
+        served = served_paces(profiles, batches)
+        cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0, variant_pace=served)
         if settings.device == "cpu":  # a GPU model's CPU per call says little of its pace
-            cost = replace(cost, variant_pace=variant_pace(spec, profiles, {s: c.variant for s, c in config.items()},
-                                                           progress=log.info))
+            alone = variant_pace(spec, profiles, {s: c.variant for s, c in config.items()}, progress=log.info)
+            cost = replace(cost, variant_pace=served | {  # each other variant: its stage's served pace times its own
+                name: f * served.get(f"{name.split('/')[0]}/{config[name.split('/')[0]].variant}", 1.0)
+                for name, f in alone.items()})
     cost = replace(cost, batch_overhead_s=batch_overheads(batches))
     meta = {"measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.node() or "unknown", "cpus": len(os.sched_getaffinity(0)),
