@@ -128,7 +128,7 @@ def variant_pace(spec: PipelineSpec, table: ProfileTable, reference: dict[str, s
         for stage in spec.stages:
             rows = {p.variant: p for p in table.for_stage(stage.name) if p.batch == 1 and p.cores == 1}
             ref = reference.get(stage.name)
-            if ref not in rows:
+            if ref not in rows or len(rows) == 1:  # nothing to time against the served variant
                 continue
             items = stage_items(spec, kinds, stage.name, 1)
             runners = {}
@@ -139,7 +139,7 @@ def variant_pace(spec: PipelineSpec, table: ProfileTable, reference: dict[str, s
                 except Exception as e:  # one variant that does not build here must not lose the measurement
                     progress(f"{stage.name}/{v}: not timed ({e}); it keeps the machine's pace")
                     runners.pop(v, None)
-            if ref not in runners:
+            if ref not in runners or len(runners) == 1:
                 continue
             before = _cpu_per_call(runners[ref], items, min_s, calls) / rows[ref].cpu_s
             own = {v: _cpu_per_call(r, items, min_s, calls) / rows[v].cpu_s for v, r in runners.items() if v != ref}
