@@ -252,9 +252,9 @@ def test_a_setup_at_another_serving_cost_paces_the_profiles_as_measured_not_the_
     assert again.machine is again.profiles and again.serving.pace == 3.0 and again.profiled is table
 
 
-def test_the_next_real_cell_starts_from_the_pace_the_last_one_ran_at(tiny):
+def test_the_next_real_cell_starts_from_the_median_pace_of_the_last_ones_served(tiny):
     """What `ipa experiment --runtime ray` does after each cell: the next cell's prediction and its real loop start
-    from the pace the machine was last served at, not the one the refresh measured minutes before."""
+    from the pace the machine was lately served at, not the one the refresh measured minutes before."""
     from ipa.experiment.cells import Setup
     from ipa.experiment.config import ExperimentConfig
     from ipa.experiment.ray_cell import RayCluster
@@ -262,11 +262,17 @@ def test_the_next_real_cell_starts_from_the_pace_the_last_one_ran_at(tiny):
     spec, table = tiny
     cluster = RayCluster(Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_serving(
         ServingCost(pace=2.0, variant_pace={"detect/small": 1.5})))
-    row = cluster.setup.profiles.lookup("detect", "small", 1, 1)
-    cluster._follow([BatchTiming("detect", "small", 1, 1, row.p50 * 0.9, row.cpu_s * 0.9)] * 3)  # 10% faster
-    assert cluster.setup.serving.pace == pytest.approx(1.8)
+
+    def served_at(ratio):  # a cell whose batches burned `ratio` times what the cell started from
+        row = cluster.setup.profiles.lookup("detect", "small", 1, 1)
+        cluster._follow([BatchTiming("detect", "small", 1, 1, row.p50 * ratio, row.cpu_s * ratio)] * 3)
+        return cluster.setup.serving.pace
+
+    assert served_at(0.9) == pytest.approx(1.9)  # the median of the refresh's 2.0 and this cell's 1.8
     assert cluster.setup.serving.variant_pace == {"detect/small": 1.5}  # a variant's own pace stays
     now = cluster.setup.profiles.lookup("detect", "small", 1, 1)
-    assert now.cpu_s == pytest.approx(table.lookup("detect", "small", 1, 1).cpu_s * 1.8 * 1.5)
+    assert now.cpu_s == pytest.approx(table.lookup("detect", "small", 1, 1).cpu_s * 1.9 * 1.5)
+    assert served_at(1.0) == pytest.approx(1.9)  # 2.0, 1.8, 1.9: the median of three
+    assert served_at(1.5) == pytest.approx(1.9)  # one slow minute (2.85) does not move it: 1.8, 1.9, 2.85
     cluster._follow([])  # a cell with no batch timed leaves the pace as it was
-    assert cluster.setup.serving.pace == pytest.approx(1.8)
+    assert cluster.setup.serving.pace == pytest.approx(1.9)

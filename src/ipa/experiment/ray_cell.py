@@ -35,6 +35,7 @@ from ipa.spec import PipelineSpec, aggregate_accuracy
 from ipa.workload import Workload
 
 log = logging.getLogger(__name__)
+FOLLOW_CELLS = 3  # a real cell starts from the median pace of this many cells served last (`RayCluster._follow`)
 
 
 class RayCluster:
@@ -47,6 +48,7 @@ class RayCluster:
 
     def __init__(self, setup: Setup):
         self.setup = setup
+        self._paces = [setup.serving.pace] if setup.serving else []  # as served: the refresh's, then each cell's
         self._started = False
 
     def __enter__(self) -> RayCluster:
@@ -87,16 +89,21 @@ class RayCluster:
         return real
 
     def _follow(self, batches: list[BatchTiming]) -> None:
-        """The next cell starts from the pace this one's batches ran at: the machine as last served. This VM's
-        speed drifts: over six runs of `bench/prediction.py` (2026-12-04) the pace `ipa profile --serving`
-        measured was 10% off each cell's on average (up to 23%), the cell served just before 5.5% (up to 18%)."""
+        """The next cell starts from the median of the paces the last three cells' batches ran at (the refresh's
+        counting as one before the first): the machine as lately served. This VM's speed drifts, and now and
+        then one minute runs 20-40% slower: over the 80 cells of ten runs of `bench/prediction.py` (2026-12-04)
+        the pace `ipa profile --serving` measured was 8.9% off each cell's own on average, the cell just before
+        5.7% (14% in the run with two slow minutes), this median 5.6% (10.7% there), within 5% for 49 cells
+        against 26 and 44."""
         s = self.setup
         before, after = cell_pace(s, batches)
         if s.serving is None or after is None:
             return
-        self.setup = s.at_serving(replace(s.serving, pace=after))
-        log.info("the next cell starts from the pace this one's models ran at: x%.2f of their profiled CPU "
-                 "(this one started from x%.2f)", after, before)
+        self._paces.append(after)
+        pace = float(np.median(self._paces[-FOLLOW_CELLS:]))
+        self.setup = s.at_serving(replace(s.serving, pace=pace))
+        log.info("this cell's models ran at x%.2f of their profiled CPU (it started from x%.2f); the next starts "
+                 "from x%.2f, the median of the last %d", after, before, pace, min(len(self._paces), FOLLOW_CELLS))
 
 
 def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRuntime) -> dict[str, Any]:
