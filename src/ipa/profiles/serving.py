@@ -39,7 +39,7 @@ class ServingCost:
     # per 'stage/variant': its pace over `pace`. A served variant's is its own batches' pace over all of them;
     # another's, its pace alone on a core over its stage's served variant's, times that one's (the machine's speed
     # is not one number: on the 2-core VM fasterrcnn ran 1.2-1.3x slower against its profile than ssdlite did,
-    # served and alone, and ssdlite 1.04-1.25x slower than resnet18, served)
+    # served and alone, and ssdlite 0.98-1.25x resnet18's pace served, 1.04x or more in 44 cells of 47)
     variant_pace: dict[str, float] = field(default_factory=dict)
 
     def cores(self, load_rps: float) -> float:

@@ -214,9 +214,9 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
         cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0, variant_pace=served)
         if settings.device == "cpu":  # a GPU model's CPU per call says little of its pace
             alone = variant_pace(spec, profiles, {s: c.variant for s, c in config.items()}, progress=log.info)
-            cost = replace(cost, variant_pace=served | {  # each other variant: its stage's served pace times its own
-                name: f * served.get(f"{name.split('/')[0]}/{config[name.split('/')[0]].variant}", 1.0)
-                for name, f in alone.items()})
+            stage = {s: served.get(f"{s}/{c.variant}", 1.0) for s, c in config.items()}  # the served one's, per stage
+            cost = replace(cost, variant_pace=served | {name: f * stage[name.split("/")[0]]
+                                                        for name, f in alone.items()})
     cost = replace(cost, batch_overhead_s=batch_overheads(batches))
     meta = {"measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.node() or "unknown", "cpus": len(os.sched_getaffinity(0)),
