@@ -1,6 +1,6 @@
 """Serving's own CPU per request, per process, and the rate at which the ingress (not a model) becomes the limit.
 
-    python bench/ingress.py [--before REF] [--rates 2,5,8] [--seconds 20] [--ingresses 1,2] [--out F.csv]
+    python bench/ingress.py [--before REF] [--rates 2,5,8] [--seconds 20] [--ingresses 1,2] [--no-direct] [--out F.csv]
 
 Deploys the cheapest video config (one 1-core replica per stage, batch 1) on a local Ray cluster, drives it
 open-loop at each rate, and reads every process of the cluster from /proc: the stage replicas (the models),
@@ -152,6 +152,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--before", default=BEFORE, help="git ref of the code to compare with (default: %(default)s)")
     ap.add_argument("--ingresses", default="1,2", help="ingress replicas of the current code's runs (default: %(default)s)")
+    ap.add_argument("--no-direct", action="store_true",
+                    help="also run the current code with IPA_DIRECT_CALLS=0 (stages called through Serve's handles)")
     ap.add_argument("--out", default=None, help="CSV of the rows (default: print only)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: rate of a child run
     args = ap.parse_args()
@@ -161,14 +163,16 @@ def main() -> None:
     before = tempfile.mkdtemp(prefix="ipa-before-")
     subprocess.run(["git", "worktree", "add", "--detach", before, args.before], cwd=ROOT, check=True,
                    capture_output=True)
-    paths = {"before": (Path(before), 1)} | {
-        "current" + ("" if k == "1" else f" x{k}"): (ROOT, int(k)) for k in args.ingresses.split(",")}
+    paths = {"before": (Path(before), 1, {})} | {
+        "current" + ("" if k == "1" else f" x{k}"): (ROOT, int(k), {}) for k in args.ingresses.split(",")}
+    if args.no_direct:  # the current code through Serve's handles alone: what the direct calls save
+        paths["no direct"] = (ROOT, 1, {"IPA_DIRECT_CALLS": "0"})
     print(f"# {platform.node()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}; cheapest video config, "
           f"{args.seconds:g} s per rate, nothing else running")
     rows = []
     for rate in [float(r) for r in args.rates.split(",")]:
-        for path, (root, k) in paths.items():  # interleaved: a drift of the machine hits all alike
-            env = os.environ | {"PYTHONPATH": str(root / "src")}
+        for path, (root, k, extra) in paths.items():  # interleaved: a drift of the machine hits all alike
+            env = os.environ | {"PYTHONPATH": str(root / "src")} | extra
             proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", str(rate), "--seconds",
                                    str(args.seconds), "--ingresses", str(k)], env=env, cwd=root, capture_output=True,
                                   text=True, timeout=args.seconds + 400)

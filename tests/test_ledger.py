@@ -58,9 +58,9 @@ def test_merging_twice_gives_the_same_figures_and_the_runtime_report_has_a_versi
     t.push("a", {}, [], 0.0, [0], registry(5, 0), time.time())
     first = generate_latest(Merged(t.metric_families()))
     assert generate_latest(Merged(t.metric_families())) == first  # merging does not touch what was pushed
-    version, observed = t.push("a", {}, [], 0.0, [0], None, time.time())
+    version, observed, _ = t.push("a", {}, [], 0.0, [0], None, time.time())
     t.observe(config={"detect": {"variant": "v"}})
-    again, observed = t.push("a", {}, [], 0.0, [0], None, time.time())
+    again, observed, _ = t.push("a", {}, [], 0.0, [0], None, time.time())
     assert again == version + 1 and observed["config"] == {"detect": {"variant": "v"}}
     assert 'ipa_requests_total{code="200"} 5.0' in generate_latest(Merged(t.metric_families())).decode()
 

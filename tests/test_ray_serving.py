@@ -381,9 +381,10 @@ def test_unknown_paths_get_404_and_an_oversized_body_gets_its_413_even_through_u
         rt.stop()
 
 
-def test_requests_go_through_haproxy_to_the_ingress_and_over_grpc_between_replicas(cluster):
+def test_requests_go_through_haproxy_to_the_ingress_and_straight_to_the_replicas(cluster):
     """The local cluster runs Serve's fast path (ray_runtime.SERVE_ENV): HAProxy in front, the ingress serving HTTP
-    itself, gRPC handles between replicas. Answers are the same as on Serve's defaults (every other test here)."""
+    itself, gRPC handles between replicas, and the ingress calling the stage replicas on its node over their own
+    sockets (`runtime.direct`). Answers are the same as on Serve's defaults."""
     import ray
 
     from ipa.runtime.overhead import ProcessCpu
@@ -406,6 +407,15 @@ def test_requests_go_through_haproxy_to_the_ingress_and_over_grpc_between_replic
             return grpc_handles()
 
         assert ray.get(grpc_default.remote())  # the cluster's processes call replicas over gRPC
+        # once the ingress has learnt the replicas' sockets (a push, a quarter second), the stages are called there
+        time.sleep(1.0)
+        for _ in range(3):
+            assert post(rt.url, photo_jpegs()[0], "image/jpeg").json()["variants"] == {"detect": DET, "classify": CLS}
+        from ray import serve
+
+        for stage in spec.stage_names:
+            state = serve.get_deployment_handle(stage, "ipa").options(method_name="state").remote().result()
+            assert state["direct_calls"] >= 3, (stage, state)
     finally:
         rt.stop()
 

@@ -37,10 +37,12 @@ class Tally:
         self.replicas: dict[str, dict[str, Any]] = {}  # id -> at (per stage), pushed (wall time), metrics
         self.observed: dict[str, Any] = {}  # the runtime's latest config and energy, for every replica's gauges
         self.version = 0  # of `observed`: a replica updates its gauges when it changes
+        self.routes: dict[str, dict[str, str]] = {}  # stage replica id -> its direct socket (`ipa.runtime.direct`)
 
     def push(self, replica: str, arrivals: dict[int, int], timings: list[dict[str, Any]], decode_cpu_s: float,
-             at: list[int], metrics: list | None, pushed: float) -> tuple[int, dict[str, Any]]:
-        """One replica's news since its last push; answers what the runtime last reported, and its version."""
+             at: list[int], metrics: list | None, pushed: float) -> tuple[int, dict[str, Any], dict[str, Any]]:
+        """One replica's news since its last push; answers what the runtime last reported, its version, and the
+        stage replicas' direct routes."""
         self.arrivals.update(arrivals)
         for t in timings:
             if t["id"] in self.seen:
@@ -57,7 +59,14 @@ class Tally:
         entry |= {"at": list(at), "pushed": pushed}
         if metrics is not None:
             entry["metrics"] = metrics
-        return self.version, self.observed
+        return self.version, self.observed, self.routes
+
+    def route(self, replica: str, entry: dict[str, str] | None) -> None:
+        """A stage replica's direct socket (stage, node, path), or None when it stops."""
+        if entry is None:
+            self.routes.pop(replica, None)
+        else:
+            self.routes[replica] = entry
 
     def observe(self, **kw: Any) -> None:
         self.observed |= kw

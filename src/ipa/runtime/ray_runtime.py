@@ -387,7 +387,8 @@ def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
 # out of HAProxy's list within 0.1 s): otherwise every stop of `ipa serve` took 30 s longer.
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
-             "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}  # Serve's own metrics, batched per second (not 0.1 s)
+             "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",  # Serve's own metrics, batched per second (not 0.1 s)
+             "IPA_DIRECT_CALLS": "1"}  # the ingress calls the stage replicas on its node over sockets (runtime.direct)
 
 
 def serve_env() -> dict[str, str]:

@@ -1,0 +1,198 @@
+"""Direct calls from an ingress replica to the stage replicas on its node: a Unix socket instead of a Serve handle.
+
+On the 2-core machine one Serve handle call cost about 3 ms of CPU in the caller and 2.5 ms in the callee (a
+request of the video pipeline makes two), where the HTTP side of the ingress took 0.6 ms; the same two calls as
+length-prefixed pickles over a Unix socket took under 0.4 ms in all (`docs/benchmarks.md`, "The floor"). Serve still
+deploys, scales, reconfigures and restarts the replicas; each stage replica also listens on a socket of its own and
+registers it with the cluster's ledger (`ipa.runtime.ledger`), and each ingress learns the registry with every push
+(a quarter second) and calls the replica with the fewest of its calls in flight. What is not reachable this way (no
+ledger, another node, a replica that went away mid-call) goes through the Serve handle as before: the answer is
+the same, only its cost differs. IPA_DIRECT_CALLS=0 in the cluster's environment turns the path off.
+
+Calls are multiplexed on one connection per (ingress, replica): a frame is a 4-byte length and a pickle of
+(call id, payload). The socket lives in a folder only this user can enter; both ends are processes of the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import pickle
+import struct
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+HEADER = struct.Struct("!I")
+DRAIN_S = 10.0  # a replica that stops finishes the direct calls it holds for at most this long
+
+
+def enabled() -> bool:
+    return os.environ.get("IPA_DIRECT_CALLS", "0") == "1"
+
+
+class Lost(ConnectionError):
+    """A direct call that got no answer (the replica went away): the caller sends it through Serve instead."""
+
+
+async def _read(reader: asyncio.StreamReader) -> Any:
+    (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+    return pickle.loads(await reader.readexactly(size))
+
+
+def _frame(obj: Any) -> bytes:
+    data = pickle.dumps(obj, protocol=5)
+    return HEADER.pack(len(data)) + data
+
+
+def _socket_dir() -> str:
+    path = os.path.join(tempfile.gettempdir(), f"ipa-direct-{os.getuid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+class Listener:
+    """A stage replica's socket: each call runs `handler(*args)` as its own task (so the replica's batching sees
+    it like a handle call) and its answer goes back on the connection it came on."""
+
+    def __init__(self, handler: Callable[..., Awaitable[Any]]):
+        self.handler = handler
+        self.path = os.path.join(_socket_dir(), f"{uuid.uuid4().hex[:12]}.sock")
+        self.in_flight = 0
+        self.calls = 0  # answered so far (`state()` shows it)
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_unix_server(self._connection, self.path)
+        return self.path
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tasks: set[asyncio.Task] = set()
+        try:
+            while True:
+                call_id, args = await _read(reader)
+                task = asyncio.create_task(self._answer(writer, call_id, args))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the ingress went away; the calls it made still run (their answers go nowhere)
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter, call_id: int, args: tuple) -> None:
+        self.in_flight += 1
+        self.calls += 1
+        try:
+            out = ("ok", await self.handler(*args))
+        except Exception as e:  # the handler's own failures; the caller retries through Serve
+            log.warning("direct call failed in the replica: %s", e)
+            out = ("error", repr(e))
+        finally:
+            self.in_flight -= 1
+        try:
+            writer.write(_frame((call_id, out)))
+            await writer.drain()
+        except ConnectionError:
+            pass
+
+    async def stop(self) -> None:
+        """Stop taking connections, finish the calls held (the ingresses learn within a push that it is gone)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_S
+        while self.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._server is not None:
+            self._server.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+class Connection:
+    """One ingress's connection to one replica's socket, with its calls in flight."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.pending: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count()
+        self._writer: asyncio.StreamWriter | None = None
+        self._opening: asyncio.Task | None = None
+        self.broken = False
+
+    async def call(self, *args: Any) -> Any:
+        if self._writer is None:
+            if self._opening is None:
+                self._opening = asyncio.create_task(self._open())
+            await self._opening
+        if self.broken:  # the reader has failed every call in flight; a new one would wait for ever
+            raise Lost(f"the replica at {self.path} went away")
+        call_id = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[call_id] = fut
+        try:
+            self._writer.write(_frame((call_id, args)))
+        except (ConnectionError, RuntimeError) as e:
+            self._fail(e)
+        status, value = await fut
+        if status != "ok":
+            raise Lost(f"the replica answered an error: {value}")
+        return value
+
+    async def _open(self) -> None:
+        try:
+            reader, self._writer = await asyncio.open_unix_connection(self.path)
+        except OSError as e:
+            self.broken = True
+            raise Lost(f"cannot reach {self.path}: {e}") from None
+        asyncio.create_task(self._read_forever(reader))
+
+    async def _read_forever(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                call_id, out = await _read(reader)
+                fut = self.pending.pop(call_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(out)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
+            self._fail(e)
+
+    def _fail(self, e: BaseException) -> None:
+        self.broken = True
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(Lost(f"the replica at {self.path} went away: {e}"))
+        self.pending.clear()
+
+
+class Routes:
+    """An ingress's direct routes: per stage, the sockets of its replicas on this node (from the ledger's registry).
+    A call goes to the one with the fewest of this ingress's calls in flight; a route that broke is not used again."""
+
+    def __init__(self, node: str):
+        self.node = node
+        self.by_stage: dict[str, list[Connection]] = {}
+        self._dead: set[str] = set()
+
+    def update(self, registry: dict[str, dict[str, str]]) -> None:
+        """The ledger's registry (replica id -> stage, node, path): keep the live connections, open new ones lazily."""
+        have = {c.path: c for cs in self.by_stage.values() for c in cs}
+        by_stage: dict[str, list[Connection]] = {}
+        for entry in registry.values():
+            if entry["node"] != self.node or entry["path"] in self._dead:
+                continue
+            by_stage.setdefault(entry["stage"], []).append(have.get(entry["path"]) or Connection(entry["path"]))
+        self.by_stage = by_stage
+
+    def pick(self, stage: str) -> Connection | None:
+        live = [c for c in self.by_stage.get(stage, ()) if not c.broken]
+        for c in self.by_stage.get(stage, ()):
+            if c.broken:
+                self._dead.add(c.path)
+        return min(live, key=lambda c: len(c.pending)) if live else None
