@@ -124,6 +124,7 @@ class Connection:
         self._ids = itertools.count()
         self._writer: asyncio.StreamWriter | None = None
         self._opening: asyncio.Task | None = None
+        self._reading: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
         self.broken = False
 
     async def call(self, *args: Any) -> Any:
@@ -151,7 +152,7 @@ class Connection:
         except OSError as e:
             self.broken = True
             raise Lost(f"cannot reach {self.path}: {e}") from None
-        asyncio.create_task(self._read_forever(reader))
+        self._reading = asyncio.create_task(self._read_forever(reader))
 
     async def _read_forever(self, reader: asyncio.StreamReader) -> None:
         try:

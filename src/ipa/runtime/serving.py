@@ -282,12 +282,18 @@ class StageReplica:
         """Take direct calls on a socket of its own, registered with the cluster's ledger (none: Serve's path only)."""
         from ipa.runtime.ledger import ledger
 
-        found = await asyncio.to_thread(ledger)
-        if found is None:
+        listener = direct.Listener(self.call)
+        try:
+            found = await asyncio.to_thread(ledger)
+            if found is None:
+                return
+            path = await listener.start()
+            await found.route.remote(self.replica, {"stage": self.stage, "path": path, "node": _node_id()})
+        except Exception as e:  # a shortcut, never a reason to fail the replica: Serve's handles still reach it
+            log.warning("stage %s: no direct calls (%s); served through Serve's handles", self.stage, e)
+            await listener.stop()
             return
-        self._direct = direct.Listener(self.call)
-        path = await self._direct.start()
-        await found.route.remote(self.replica, {"stage": self.stage, "path": path, "node": _node_id()})
+        self._direct = listener
 
     async def __del__(self) -> None:
         """Serve stops this replica: out of the registry first, then the direct calls it holds are answered."""
@@ -350,13 +356,12 @@ class StageReplica:
 
     def state(self) -> dict[str, Any]:
         """What this replica runs, and where (the node), for tests and `ipa serve` diagnostics."""
-        import ray
         import torch
 
         return {"stage": self.stage, "variant": self.variant, "batch": self.infer._get_max_batch_size(),
                 "threads": torch.get_num_threads(), "loads": self.loads,
                 "direct_calls": self._direct.calls if self._direct is not None else None,
-                "node": ray.get_runtime_context().get_node_id()}
+                "node": _node_id()}
 
 
 def _ready_at(started: float, arrived: list[float], last_ended: float, full: bool) -> float:
@@ -788,9 +793,9 @@ class Ingress:
             self._news.merge(news)
             return
         try:
-            version, observed, routes = await self._ledger.push.remote(self.id, dict(news.arrivals), news.timings,
-                                                               news.decode_cpu_s, list(self.at),
-                                                               list(self.registry.collect()), now)
+            version, observed, routes = await self._ledger.push.remote(
+                self.id, dict(news.arrivals), news.timings, news.decode_cpu_s, list(self.at),
+                list(self.registry.collect()), now)
         except Exception as e:  # the ledger restarts with the runtime; keep the news for the next push
             log.debug("ingress %s: push to the ledger failed: %s", self.id, e)
             self._news.merge(news)
