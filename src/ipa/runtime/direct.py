@@ -2,7 +2,7 @@
 
 On the 2-core machine one Serve handle call cost about 3 ms of CPU in the caller and 2.5 ms in the callee (a
 request of the video pipeline makes two), where the HTTP side of the ingress took 0.6 ms; the same two calls as
-length-prefixed pickles over a Unix socket took under 0.4 ms in all (`docs/benchmarks.md`, "The floor"). Serve still
+length-prefixed pickles over a Unix socket took under 0.4 ms in all (`docs/benchmarks.md`, "Direct calls"). Serve still
 deploys, scales, reconfigures and restarts the replicas; each stage replica also listens on a socket of its own and
 registers it with the cluster's ledger (`ipa.runtime.ledger`), and each ingress learns the registry with every push
 (a quarter second) and calls the replica with the fewest of its calls in flight. What is not reachable this way (no
@@ -63,7 +63,7 @@ class Listener:
         self.handler = handler
         self.path = os.path.join(_socket_dir(), f"{uuid.uuid4().hex[:12]}.sock")
         self.in_flight = 0
-        self.calls = 0  # answered so far (`state()` shows it)
+        self.calls = 0  # taken so far (`state()` shows it)
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> str:

@@ -260,6 +260,7 @@ class StageReplica:
         self.batches = 0
         self._ended = 0.0  # when this replica's last batch ended (the next could start no earlier)
         self._direct: Any = None  # its socket for the ingresses on this node (`ipa.runtime.direct`), once loaded
+        self._ledger: Any = None  # where that socket is registered
 
     async def reconfigure(self, cfg: dict[str, Any]) -> None:
         """Load a new variant next to the serving one, then swap; batch and threads change in place."""
@@ -293,18 +294,14 @@ class StageReplica:
             log.warning("stage %s: no direct calls (%s); served through Serve's handles", self.stage, e)
             await listener.stop()
             return
-        self._direct = listener
+        self._direct, self._ledger = listener, found
 
     async def __del__(self) -> None:
         """Serve stops this replica: out of the registry first, then the direct calls it holds are answered."""
         if self._direct is None:
             return
-        from ipa.runtime.ledger import ledger
-
         try:
-            found = await asyncio.to_thread(ledger)
-            if found is not None:
-                await found.route.remote(self.replica, None)
+            await self._ledger.route.remote(self.replica, None)
         except Exception as e:  # the cluster is going down: the ingresses find the socket closed
             log.debug("stage %s: leaving the ledger's registry: %s", self.stage, e)
         await asyncio.sleep(2 * PUSH_S)  # the ingresses stop routing here within a push
