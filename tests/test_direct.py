@@ -104,3 +104,25 @@ def test_direct_calls_are_on_only_where_the_cluster_says(monkeypatch):
     assert not direct.enabled()  # a replica outside our cluster's environment: Serve's path
     monkeypatch.setenv("IPA_DIRECT_CALLS", "1")
     assert direct.enabled()
+
+
+def test_a_photos_crops_travel_out_of_band_and_come_back_writable_and_equal():
+    photo = np.random.default_rng(0).integers(0, 255, (427, 640, 3), dtype=np.uint8)
+    crop = photo[10:300, 20:500]  # a slice: not contiguous, pickled in band
+    whole = np.asfortranarray(photo[:, :, 0])  # Fortran order: out of band too
+
+    async def handler(item, start_by):
+        return {"crops": [([0, 0, 640, 427], item[0]), ([20, 10, 500, 300], item[1])], "f": item[2]}
+
+    async def main():
+        listener, path = await _listening(handler)
+        conn = direct.Connection(path)
+        outs = await asyncio.gather(*(conn.call((photo, crop, whole), 0.0) for _ in range(3)))
+        await listener.stop()
+        return outs
+
+    for out in run(main()):
+        (_, a), (_, b) = out["crops"]
+        assert np.array_equal(a, photo) and np.array_equal(b, crop) and np.array_equal(out["f"], whole)
+        assert a.flags.writeable and b.flags.writeable and out["f"].flags.f_contiguous
+        a[0, 0] = 1  # a model may write into its input
