@@ -30,6 +30,22 @@ def test_decode_accepts_jpeg_png_and_base64_json():
     assert decode_image(body, "application/json; charset=utf-8").shape == a.shape
 
 
+@pytest.mark.parametrize("save", [{}, {"progressive": True}, {"subsampling": 0}, {"quality": 40}], ids=str)
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_every_jpeg_decodes_to_the_pixels_pillow_gives(mode, save):
+    from PIL import Image
+
+    from ipa.runtime.serving import decode
+
+    photo = Image.open(io.BytesIO(photo_jpegs()[0])).convert(mode)
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", **save)
+    got = decode(buf.getvalue())
+    want = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert got.shape == want.shape == (427, 640, 3) and got.flags.c_contiguous
+    assert np.array_equal(got, want)
+
+
 @pytest.mark.parametrize("body,ctype,status,words", [
     (b"", "image/jpeg", 400, "empty"),
     (b"\xff\xd8 truncated", "image/jpeg", 400, "decodable"),
@@ -247,3 +263,37 @@ def test_the_overhead_per_batch_is_each_stages_mean_of_what_its_replicas_reporte
                 BatchTiming("classify", "r18", 1, 1, 0.02, None, 1.0, None)]  # an older replica: not measured
     assert batch_overheads(batches) == {"detect": pytest.approx(0.005), "classify": pytest.approx(0.001)}
     assert batch_overheads([BatchTiming("detect", "small", 1, 1, 0.05)]) == {}
+
+
+def test_serving_cpu_per_request_charges_each_burst_the_idle_draw_on_either_side():
+    from ipa.runtime.overhead import Window, split_serving_cpu
+
+    # the idle draw climbs 0.20 -> 0.32 cores over the run; 100 requests at 5 ms each in two bursts of 20 s
+    drift = lambda t: 0.20 + 0.12 * t / 80  # noqa: E731
+    edges = [0, 10, 30, 40, 60, 70]  # idle, load, idle, load, idle
+    windows = []
+    for a, b in zip(edges, edges[1:]):
+        load = len(windows) % 2 == 1
+        cpu = sum(drift(t + 0.5) for t in np.arange(a, b))  # the draw, second by second
+        windows.append(Window(b - a, cpu + (50 * 0.005 if load else 0.0), load))
+    fixed, per = split_serving_cpu(windows, 100)
+    assert per == pytest.approx(0.005, rel=0.02)
+    assert 0.2 < fixed < 0.32
+    # the draw measured once, before the load, would have put the drift on the requests: 24 ms, not 5
+    once = sum(w.cpu_s for w in windows if w.load) - windows[0].cpu_s / windows[0].seconds * 40
+    assert once / 100 > 4 * per
+    with pytest.raises(ValueError, match="idle first and last"):
+        split_serving_cpu(windows[:-1], 100)
+
+
+def test_the_serving_measurement_alternates_idle_windows_and_bursts_that_hold_every_request():
+    from ipa.runtime.overhead import _schedule
+
+    arrivals, ends = _schedule(10, 5.0, 8.0, 3, tail_s=1.0)
+    assert len(arrivals) == 10 and [load for _, load in ends] == [False, True, False, True, False, True, False]
+    starts = [0.0] + [t for t, _ in ends]
+    for (a, b), (_, load) in zip(zip(starts, starts[1:]), ends):
+        inside = ((arrivals >= a) & (arrivals < b)).sum()
+        assert (inside > 0) == load
+        if load:
+            assert arrivals[(arrivals >= a) & (arrivals < b)].max() <= b - 1.0  # answers have a second to come
