@@ -434,7 +434,9 @@ def _profile_serving(spec, out, n_requests: int) -> None:
                      + "; the others timed alone on a core)"
                      if cost.variant_pace else "")
                   + "; plans and "
-                  f"predictions with these profiles will run them so; written to {meta_path(out)}",
+                  f"predictions with these profiles will run them so; written to {meta_path(out)}"
+                  + (f" (the VM's host took {meta['steal']:.0%} of its CPU meanwhile: figures measured on a busy host "
+                     "run high; measure again when it is quieter)" if meta.get("steal", 0) >= 0.02 else ""),
                   markup=False, highlight=False)
 
 

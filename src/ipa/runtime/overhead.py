@@ -34,6 +34,8 @@ TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 class CpuSplit:
     serving: float  # CPU seconds of every process of the cluster but the stage replicas (driver included)
     replicas: float  # CPU seconds of the stage replicas
+    path: float = 0.0  # of `serving`, the processes that work per request: HAProxy, Serve's proxy, the ingress, the
+    # ledger (what each ingress counted, every quarter second)
 
 
 class ProcessCpu:
@@ -46,22 +48,26 @@ class ProcessCpu:
 
     def __init__(self, app: str, stages: Iterable[str]):
         self.replica_titles = tuple(f"ray::ServeReplica:{app}:{s}" for s in stages)
+        self.path_titles = (f"ray::ServeReplica:{app}:Ingress", "ray::ProxyActor", "ray::Tally")
         self.root = os.getpid()
         self.available = os.path.isdir(f"/proc/{self.root}/task")
 
     def read(self, exclude_threads: Iterable[int] = ()) -> CpuSplit:
         if not self.available:
             return CpuSplit(0.0, 0.0)
-        serving = replicas = 0.0
+        serving = replicas = path = 0.0
         for pid in self._tree():
             cpu = _cpu_seconds(f"/proc/{pid}/stat")
-            if _title(pid).startswith(self.replica_titles):
+            title = _title(pid)
+            if title.startswith(self.replica_titles):
                 replicas += cpu
-            else:
-                serving += cpu
+                continue
+            serving += cpu
+            if title.startswith(self.path_titles) or os.path.basename(title.split(" ")[0]) == "haproxy":
+                path += cpu
         for tid in exclude_threads:
             serving -= _cpu_seconds(f"/proc/{self.root}/task/{tid}/stat")
-        return CpuSplit(serving, replicas)
+        return CpuSplit(serving, replicas, path)
 
     def by_process(self) -> dict[int, tuple[str, float]]:
         """Per process of the tree: its kind (`ray::ProxyActor`, `ray::ServeReplica:ipa:Ingress`, `raylet`,
@@ -99,6 +105,21 @@ def batch_overheads(batches: Iterable[BatchTiming]) -> dict[str, float]:
         if t.overhead_s is not None and math.isfinite(t.overhead_s):
             by_stage.setdefault(t.stage, []).append(t.overhead_s)
     return {stage: float(np.mean(v)) for stage, v in by_stage.items()}
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """The machine's (stolen, all) CPU ticks so far (/proc/stat): a VM's host taking its CPUs makes every
+    process's CPU time per unit of work grow, which a measurement should show beside its figures."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks[:8])
+
+
+def _steal_share(a: tuple[int, int], b: tuple[int, int]) -> float:
+    return round((b[0] - a[0]) / (b[1] - a[1]), 4) if b[1] > a[1] else 0.0
 
 
 def _fields(path: str) -> list[str] | None:
@@ -139,13 +160,61 @@ def _decode_cpu_s(url: str) -> float:
         return 0.0
 
 
+@dataclass(frozen=True)
+class Window:
+    """Serving's CPU over one stretch of a measurement: with no traffic (`load` False) or while requests arrived."""
+
+    seconds: float
+    cpu_s: float
+    load: bool
+
+
+def split_serving_cpu(windows: list[Window], requests: int, signed: bool = False) -> tuple[float, float]:
+    """(cores with no traffic, CPU seconds per request) from alternating idle and load windows, idle first and last.
+
+    The cluster's idle draw drifts (on the 2-core VM 0.19-0.33 cores within a minute with no traffic, every process
+    at once), and at a few rps a request costs a few hundredths of a core: an idle draw measured once, before or
+    after, moves the per-request figure by more than it is. Each load window is charged the mean draw of the idle
+    windows on either side of it, so a drift that is linear over a cycle cancels. The per-request figure is never
+    below 0 unless `signed` (to see the noise of processes that do no per-request work).
+    """
+    if not windows or windows[0].load or windows[-1].load:
+        raise ValueError("the windows must alternate, idle first and last")
+    rate = [w.cpu_s / w.seconds if not w.load else math.nan for w in windows]
+    extra = 0.0
+    for i, w in enumerate(windows):
+        if w.load:
+            extra += w.cpu_s - 0.5 * (rate[i - 1] + rate[i + 1]) * w.seconds
+    idle = [r for r in rate if not math.isnan(r)]
+    return float(np.mean(idle)), (extra if signed else max(0.0, extra)) / max(requests, 1)
+
+
+def _schedule(requests: int, rate_rps: float, idle_s: float, cycles: int, tail_s: float
+              ) -> tuple[np.ndarray, list[tuple[float, bool]]]:
+    """Arrival times (from the start) and the window ends [(seconds from the start, was it a load window)]: idle,
+    load, idle, ..., idle; a load window ends `tail_s` after its last arrival, so its answers fall inside it."""
+    arrivals, ends, t = [], [], 0.0
+    counts = [requests // cycles + (1 if j < requests % cycles else 0) for j in range(cycles)]
+    for n in counts:
+        t += idle_s
+        ends.append((t, False))
+        arrivals.extend(t + np.arange(n) / rate_rps)
+        t += n / rate_rps + tail_s
+        ends.append((t, True))
+    ends.append((t + idle_s, False))
+    return np.asarray(arrivals), ends
+
+
 def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps: float = 5.0,
-                    idle_s: float = 10.0, profiles: ProfileTable | None = None) -> tuple[ServingCost, dict[str, Any]]:
+                    idle_s: float = 8.0, profiles: ProfileTable | None = None,
+                    cycles: int = 3) -> tuple[ServingCost, dict[str, Any]]:
     """Serve the cheapest config of `spec` on a local Ray cluster at a low open-loop rate and measure:
 
-    - `cpu_fixed_cores`: the cluster's serving processes with no traffic (before and after the load, averaged),
-    - `cpu_per_request_s`: their CPU beyond that, per request (proxy, ingress, routing), and the images' decoding,
-  which runs in the replicas that need the pixels,
+    - `cpu_fixed_cores`: the cluster's serving processes with no traffic, and
+    - `cpu_per_request_s`: the CPU of the processes that work per request (HAProxy, Serve's proxy, the ingress,
+      the ledger) beyond that, per request, and the images' decoding, which runs in the replicas that need the
+      pixels; the load comes in `cycles` bursts with idle windows between them, and each burst is charged the idle
+      draw measured on either side of it (`split_serving_cpu`),
     - `client_cpu_per_request_s`: the load generator's thread, per request,
     - `latency_s`: the median of each answer's latency less the time its batches took in the models and it
       waited for them at the replicas,
@@ -171,6 +240,7 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     cpu = ProcessCpu(APP, spec.stage_names)
     if not cpu.available:
         raise ValueError("measuring the serving cost needs Linux's /proc")
+    cycles = max(1, min(cycles, requests // 2))
     try:
         runtime.start(config)
         bodies, ctype = request_bodies(spec, pipeline_kinds(spec))
@@ -178,21 +248,26 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
         warm.start()
         warm.join(180)
         time.sleep(1.0)
-        a, t_a = cpu.read(), time.monotonic()
-        time.sleep(idle_s)
-        b, t_b = cpu.read(), time.monotonic()
-        fixed = (b.serving - a.serving) / (t_b - t_a)
-        decoded_before = _decode_cpu_s(runtime.url)
-        gen = LoadGenerator(runtime.url, np.arange(requests, dtype=float) / rate_rps, bodies, timeout_s=120,
-                            content_type=ctype)
-        gen.start()
-        gen.join(requests / rate_rps + 180)
-        time.sleep(0.5)
-        c, t_c = cpu.read(exclude_threads=[gen.thread_id] if gen.thread_id else ()), time.monotonic()
-        decoded = _decode_cpu_s(runtime.url) - decoded_before
-        time.sleep(idle_s)  # the idle draw again, after: it drifts, and at a few rps it is most of the CPU
-        d, t_d = cpu.read(exclude_threads=[gen.thread_id] if gen.thread_id else ()), time.monotonic()
-        fixed = 0.5 * (fixed + (d.serving - c.serving) / (t_d - t_c))
+        decoded = -_decode_cpu_s(runtime.url)
+        arrivals, ends = _schedule(requests, rate_rps, idle_s, cycles, tail_s=1.0)
+        gen = LoadGenerator(runtime.url, arrivals, bodies, timeout_s=120, content_type=ctype)
+        t0 = time.monotonic()
+        gen.start(at=t0)
+        while gen.thread_id is None and gen.running:
+            time.sleep(0.01)
+        mine = [gen.thread_id] if gen.thread_id else []
+        before, t_before = cpu.read(mine), time.monotonic()
+        ticks = _cpu_ticks()
+        windows, path = [], []  # the whole cluster's serving processes; those that work per request
+        for end, load in ends:
+            time.sleep(max(0.0, t0 + end - time.monotonic()))
+            now, t_now = cpu.read(mine), time.monotonic()
+            windows.append(Window(t_now - t_before, now.serving - before.serving, load))
+            path.append(Window(t_now - t_before, now.path - before.path, load))
+            before, t_before = now, t_now
+        steal = _steal_share(ticks, _cpu_ticks())
+        gen.join(180)
+        decoded += _decode_cpu_s(runtime.url)
         batches = runtime.batch_timings()
     finally:
         runtime.stop()
@@ -200,8 +275,14 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     ok = [r for r in gen.records if r.ok and r.overhead_s is not None]
     if len(ok) < requests // 2:
         raise RuntimeError(f"only {len(ok)} of {requests} requests were answered while measuring the serving cost")
-    # the images' decoding runs in the replicas that need the pixels, but is serving's work: it is counted here
-    per_request = (max(0.0, (c.serving - b.serving) - fixed * (t_c - t_b)) + decoded) / len(ok)
+    # per request: the processes that work per request (the rest of the cluster, GCS, raylet, controller, agents,
+    # has no per-request work on this path; its drifting idle draw would only add noise, and its own estimate is
+    # kept in the meta), and the images' decoding, which runs in the replicas that need the pixels but is serving's
+    fixed, _ = split_serving_cpu(windows, len(ok))
+    _, per_request = split_serving_cpu(path, len(ok))
+    off_path = split_serving_cpu([Window(w.seconds, w.cpu_s - p.cpu_s, w.load) for w, p in zip(windows, path)],
+                                 len(ok), signed=True)[1]
+    per_request += decoded / len(ok)
     cost = ServingCost(
         latency_s=float(np.median([r.overhead_s for r in ok])),
         cpu_fixed_cores=fixed,
@@ -222,7 +303,13 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
             "machine": platform.node() or "unknown", "cpus": len(os.sched_getaffinity(0)),
             "config": {s: c.as_dict() for s, c in config.items()}, "requests": len(ok), "rate_rps": rate_rps,
             "pace_batches": pace[1] if pace else 0,
-            "method": "CPU time of the local Ray cluster's processes from /proc (stage replicas excluded, the images' "
-                      "decoding in them included, as the ingress tallies it), "
-                      "latency = answer time - time in the models' batches and queued for them"}
+            "windows": [[round(w.seconds, 2), round(w.cpu_s, 3), round(p.cpu_s, 3), w.load]
+                        for w, p in zip(windows, path)],  # seconds, serving's CPU s, of it the request path's, load?
+            "off_path_cpu_per_request_s": round(off_path, 5),  # the rest of the cluster's, not charged (noise)
+            "decode_cpu_per_request_s": round(decoded / len(ok), 5),
+            "steal": steal,  # the share of the machine's CPU time its host took while serving was measured
+            "method": "CPU time from /proc: idle, the local Ray cluster's processes but the stage replicas; per "
+                      "request, those that work per request (HAProxy, proxy, ingress, ledger) and the images' "
+                      f"decoding in the replicas (as the ingress tallies it), in {cycles} bursts each charged the "
+                      "idle draw on either side of it; latency = answer time - time in the models' batches and queued for them"}
     return cost, meta
