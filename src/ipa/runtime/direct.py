@@ -10,7 +10,8 @@ ledger, another node, a replica that went away mid-call) goes through the Serve 
 the same, only its cost differs. IPA_DIRECT_CALLS=0 in the cluster's environment turns the path off.
 
 Calls are multiplexed on one connection per (ingress, replica): a frame is a header, a pickle of (call id, payload)
-and the payload's arrays out of band (`_write`). The socket lives in a folder only this user can enter; both ends
+and the payload's arrays out of band (`_write`), each part read straight into the buffer it stays in (`_Frames`): a
+photo's crop is copied once on its way, by the kernel. The socket lives in a folder only this user can enter; both ends
 are processes of the cluster.
 """
 
@@ -29,7 +30,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 HEADER = struct.Struct("!II")  # the pickle's size, how many out-of-band buffers follow it
-LIMIT = 8 << 20  # a stream's read buffer: a photo's crop (820 kB) arrives without pausing and resuming the reads
+SOCKET_BUFFER = 4 << 20  # bytes: a photo's crop (820 kB) goes out in one send
 DRAIN_S = 10.0  # a replica that stops finishes the direct calls it holds for at most this long
 
 
@@ -41,37 +42,82 @@ class Lost(ConnectionError):
     """A direct call that got no answer (the replica went away): the caller sends it through Serve instead."""
 
 
-async def _read(reader: asyncio.StreamReader) -> Any:
-    size, n = HEADER.unpack(await reader.readexactly(HEADER.size))
-    sizes = struct.unpack(f"!{n}Q", await reader.readexactly(8 * n)) if n else ()
-    data = await reader.readexactly(size)
-    # arrays come back writable, as a pickle made them before (a model may write into its input)
-    buffers = [bytearray(await reader.readexactly(m)) for m in sizes]
-    return pickle.loads(data, buffers=buffers)
-
-
-def _write(writer: asyncio.StreamWriter, obj: Any) -> None:
+def _write(transport: asyncio.WriteTransport, obj: Any) -> None:
     """A frame: a header (the pickle's size, the number of arrays' buffers and their sizes), the pickle, the buffers.
     Arrays (a photo's crop, 820 kB) go out of band, from their own memory: neither pickled nor joined into one copy."""
     buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     raws = [b.raw() for b in buffers]
-    writer.write(HEADER.pack(len(data), len(raws)) + struct.pack(f"!{len(raws)}Q", *(r.nbytes for r in raws)))
-    writer.write(data)
+    transport.write(HEADER.pack(len(data), len(raws)) + struct.pack(f"!{len(raws)}Q", *(r.nbytes for r in raws)))
+    transport.write(data)
     for r in raws:
-        writer.write(r)
+        transport.write(r)
 
 
-def _roomy(writer: asyncio.StreamWriter) -> None:
+class _Frames(asyncio.BufferedProtocol):
+    """One end of a connection: the kernel writes each part of a frame straight into the buffer it ends up in (a
+    stream reader copies a crop three times on its way: into its buffer, out of it, into a writable array). Each
+    whole frame goes to `on_frame`; `on_lost` hears why the connection ended."""
+
+    def __init__(self, on_frame: Callable[[Any], None], on_lost: Callable[[BaseException], None]):
+        self.on_frame, self.on_lost = on_frame, on_lost
+        self.transport: asyncio.Transport | None = None
+        self._start()
+
+    def _start(self) -> None:
+        self._todo: list[tuple[str, int]] = [("header", HEADER.size)]  # the parts still to come, in order
+        self._data = bytearray(0)
+        self._buffers: list[bytearray] = []
+        self._take()
+
+    def _take(self) -> None:
+        self._kind, size = self._todo.pop(0)
+        self._part, self._filled = bytearray(size), 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        _roomy(transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self._part)[self._filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled += nbytes
+        while self._filled == len(self._part):  # the part is whole (an empty array's buffer is at once)
+            self._whole()
+
+    def _whole(self) -> None:
+        kind, part = self._kind, self._part
+        if kind == "header":
+            size, n = HEADER.unpack(part)
+            self._todo = ([("sizes", 8 * n)] if n else []) + [("data", size)]
+        elif kind == "sizes":
+            self._todo += [("buffer", m) for m in struct.unpack(f"!{len(part) // 8}Q", part)]
+        elif kind == "data":
+            self._data = part
+        else:
+            self._buffers.append(part)
+        if self._todo:
+            self._take()
+            return
+        obj = pickle.loads(self._data, buffers=self._buffers)  # arrays come back writable, in these buffers
+        self._start()
+        self.on_frame(obj)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.on_lost(exc or ConnectionResetError("the connection was closed"))
+
+
+def _roomy(transport: asyncio.BaseTransport) -> None:
     """Socket buffers a crop fits in, so a frame goes out in one send instead of waiting for the reader (the kernel
     caps them at net.core.[rw]mem_max)."""
     import socket
 
-    sock = writer.get_extra_info("socket")
+    sock = transport.get_extra_info("socket")
     if sock is not None:
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, LIMIT // 2)
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
             except OSError:
                 pass
 
@@ -94,26 +140,25 @@ class Listener:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> str:
-        self._server = await asyncio.start_unix_server(self._connection, self.path, limit=LIMIT)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(self._connection, self.path)
         return self.path
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _roomy(writer)
+    def _connection(self) -> _Frames:
+        """A new ingress: each frame is a call, run as its own task; when the ingress goes away the calls it made
+        still run (their answers go nowhere)."""
         tasks: set[asyncio.Task] = set()
-        try:
-            while True:
-                call_id, args = await _read(reader)
-                task = asyncio.create_task(self._answer(writer, call_id, args))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the ingress went away; the calls it made still run (their answers go nowhere)
-        finally:
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-            writer.close()
 
-    async def _answer(self, writer: asyncio.StreamWriter, call_id: int, args: tuple) -> None:
+        def on_frame(frame: Any) -> None:
+            call_id, args = frame
+            task = asyncio.get_running_loop().create_task(self._answer(end, call_id, args))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        end = _Frames(on_frame, lambda e: None)
+        return end
+
+    async def _answer(self, end: _Frames, call_id: int, args: tuple) -> None:
         self.in_flight += 1
         self.calls += 1
         try:
@@ -123,11 +168,8 @@ class Listener:
             out = ("error", repr(e))
         finally:
             self.in_flight -= 1
-        try:
-            _write(writer, (call_id, out))
-            await writer.drain()
-        except ConnectionError:
-            pass
+        if end.transport is not None and not end.transport.is_closing():
+            _write(end.transport, (call_id, out))
 
     async def stop(self) -> None:
         """Stop taking connections, finish the calls held (the ingresses learn within a push that it is gone)."""
@@ -150,23 +192,23 @@ class Connection:
         self.path = path
         self.pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count()
-        self._writer: asyncio.StreamWriter | None = None
+        self._end: _Frames | None = None
         self._opening: asyncio.Task | None = None
-        self._reading: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
         self.broken = False
 
     async def call(self, *args: Any) -> Any:
-        if self._writer is None:
+        if self._end is None:
             if self._opening is None:
                 self._opening = asyncio.create_task(self._open())
             await self._opening
-        if self.broken:  # the reader has failed every call in flight; a new one would wait for ever
+        if self.broken or self._end.transport is None or self._end.transport.is_closing():
+            self.broken = True  # every call in flight has failed or will; a new one would wait for ever
             raise Lost(f"the replica at {self.path} went away")
         call_id = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         self.pending[call_id] = fut
         try:
-            _write(self._writer, (call_id, args))
+            _write(self._end.transport, (call_id, args))
         except (ConnectionError, RuntimeError) as e:
             self._fail(e)
         status, value = await fut
@@ -176,22 +218,17 @@ class Connection:
 
     async def _open(self) -> None:
         try:
-            reader, self._writer = await asyncio.open_unix_connection(self.path, limit=LIMIT)
+            _, self._end = await asyncio.get_running_loop().create_unix_connection(
+                lambda: _Frames(self._answered, self._fail), self.path)
         except OSError as e:
             self.broken = True
             raise Lost(f"cannot reach {self.path}: {e}") from None
-        _roomy(self._writer)
-        self._reading = asyncio.create_task(self._read_forever(reader))
 
-    async def _read_forever(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                call_id, out = await _read(reader)
-                fut = self.pending.pop(call_id, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(out)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
-            self._fail(e)
+    def _answered(self, frame: Any) -> None:
+        call_id, out = frame
+        fut = self.pending.pop(call_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(out)
 
     def _fail(self, e: BaseException) -> None:
         self.broken = True
