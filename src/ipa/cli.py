@@ -417,7 +417,8 @@ def _profile_serving(spec, out, n_requests: int) -> None:
     _log_to(err_console)
     rate = _serving_rate(spec, table)
     err_console.print(f"measuring the serving cost: {n_requests} requests at {rate:.2g} rps on a local Ray cluster "
-                      f"(about {n_requests / rate / 60 + 0.5:.0f} min)", highlight=False)
+                      f"in bursts between idle windows (about {(n_requests / rate + 35) / 60 + 1:.0f} min)",
+                      highlight=False)
     cost, meta = measure_serving(spec, RaySettings(port=free_port()), requests=n_requests, rate_rps=rate,
                                  profiles=table)
     write_json(meta_path(out), table.meta | {"serving": cost.to_meta() | meta})
