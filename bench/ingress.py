@@ -43,7 +43,7 @@ BEFORE = "0a20d55"  # the commit before serving's fast path
 def one(rate: float, seconds: float, ingresses: int = 1) -> dict:
     """One cluster, one rate: what each process used (run in a child process, so each path starts fresh)."""
     from ipa.runtime.loadgen import LoadGenerator, photo_jpegs
-    from ipa.runtime.overhead import ProcessCpu, _cpu_seconds, _title
+    from ipa.runtime.overhead import ProcessCpu
     from ipa.runtime.ray_runtime import APP, RayRuntime, RaySettings, connect, shutdown
     from ipa.spec import StageConfig, load_pipeline
 
@@ -54,14 +54,7 @@ def one(rate: float, seconds: float, ingresses: int = 1) -> dict:
     runtime = RayRuntime(spec, settings)
     cpu = ProcessCpu(APP, spec.stage_names)
     replicas = cpu.replica_titles
-
-    def by_process() -> dict[int, tuple[str, float]]:  # (kind, CPU s) per pid; titles name an actor's method
-        out = {}
-        for pid in cpu._tree():
-            title = _title(pid)
-            kind = os.path.basename(title.split(" ")[0]) if title.startswith("/") else title.split(" ")[0]
-            out[pid] = (kind.split(".")[0] if kind.startswith("ray::") else kind, _cpu_seconds(f"/proc/{pid}/stat"))
-        return out
+    by_process = cpu.by_process  # (kind, CPU s) per pid
 
     try:
         runtime.start(config)

@@ -297,3 +297,14 @@ def test_the_serving_measurement_alternates_idle_windows_and_bursts_that_hold_ev
         assert (inside > 0) == load
         if load:
             assert arrivals[(arrivals >= a) & (arrivals < b)].max() <= b - 1.0  # answers have a second to come
+
+
+def test_a_process_kind_leaves_out_the_path_and_the_actors_method():
+    from ipa.runtime.overhead import ProcessCpu, _kind
+
+    kinds = [_kind(t) for t in ("/usr/sbin/haproxy -f /tmp/x.cfg", "ray::ProxyActor.ready", "/opt/ray/raylet --x",
+                                "ray::ServeReplica:ipa:Ingress", "ray::ServeController.listen_for_change")]
+    assert kinds == ["haproxy", "ray::ProxyActor", "raylet", "ray::ServeReplica:ipa:Ingress", "ray::ServeController"]
+    path = ProcessCpu("ipa", ["detect"]).path_kinds  # what counts per request: not the controller, not raylet
+    assert {"haproxy", "ray::ProxyActor", "ray::ServeReplica:ipa:Ingress"} <= path
+    assert not {"raylet", "ray::ServeController", "ray::ServeReplica:ipa:detect"} & path

@@ -48,7 +48,7 @@ class ProcessCpu:
 
     def __init__(self, app: str, stages: Iterable[str]):
         self.replica_titles = tuple(f"ray::ServeReplica:{app}:{s}" for s in stages)
-        self.path_titles = (f"ray::ServeReplica:{app}:Ingress", "ray::ProxyActor", "ray::Tally")
+        self.path_kinds = {f"ray::ServeReplica:{app}:Ingress", "ray::ProxyActor", "ray::Tally", "haproxy"}
         self.root = os.getpid()
         self.available = os.path.isdir(f"/proc/{self.root}/task")
 
@@ -63,7 +63,7 @@ class ProcessCpu:
                 replicas += cpu
                 continue
             serving += cpu
-            if title.startswith(self.path_titles) or os.path.basename(title.split(" ")[0]) == "haproxy":
+            if _kind(title) in self.path_kinds:
                 path += cpu
         for tid in exclude_threads:
             serving -= _cpu_seconds(f"/proc/{self.root}/task/{tid}/stat")
@@ -73,12 +73,8 @@ class ProcessCpu:
         """Per process of the tree: its kind (`ray::ProxyActor`, `ray::ServeReplica:ipa:Ingress`, `raylet`,
         `haproxy`, ...) and its CPU seconds so far. Keyed by pid: an actor's title names the method it runs
         (`ray::ServeController.listen_for_change`), which changes; the kind leaves the method out."""
-        out: dict[int, tuple[str, float]] = {}
-        for pid in self._tree() if self.available else ():
-            title = _title(pid)
-            kind = os.path.basename(title.split(" ")[0]) if title.startswith("/") else title.split(" ")[0]
-            out[pid] = (kind.split(".")[0] if kind.startswith("ray::") else kind, _cpu_seconds(f"/proc/{pid}/stat"))
-        return out
+        return {pid: (_kind(_title(pid)), _cpu_seconds(f"/proc/{pid}/stat"))
+                for pid in (self._tree() if self.available else ())}
 
     def _tree(self) -> list[int]:
         """This process and its descendants."""
@@ -139,6 +135,15 @@ def _ppid(pid: int) -> int | None:
 def _cpu_seconds(path: str) -> float:
     f = _fields(path)
     return (int(f[11]) + int(f[12])) / TICK if f else 0.0  # utime + stime
+
+
+def _kind(title: str) -> str:
+    """A process's kind from its title: `haproxy`, `raylet`, `ray::ProxyActor`, `ray::ServeReplica:ipa:Ingress`
+    (an actor's title names the method it runs, which changes; the kind leaves it out)."""
+    kind = title.split(" ")[0]
+    if kind.startswith("/"):
+        return os.path.basename(kind)
+    return kind.split(".")[0] if kind.startswith("ray::") else kind
 
 
 def _title(pid: int) -> str:
@@ -311,5 +316,6 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
             "method": "CPU time from /proc: idle, the local Ray cluster's processes but the stage replicas; per "
                       "request, those that work per request (HAProxy, proxy, ingress, ledger) and the images' "
                       f"decoding in the replicas (as the ingress tallies it), in {cycles} bursts each charged the "
-                      "idle draw on either side of it; latency = answer time - time in the models' batches and queued for them"}
+                      "idle draw on either side of it; latency = answer time - time in the models' batches and "
+                      "queued for them"}
     return cost, meta
