@@ -308,3 +308,24 @@ def test_a_process_kind_leaves_out_the_path_and_the_actors_method():
     path = ProcessCpu("ipa", ["detect"]).path_kinds  # what counts per request: not the controller, not raylet
     assert {"haproxy", "ray::ProxyActor", "ray::ServeReplica:ipa:Ingress"} <= path
     assert not {"raylet", "ray::ServeController", "ray::ServeReplica:ipa:detect"} & path
+
+
+def test_a_port_is_busy_while_something_listens_not_while_a_closed_connection_waits():
+    import socket
+
+    from ipa.errors import ConfigError
+    from ipa.runtime.ray_runtime import _check_port_free
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is not free"):
+        _check_port_free("127.0.0.1", port)
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.close()  # the server's side closes first: its port stays in TIME_WAIT, as after `ipa serve` stops
+    client.close()
+    server.close()
+    _check_port_free("127.0.0.1", port)  # what a new server (SO_REUSEADDR) can bind is free

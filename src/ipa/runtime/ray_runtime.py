@@ -413,10 +413,12 @@ def local_cpus(settings: RaySettings, spec: PipelineSpec) -> int:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    """Serve's proxy would fail deep inside Ray on a port in use: say so before starting anything."""
+    """Serve's proxy would fail deep inside Ray on a port in use: say so before starting anything. Bound as the
+    servers bind (SO_REUSEADDR): a listener is refused, the TIME_WAIT a stopped `ipa serve` leaves for a minute not."""
     import socket
 
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
