@@ -13,11 +13,14 @@ pace each one's batches ran at (OUT/at-cell-pace.md, as with --at-cell-pace belo
 
     python bench/prediction.py --repredict OUT
 
-predicts OUT's finished cells again with the simulator as it is now (the same profiles, config and loads; no
+predicts OUT's finished cells again with the simulator as it is now (the same profiles, config and loads, each
+cell from the pooled pace the run started it at and each variant's own followed as the runtime now follows it; no
 serving, a few seconds) against the same real runs, into OUT/reprediction.csv and OUT/reprediction.md: how a
 change to the simulator would have done on a run already made. With --at-cell-pace each cell is simulated at
-the CPU pace its own real batches had (OUT/at-cell-pace.md): not a prediction (the pace is measured in the run),
-but what is left of the error once this VM's speed, which moves from cell to cell, is known.
+the CPU pace its own real batches had, pooled and each served variant's (OUT/at-cell-pace.md): not a prediction
+(the pace is measured in the run), but what is left of the error once this VM's speed, which moves from cell to
+cell, is known; and again 3% slower and 3% faster, marking the figures that so small a pace error moves across their
+whole target band.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ SHIPPED = ROOT / "profiles/video-cpu-2core.csv"
 # metric -> (kind, bound): relative error in percent, or absolute difference in points
 TARGETS = {"throughput_rps": ("rel", 10), "completed": ("rel", 10), "sla_violation_pct": ("abs", 5),
            "p99_latency_s": ("rel", 25), "energy_j": ("rel", 15), "pas": ("rel", 3)}
+PACE_APART = (0.97, 1.03)  # with --at-cell-pace: each cell simulated again this much slower and faster
 
 
 def ipa(*args: str) -> None:
@@ -111,15 +115,17 @@ def read_fidelity(path: Path) -> list[dict]:
 
 def repredict(out: Path, at_cell_pace: bool = False) -> None:
     """OUT's real cells against a prediction made now, from what the run's own prediction was made with.
-    `at_cell_pace`: each cell simulated at the CPU pace its real batches had, which the run measured (not a
-    prediction: what is left is the model's error once the machine's own speed is known)."""
+    `at_cell_pace`: each cell simulated at the CPU pace its real batches had, pooled and each served variant's own,
+    which the run measured (not a prediction: what is left is the model's error once the machine's own speed is
+    known), and again at that pace 3% slower and 3% faster: how far a pace known only that well moves each figure."""
     import json
     from dataclasses import replace
 
     from ipa.experiment.cells import Setup, cell_dir, cell_pace, shape
     from ipa.experiment.config import load_experiment
+    from ipa.experiment.ray_cell import follow_variants
     from ipa.experiment.sim_cell import run_sim_cell
-    from ipa.profiles.calibration import BatchTiming
+    from ipa.profiles.calibration import BatchTiming, served_paces
     from ipa.workload import load_workload
 
     run = out / "run"
@@ -128,6 +134,8 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     fidelity = read_fidelity(run / "fidelity.csv")
     twins = {(r["workload"], r["policy"], r["metric"]): r["twin"] for r in fidelity}
     started = {(r["workload"], r["policy"]): float(r["predicted"]) for r in fidelity if r["metric"] == "machine_pace"}
+    current = dict(setup.serving.variant_pace) if setup.serving else {}
+    history = {k: [v] for k, v in current.items()}  # each variant's own pace, followed from cell to cell as the run did
     rows = []
     for name in cfg.workloads:
         w = shape(load_workload(name, cfg.trace), cfg.duration_s, cfg.load_scale)
@@ -140,17 +148,42 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
                 batches = [BatchTiming(r["stage"], r["variant"], int(r["cores"]), int(r["size"]), float(r["seconds"]),
                                        float(r["cpu_s"]) if r["cpu_s"] else None) for r in csv.DictReader(f)]
             planned, measured = cell_pace(setup, batches)
-            pace = measured if at_cell_pace else started.get((w.name, policy))  # the pace the run's prediction had
-            cell_setup = setup.at_serving(replace(setup.serving, pace=pace)) if pace and setup.serving else setup
+            cell_setup = setup
+            if setup.serving and at_cell_pace and measured:  # the variants the cell served at their own paces
+                current = setup.serving.variant_pace
+                own = follow_variants({k: [] for k in current}, current, served_paces(setup.profiled, batches))
+                cell_setup = setup.at_serving(replace(setup.serving, pace=measured, variant_pace=own))
+            elif setup.serving and started.get((w.name, policy)):  # the pace the run's prediction had
+                cell_setup = setup.at_serving(replace(setup.serving, pace=started[(w.name, policy)],
+                                                      variant_pace=current))
+            if setup.serving:
+                current = follow_variants(history, current, served_paces(setup.profiled, batches))
             predicted = run_sim_cell(cell_setup, w, policy, client=True)["summary"]
+            apart = {}
+            if cell_setup.serving and at_cell_pace:
+                pace = cell_setup.serving.pace
+                apart = {f: run_sim_cell(cell_setup.at_serving(replace(cell_setup.serving, pace=pace * f)), w, policy,
+                                         client=True)["summary"] for f in PACE_APART}
             rows += [{"workload": w.name, "policy": policy, "metric": m, "predicted": predicted[m],
-                      "twin": twins.get((w.name, policy, m), "nan"), "real": real[m]} for m in TARGETS]
+                      "twin": twins.get((w.name, policy, m), "nan"), "real": real[m],
+                      **{f"at_x{f:g}": s[m] for f, s in apart.items()}} for m in TARGETS]
             rows.append({"workload": w.name, "policy": policy, "metric": "machine_pace",
                          "predicted": cell_setup.serving.pace if cell_setup.serving else planned,
                          "twin": "nan", "real": measured if measured else "nan"})
     compare(rows, out / ("at-cell-pace" if at_cell_pace else "reprediction"),
-            f"simulated again on {run}" + (" at each cell's own measured pace (not a prediction)" if at_cell_pace
-                                           else " with the simulator of today"))
+            f"simulated again on {run}" + (" at each cell's own measured pace, pooled and each served variant's (not "
+                                           "a prediction)" if at_cell_pace else " with the simulator of today"))
+
+
+def sensitive(row: dict, apart: list[str]) -> bool:
+    """Whether the figures simulated at the paces apart differ by more than the target's whole band (2 x bound)."""
+    if len(apart) < 2:
+        return False
+    lo, hi = float(row[apart[0]]), float(row[apart[-1]])
+    kind, bound = TARGETS[row["metric"]]
+    spread = abs(hi - lo) if kind == "abs" else abs(hi - lo) / abs(float(row["predicted"])) * 100 if float(
+        row["predicted"]) else 0.0
+    return spread > 2 * bound
 
 
 def compare(fidelity_rows: list[dict], stem: Path, footer: str) -> None:
@@ -166,13 +199,22 @@ def compare(fidelity_rows: list[dict], stem: Path, footer: str) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    lines = [f"| cell | metric | predicted | twin | real | real vs predicted | target |", "|---|---|---|---|---|---|---|"]
+    apart = [f"at_x{f:g}" for f in PACE_APART if f"at_x{f:g}" in rows[0]]
+    head = "".join(f" pace x{k[4:]} |" for k in apart)
+    lines = [f"| cell | metric | predicted | twin | real | real vs predicted | target |{head}",
+             "|---|---|---|---|---|---|---|" + "---|" * len(apart)]
     for r in rows:
         lines.append(f"| {r['workload']} {r['policy']} | {r['metric']} | {float(r['predicted']):.4g} | "
                      f"{float(r['twin']):.4g} | {float(r['real']):.4g} | {r['error']:+.1f} {r['unit']} | "
-                     f"{'met' if r['met'] else 'MISSED'} (±{r['target']}) |")
+                     f"{'met' if r['met'] else 'MISSED'} (±{r['target']}) |" + "".join(
+                         f" {float(r[k]):.4g}{' *' if sensitive(r, apart) else ''} |" for k in apart))
     met = sum(r["met"] for r in rows)
     lines.append(f"\n{met} of {len(rows)} within target; {footer}")
+    if apart:
+        n = sum(sensitive(r, apart) for r in rows)
+        lines.append(f"\n*: {n} figures move by more than their whole target band ({len(rows)} in all) when the pace is "
+                     f"{(1 - PACE_APART[0]) * 100:.0f}% slower instead of {(PACE_APART[1] - 1) * 100:.0f}% faster: "
+                     "they can be predicted within target only with the pace known better than that")
     paces = [r for r in fidelity_rows if r["metric"] == "machine_pace" and str(r["real"]) not in ("", "nan")]
     if paces:
         lines.append("\nthe models' CPU pace over the profiles, predicted at -> the real cell's batches: " + ", ".join(

@@ -276,3 +276,40 @@ def test_the_next_real_cell_starts_from_the_median_pace_of_the_last_ones_served(
     assert served_at(1.5) == pytest.approx(1.9)  # one slow minute (2.85) does not move it: 1.8, 1.9, 2.85
     cluster._follow([])  # a cell with no batch timed leaves the pace as it was
     assert cluster.setup.serving.pace == pytest.approx(1.9)
+
+
+def test_each_variants_own_pace_follows_the_cells_served_as_a_median_of_three():
+    """A served variant takes its own batches' pace over the pooled one; another moves with its stage's served ones
+    (the refresh ties it to them); a stage the cell did not serve keeps its paces; a new variant starts from its own;
+    one odd cell does not move a median of three."""
+    from ipa.experiment.ray_cell import follow_variants
+
+    current = {"detect/small": 1.2, "detect/big": 1.5, "classify/r18": 0.8}
+    history = {k: [v] for k, v in current.items()}
+    current = follow_variants(history, current, {"detect/small": 1.0, "classify/r18": 0.8})
+    assert current == pytest.approx({"detect/small": 1.1, "detect/big": 1.375, "classify/r18": 0.8})
+    current = follow_variants(history, current, {"detect/small": 1.0, "classify/r50": 0.9})
+    # big moved with small (1.0 / 1.1): 1.25; r18 is classify's, and r50 was not its stage's reference: it stays
+    assert current == pytest.approx({"detect/small": 1.0, "detect/big": 1.25, "classify/r18": 0.8,
+                                     "classify/r50": 0.9})
+    assert history["classify/r18"] == [0.8, 0.8]  # not estimated by the second cell
+    current = follow_variants(history, current, {"detect/small": 2.0})
+    assert current["detect/small"] == pytest.approx(1.0)  # 1.0, 1.0, 2.0
+    assert follow_variants(history, current, {}) == current  # a cell that timed too few batches says nothing
+
+
+def test_a_real_cell_moves_each_served_variants_pace_for_the_next(tiny):
+    from ipa.experiment.cells import Setup
+    from ipa.experiment.config import ExperimentConfig
+    from ipa.experiment.ray_cell import RayCluster
+
+    spec, table = tiny
+    cluster = RayCluster(Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_serving(
+        ServingCost(pace=1.0, variant_pace={"detect/small": 1.0, "classify/r18": 1.0})))
+    small, r18 = table.lookup("detect", "small", 1, 1), table.lookup("classify", "r18", 1, 1)
+    cell = ([BatchTiming("detect", "small", 1, 1, small.p50 * 1.2, small.cpu_s * 1.2)] * 12
+            + [BatchTiming("classify", "r18", 1, 1, r18.p50 * 0.8, r18.cpu_s * 0.8)] * 12)
+    cluster._follow(cell)  # pooled: 1.0; the detector 1.2 of it, the classifier 0.8
+    assert cluster.setup.serving.pace == pytest.approx(1.0)
+    assert cluster.setup.serving.variant_pace == pytest.approx({"detect/small": 1.1, "classify/r18": 0.9})
+    assert cluster.setup.profiles.lookup("detect", "small", 1, 1).cpu_s == pytest.approx(small.cpu_s * 1.1)
