@@ -14,8 +14,7 @@ pace each one's batches ran at (OUT/at-cell-pace.md, as with --at-cell-pace belo
     python bench/prediction.py --repredict OUT
 
 predicts OUT's finished cells again with the simulator as it is now (the same profiles, config and loads, each
-cell from the pooled pace the run started it at and each variant's own followed as the runtime now follows it; no
-serving, a few seconds) against the same real runs, into OUT/reprediction.csv and OUT/reprediction.md: how a
+cell from the pace the run started it at; no serving, a few seconds) against the same real runs, into OUT/reprediction.csv and OUT/reprediction.md: how a
 change to the simulator would have done on a run already made. With --at-cell-pace each cell is simulated at
 the CPU pace its own real batches had, pooled and each served variant's (OUT/at-cell-pace.md): not a prediction
 (the pace is measured in the run), but what is left of the error once this VM's speed, which moves from cell to
@@ -29,6 +28,7 @@ import argparse
 import csv
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +123,6 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
 
     from ipa.experiment.cells import Setup, cell_dir, cell_pace, shape
     from ipa.experiment.config import load_experiment
-    from ipa.experiment.ray_cell import follow_variants
     from ipa.experiment.sim_cell import run_sim_cell
     from ipa.profiles.calibration import BatchTiming, served_paces
     from ipa.workload import load_workload
@@ -134,8 +133,6 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     fidelity = read_fidelity(run / "fidelity.csv")
     twins = {(r["workload"], r["policy"], r["metric"]): r["twin"] for r in fidelity}
     started = {(r["workload"], r["policy"]): float(r["predicted"]) for r in fidelity if r["metric"] == "machine_pace"}
-    current = dict(setup.serving.variant_pace) if setup.serving else {}
-    history = {k: [v] for k, v in current.items()}  # each variant's own pace, followed from cell to cell as the run did
     rows = []
     for name in cfg.workloads:
         w = shape(load_workload(name, cfg.trace), cfg.duration_s, cfg.load_scale)
@@ -150,14 +147,10 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
             planned, measured = cell_pace(setup, batches)
             cell_setup = setup
             if setup.serving and at_cell_pace and measured:  # the variants the cell served at their own paces
-                current = setup.serving.variant_pace
-                own = follow_variants({k: [] for k in current}, current, served_paces(setup.profiled, batches))
+                own = own_paces(setup.serving.variant_pace, served_paces(setup.profiled, batches))
                 cell_setup = setup.at_serving(replace(setup.serving, pace=measured, variant_pace=own))
             elif setup.serving and started.get((w.name, policy)):  # the pace the run's prediction had
-                cell_setup = setup.at_serving(replace(setup.serving, pace=started[(w.name, policy)],
-                                                      variant_pace=current))
-            if setup.serving:
-                current = follow_variants(history, current, served_paces(setup.profiled, batches))
+                cell_setup = setup.at_serving(replace(setup.serving, pace=started[(w.name, policy)]))
             predicted = run_sim_cell(cell_setup, w, policy, client=True)["summary"]
             apart = {}
             if cell_setup.serving and at_cell_pace:
@@ -173,6 +166,19 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     compare(rows, out / ("at-cell-pace" if at_cell_pace else "reprediction"),
             f"simulated again on {run}" + (" at each cell's own measured pace, pooled and each served variant's (not "
                                            "a prediction)" if at_cell_pace else " with the simulator of today"))
+
+
+def own_paces(refresh: dict[str, float], served: dict[str, float]) -> dict[str, float]:
+    """Each variant's pace over the pooled one as a cell ran it: a served variant's own (`served_paces`); another
+    moved with its stage's served ones (the refresh ties it to them: its pace alone on a core over theirs), by the
+    median of their change; a stage the cell did not serve as the refresh measured it."""
+    moved: dict[str, list[float]] = {}
+    for name, own in served.items():
+        if name in refresh:
+            moved.setdefault(name.split("/")[0], []).append(own / refresh[name])
+    out = {name: f * statistics.median(moved[name.split("/")[0]]) if name.split("/")[0] in moved else f
+           for name, f in refresh.items()}
+    return out | served
 
 
 def sensitive(row: dict, apart: list[str]) -> bool:

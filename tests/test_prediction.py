@@ -278,38 +278,29 @@ def test_the_next_real_cell_starts_from_the_median_pace_of_the_last_ones_served(
     assert cluster.setup.serving.pace == pytest.approx(1.9)
 
 
-def test_each_variants_own_pace_follows_the_cells_served_as_a_median_of_three():
-    """A served variant takes its own batches' pace over the pooled one; another moves with its stage's served ones
-    (the refresh ties it to them); a stage the cell did not serve keeps its paces; a new variant starts from its own;
-    one odd cell does not move a median of three."""
-    from ipa.experiment.ray_cell import follow_variants
+def _bench_prediction():
+    import importlib.util
+    from pathlib import Path
 
-    current = {"detect/small": 1.2, "detect/big": 1.5, "classify/r18": 0.8}
-    history = {k: [v] for k, v in current.items()}
-    current = follow_variants(history, current, {"detect/small": 1.0, "classify/r18": 0.8})
-    assert current == pytest.approx({"detect/small": 1.1, "detect/big": 1.375, "classify/r18": 0.8})
-    current = follow_variants(history, current, {"detect/small": 1.0, "classify/r50": 0.9})
-    # big moved with small (1.0 / 1.1): 1.25; r18 is classify's, and r50 was not its stage's reference: it stays
-    assert current == pytest.approx({"detect/small": 1.0, "detect/big": 1.25, "classify/r18": 0.8,
-                                     "classify/r50": 0.9})
-    assert history["classify/r18"] == [0.8, 0.8]  # not estimated by the second cell
-    current = follow_variants(history, current, {"detect/small": 2.0})
-    assert current["detect/small"] == pytest.approx(1.0)  # 1.0, 1.0, 2.0
-    assert follow_variants(history, current, {}) == current  # a cell that timed too few batches says nothing
+    path = Path(__file__).resolve().parents[1] / "bench" / "prediction.py"
+    spec = importlib.util.spec_from_file_location("bench_prediction", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_a_real_cell_moves_each_served_variants_pace_for_the_next(tiny):
-    from ipa.experiment.cells import Setup
-    from ipa.experiment.config import ExperimentConfig
-    from ipa.experiment.ray_cell import RayCluster
+def test_at_cell_pace_a_served_variant_runs_at_its_own_pace_and_its_stages_others_move_with_it():
+    own = _bench_prediction().own_paces({"detect/small": 1.2, "detect/big": 1.5, "classify/r18": 0.8},
+                                        {"detect/small": 1.0, "classify/r50": 0.9})
+    # big moves with small (1.0 / 1.2); r18's stage served only a variant the refresh had not timed: it stays
+    assert own == pytest.approx({"detect/small": 1.0, "detect/big": 1.25, "classify/r18": 0.8, "classify/r50": 0.9})
 
-    spec, table = tiny
-    cluster = RayCluster(Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_serving(
-        ServingCost(pace=1.0, variant_pace={"detect/small": 1.0, "classify/r18": 1.0})))
-    small, r18 = table.lookup("detect", "small", 1, 1), table.lookup("classify", "r18", 1, 1)
-    cell = ([BatchTiming("detect", "small", 1, 1, small.p50 * 1.2, small.cpu_s * 1.2)] * 12
-            + [BatchTiming("classify", "r18", 1, 1, r18.p50 * 0.8, r18.cpu_s * 0.8)] * 12)
-    cluster._follow(cell)  # pooled: 1.0; the detector 1.2 of it, the classifier 0.8
-    assert cluster.setup.serving.pace == pytest.approx(1.0)
-    assert cluster.setup.serving.variant_pace == pytest.approx({"detect/small": 1.1, "classify/r18": 0.9})
-    assert cluster.setup.profiles.lookup("detect", "small", 1, 1).cpu_s == pytest.approx(small.cpu_s * 1.1)
+
+def test_a_figure_is_marked_when_3_percent_of_pace_moves_it_across_its_whole_target_band():
+    bench = _bench_prediction()
+    knee = {"metric": "p99_latency_s", "predicted": 2.0, "at_x0.97": 1.4, "at_x1.03": 3.9}  # 125% > 2 x 25%
+    calm = {"metric": "p99_latency_s", "predicted": 0.4, "at_x0.97": 0.38, "at_x1.03": 0.42}
+    points = {"metric": "sla_violation_pct", "predicted": 1.0, "at_x0.97": 0.0, "at_x1.03": 11.0}  # 11 > 2 x 5 points
+    apart = ["at_x0.97", "at_x1.03"]
+    assert bench.sensitive(knee, apart) and bench.sensitive(points, apart) and not bench.sensitive(calm, apart)
+    assert not bench.sensitive(knee, apart[:1])  # one pace says nothing of a spread

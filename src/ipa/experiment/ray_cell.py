@@ -24,7 +24,7 @@ from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.detect import open_meter
 from ipa.experiment.cells import Setup, cell_pace, control, score_decisions, true_peak, write_cell
 from ipa.experiment.metrics import summarize
-from ipa.profiles.calibration import BatchTiming, measured, served_paces
+from ipa.profiles.calibration import BatchTiming, measured
 from ipa.profiles.samples import request_bodies
 from ipa.profiles.zoo import pipeline_kinds
 from ipa.runtime.loadgen import LoadGenerator, RequestRecord, arrival_times
@@ -49,7 +49,6 @@ class RayCluster:
     def __init__(self, setup: Setup):
         self.setup = setup
         self._paces = [setup.serving.pace] if setup.serving else []  # as served: the refresh's, then each cell's
-        self._own = {k: [v] for k, v in setup.serving.variant_pace.items()} if setup.serving else {}  # per variant
         self._started = False
 
     def __enter__(self) -> RayCluster:
@@ -91,47 +90,20 @@ class RayCluster:
 
     def _follow(self, batches: list[BatchTiming]) -> None:
         """The next cell starts from the median of the paces the last three cells' batches ran at (the refresh's
-        counting as one before the first): the machine as lately served, pooled and each variant's own
-        (`follow_variants`). This VM's speed drifts, and now and then one minute runs 20-40% slower: over the 80
-        cells of ten runs of `bench/prediction.py` (2026-12-04) the pace `ipa profile --serving` measured was 8.9%
-        off each cell's own on average, the cell just before 5.7% (14% in the run with two slow minutes), this
-        median 5.6% (10.7% there), within 5% for 49 cells against 26 and 44."""
+        counting as one before the first): the machine as lately served. This VM's speed drifts, and now and
+        then one minute runs 20-40% slower: over the 80 cells of ten runs of `bench/prediction.py` (2026-12-04)
+        the pace `ipa profile --serving` measured was 8.9% off each cell's own on average, the cell just before
+        5.7% (14% in the run with two slow minutes), this median 5.6% (10.7% there), within 5% for 49 cells
+        against 26 and 44."""
         s = self.setup
         before, after = cell_pace(s, batches)
         if s.serving is None or after is None:
             return
         self._paces.append(after)
         pace = float(np.median(self._paces[-FOLLOW_CELLS:]))
-        own = follow_variants(self._own, s.serving.variant_pace, served_paces(s.profiled or s.profiles, batches))
-        self.setup = s.at_serving(replace(s.serving, pace=pace, variant_pace=own))
+        self.setup = s.at_serving(replace(s.serving, pace=pace))
         log.info("this cell's models ran at x%.2f of their profiled CPU (it started from x%.2f); the next starts "
-                 "from x%.2f, the median of the last %d%s", after, before, pace, min(len(self._paces), FOLLOW_CELLS),
-                 f", each variant x{self.setup.serving.variant_range()} of it" if own else "")
-
-
-def follow_variants(history: dict[str, list[float]], current: dict[str, float], served: dict[str, float]
-                    ) -> dict[str, float]:
-    """Each variant's own pace over the pooled one for the next cell: the median of the last FOLLOW_CELLS estimates
-    of it, `history` (per 'stage/variant', the refresh's first) taking this cell's. A variant the cell served is
-    estimated by its own batches (`served`, `served_paces`); another moves with its stage's served ones, by their
-    median change, as the refresh ties it to them (its pace alone on a core over theirs). The refresh measures at
-    half the planned capacity, and the variants' paces move apart from it: on the 2-core VM (run 21, 2026-12-05)
-    ssdlite's pace over resnet18's was 1.18 in the refresh and 1.20 at 5 rps, 1.04 at 10, 1.00 at 21; with each
-    variant followed, 34 of that run's 48 figures were within target as predicted instead of 31."""
-    stages: dict[str, list[float]] = {}
-    for name, own in served.items():
-        if name in current:
-            stages.setdefault(name.split("/")[0], []).append(own / current[name])
-    for name in dict.fromkeys([*current, *served]):
-        moved = stages.get(name.split("/")[0])
-        if name in served:
-            estimate = served[name]
-        elif moved:
-            estimate = current[name] * float(np.median(moved))
-        else:
-            continue
-        history.setdefault(name, [current[name]] if name in current else []).append(estimate)
-    return current | {name: float(np.median(h[-FOLLOW_CELLS:])) for name, h in history.items() if h}
+                 "from x%.2f, the median of the last %d", after, before, pace, min(len(self._paces), FOLLOW_CELLS))
 
 
 def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRuntime) -> dict[str, Any]:
