@@ -181,6 +181,22 @@ def own_paces(refresh: dict[str, float], served: dict[str, float]) -> dict[str, 
     return out | served
 
 
+def in_band(row: dict) -> bool | None:
+    """Whether the real figure lies within the prediction's band (the machine at its fastest and slowest seen
+    pace, the point prediction between) widened by the target's bound; None when the run had no band."""
+    try:
+        ends = [float(row[k]) for k in ("predicted", "predicted_fast", "predicted_slow")]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if any(v != v for v in ends):  # nan: no band
+        return None
+    lo, hi, real = min(ends), max(ends), float(row["real"])
+    kind, bound = TARGETS[row["metric"]]
+    if kind == "abs":
+        return lo - bound <= real <= hi + bound
+    return lo * (1 - bound / 100) <= real <= hi * (1 + bound / 100)
+
+
 def sensitive(row: dict, apart: list[str]) -> bool:
     """Whether the figures simulated at the paces apart differ by more than the target's whole band (2 x bound)."""
     if len(apart) < 2:
@@ -200,22 +216,29 @@ def compare(fidelity_rows: list[dict], stem: Path, footer: str) -> None:
             continue
         e, ok = error(r["metric"], float(r["predicted"]), float(r["real"]))
         rows.append(r | {"error": e, "unit": "pts" if TARGETS[r["metric"]][0] == "abs" else "%",
-                         "target": TARGETS[r["metric"]][1], "met": ok})
+                         "target": TARGETS[r["metric"]][1], "met": ok, "in_band": in_band(r)})
     with stem.with_suffix(".csv").open("w") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     apart = [f"at_x{f:g}" for f in PACE_APART if f"at_x{f:g}" in rows[0]]
-    head = "".join(f" pace x{k[4:]} |" for k in apart)
+    banded = any(r["in_band"] is not None for r in rows)
+    head = "".join(f" pace x{k[4:]} |" for k in apart) + (" band (fastest - slowest seen) |" if banded else "")
     lines = [f"| cell | metric | predicted | twin | real | real vs predicted | target |{head}",
-             "|---|---|---|---|---|---|---|" + "---|" * len(apart)]
+             "|---|---|---|---|---|---|---|" + "---|" * (len(apart) + banded)]
     for r in rows:
+        band = (f" {float(r['predicted_fast']):.4g} - {float(r['predicted_slow']):.4g}: "
+                f"{'in' if r['in_band'] else 'OUT'} |" if r["in_band"] is not None else " |") if banded else ""
         lines.append(f"| {r['workload']} {r['policy']} | {r['metric']} | {float(r['predicted']):.4g} | "
                      f"{float(r['twin']):.4g} | {float(r['real']):.4g} | {r['error']:+.1f} {r['unit']} | "
                      f"{'met' if r['met'] else 'MISSED'} (±{r['target']}) |" + "".join(
-                         f" {float(r[k]):.4g}{' *' if sensitive(r, apart) else ''} |" for k in apart))
+                         f" {float(r[k]):.4g}{' *' if sensitive(r, apart) else ''} |" for k in apart) + band)
     met = sum(r["met"] for r in rows)
     lines.append(f"\n{met} of {len(rows)} within target; {footer}")
+    if banded:
+        lines.append(f"\n{sum(bool(r['in_band']) for r in rows)} of {len(rows)} within the prediction's band "
+                     "(the simulated machine at the fastest and slowest 10 s of pace seen before the cell) widened by "
+                     "the target")
     if apart:
         n = sum(sensitive(r, apart) for r in rows)
         lines.append(f"\n*: {n} figures move by more than their whole target band ({len(rows)} in all) when the pace is "

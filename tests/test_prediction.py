@@ -304,3 +304,65 @@ def test_a_figure_is_marked_when_3_percent_of_pace_moves_it_across_its_whole_tar
     apart = ["at_x0.97", "at_x1.03"]
     assert bench.sensitive(knee, apart) and bench.sensitive(points, apart) and not bench.sensitive(calm, apart)
     assert not bench.sensitive(knee, apart[:1])  # one pace says nothing of a spread
+
+
+def _timed(table, ratio, t_s, n):
+    row = table.lookup("detect", "small", 1, 1)
+    return [BatchTiming("detect", "small", 1, 1, row.p50 * ratio, row.cpu_s * ratio, t_s + i * 0.01) for i in range(n)]
+
+
+def test_the_pace_of_each_10_s_is_the_median_of_its_own_batches_and_a_thin_window_says_nothing(tiny):
+    from ipa.profiles.calibration import window_paces
+
+    _, table = tiny
+    batches = _timed(table, 1.0, 1.0, 10) + _timed(table, 1.3, 12.0, 10) + _timed(table, 2.0, 25.0, 3)
+    batches.append(BatchTiming("detect", "small", 1, 1, 1.0, 1.0))  # no end time: in no window
+    assert window_paces(table, batches) == pytest.approx([1.0, 1.3])
+    assert window_paces(table, batches, least=3) == pytest.approx([1.0, 1.3, 2.0])
+
+
+def test_the_pace_range_is_read_from_the_meta_and_a_bad_one_is_refused_by_name():
+    assert from_meta({"serving": {"pace_range": [0.8, 1.3]}}).pace_range == (0.8, 1.3)
+    assert from_meta({"serving": ServingCost(pace_range=(0.9, 1.1)).to_meta()}).pace_range == (0.9, 1.1)
+    assert from_meta({"serving": {}}).pace_range == ()  # a meta from before the range: no band
+    for bad in ([1.3, 0.8], [1.0], [0, 1.0], "0.8-1.3"):
+        with pytest.raises(ProfileError, match="serving.pace_range"):
+            from_meta({"serving": {"pace_range": bad}}, "p.csv")
+
+
+def test_the_band_runs_the_simulated_machine_at_the_fastest_and_slowest_pace_seen_and_the_plans_as_they_are(tiny):
+    from ipa.experiment.cells import Setup
+    from ipa.experiment.config import ExperimentConfig
+    from ipa.experiment.ray_cell import RayCluster
+
+    spec, table = tiny
+    base = Setup(ExperimentConfig(), spec, table, table, None, profiled=table)
+    assert base.at_serving(ServingCost(pace=2.0)).paced() == []  # no range measured: no band
+    setup = base.at_serving(ServingCost(pace=2.0, pace_range=(1.6, 2.6)))
+    row = table.lookup("detect", "small", 1, 1)
+    band = setup.paced()
+    assert [p for p, _ in band] == [1.6, 2.6]
+    for pace, s in band:
+        assert s.machine.lookup("detect", "small", 1, 1).p50 == pytest.approx(row.p50 * pace)
+        assert s.profiles is setup.profiles  # the loop plans as the prediction does
+    cluster = RayCluster(setup)
+    # a cell with a fast and a very slow 10 s against the pace it started from (2.0): 1.5 and 3.0
+    cluster._follow(_timed(cluster.setup.profiles, 0.75, 0.0, 10) + _timed(cluster.setup.profiles, 1.5, 10.0, 10))
+    assert cluster.setup.serving.pace_range == pytest.approx((1.5, 3.0))  # widened both ways
+
+
+def test_fidelity_rows_hold_the_band_beside_the_prediction_and_the_bench_checks_the_real_figure_against_it():
+    summary = {"throughput_rps": 10.0, "energy_method": "estimate"}
+    band = [(0.8, {"throughput_rps": 12.0}), (1.2, {"throughput_rps": 8.0})]
+    rows = {r["metric"]: r for r in fidelity.compare("w", "ipa", summary, {}, summary | {"throughput_rps": 13.0},
+                                                    (1.0, 0.8), band)}
+    assert (rows["throughput_rps"]["predicted_fast"], rows["throughput_rps"]["predicted_slow"]) == (12.0, 8.0)
+    assert (rows["machine_pace"]["predicted_fast"], rows["machine_pace"]["predicted_slow"]) == (0.8, 1.2)
+    assert np.isnan(fidelity.compare("w", "ipa", summary, {}, summary)[0]["predicted_fast"])  # no band: nan
+    bench = _bench_prediction()
+    row = {"metric": "throughput_rps", "predicted": 10.0, "predicted_fast": 12.0, "predicted_slow": 8.0}
+    assert bench.in_band(row | {"real": 13.0})  # above the band's top, within 10% of it
+    assert not bench.in_band(row | {"real": 13.5}) and not bench.in_band(row | {"real": 7.0})
+    assert bench.in_band({"metric": "sla_violation_pct", "predicted": 0.0, "predicted_fast": 0.0,
+                          "predicted_slow": 20.0, "real": 24.0})  # points: the band's top + 5
+    assert bench.in_band(row | {"predicted_fast": "nan", "real": 13.0}) is None  # a run without a band

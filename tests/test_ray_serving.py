@@ -169,6 +169,9 @@ def test_two_ingress_replicas_share_the_requests_and_report_as_one(cluster):
         # each replica's own time on a batch outside the model: decoding and hops, milliseconds, not the model's
         assert all(t.overhead_s is not None and 0 <= t.overhead_s < t.seconds + 1.0 for t in timings)
         assert any(t.overhead_s > 0 for t in timings if t.stage == "detect")
+        # how long each replica sat idle before a batch: it waited a second for the load generator to start
+        idle = [t.idle_s for t in timings if t.stage == "detect" and t.idle_s is not None]
+        assert idle and all(i >= 0 for i in idle) and max(idle) > 0.5
         assert answered_200(rt.url) - before == 19  # both replicas' counts, from whichever answered the scrape
         rt.apply(config(), load_rps=1.0)  # the same config for one replica's load: the ingress shrinks alone
         assert rt.reconfigurations[-1].kinds == [] and rt.ingresses == 2  # fixed by the setting

@@ -426,7 +426,9 @@ def _profile_serving(spec, out, n_requests: int) -> None:
     console.print(f"serving on this machine: {cost.latency_s * 1000:.0f} ms per request outside the models, "
                   f"{cost.cpu_fixed_cores:.2f} cores with no traffic + {cost.cpu_per_request_s * 1000:.1f} ms CPU per "
                   f"request (+ {cost.client_cpu_per_request_s * 1000:.1f} ms for a local load generator); the models "
-                  f"ran at {cost.pace:.2f}x their profiled CPU with a p99 {cost.spread:.2f}x their median "
+                  f"ran at {cost.pace:.2f}x their profiled CPU"
+                  + (f" ({cost.pace_range[0]:.2f}-{cost.pace_range[1]:.2f} over 10 s)" if cost.pace_range else "")
+                  + f" with a p99 {cost.spread:.2f}x their median "
                   f"({meta['pace_batches']} batches) and each replica spent "
                   + ", ".join(f"{ms * 1000:.1f} ms ({stage})" for stage, ms in cost.batch_overhead_s.items())
                   + " per batch outside its model"

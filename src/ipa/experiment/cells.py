@@ -74,6 +74,15 @@ class Setup:
         machine = self.machine if self.cfg.sim.true_profiles else profiles
         return replace(self, profiles=profiles, machine=machine, serving=serving, profiled=profiled)
 
+    def paced(self) -> list[tuple[float, Setup]]:
+        """(pace, this setup with the simulated machine at that pace) for the fastest and the slowest pace serving
+        was seen at (`ServingCost.pace_range`), the plans as they are: the prediction's band; empty when no range
+        is known."""
+        if self.serving is None or not self.serving.pace_range or self.cfg.sim.true_profiles:
+            return []
+        return [(p, replace(self, machine=self.at_serving(replace(self.serving, pace=p)).machine))
+                for p in self.serving.pace_range]
+
     def problem(self, policy: str, weights: dict[str, float] | None = None, client: bool = False) -> Problem:
         """The policy's problem; `weights` overrides some configured weights (the frontier's sweep);
         `client`: the load generator shares the serving machine."""

@@ -37,8 +37,8 @@ from ipa.runtime.sim import Pace, SimSettings
 
 METRICS = ["throughput_rps", "completed", "goodput_rps", "p99_latency_s", "sla_violation_pct", "dropped_pct",
            "rejected_pct", "energy_j", "avg_power_w", "cost_cores", "pas"]
-COLUMNS = ["workload", "policy", "metric", "predicted", "twin", "real", "real_vs_predicted_pct", "real_vs_twin_pct",
-           "note"]
+COLUMNS = ["workload", "policy", "metric", "predicted", "predicted_fast", "predicted_slow", "twin", "real",
+           "real_vs_predicted_pct", "real_vs_twin_pct", "note"]
 OLD_NAMES = {"sim": "twin", "real_vs_sim_pct": "real_vs_twin_pct"}  # fidelity.csv before the prediction column
 
 
@@ -85,22 +85,29 @@ def serving_latency(records: list[RequestRecord], at_least: int = 20) -> tuple[f
 
 
 def compare(workload: str, policy: str, predicted: dict[str, Any], twin: dict[str, Any],
-            real: dict[str, Any], pace: tuple[float, float | None] | None = None) -> list[dict[str, Any]]:
+            real: dict[str, Any], pace: tuple[float, float | None] | None = None,
+            band: list[tuple[float, dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """Each metric's predicted, twin and real figure. `pace`: the models' CPU against their profiled rows as the
     prediction ran them and as the real cell's batches burned it (this VM's speed moves from cell to cell; a
-    figure that moved with it says so)."""
+    figure that moved with it says so). `band`: (pace, summary) of the prediction with the machine at its fastest
+    and its slowest seen pace (`Setup.paced`): what the figures would be if the whole cell ran so."""
+    (p_fast, fast), (p_slow, slow) = band if band and len(band) == 2 else ((float("nan"), {}), (float("nan"), {}))
+    nan = float("nan")
     rows = []
     if pace is not None:
         rows.append({"workload": workload, "policy": policy, "metric": "machine_pace", "predicted": pace[0],
-                     "twin": float("nan"), "real": pace[1], "real_vs_predicted_pct": _relative(pace[1], pace[0]),
-                     "real_vs_twin_pct": float("nan"),
+                     "predicted_fast": p_fast, "predicted_slow": p_slow,
+                     "twin": nan, "real": pace[1], "real_vs_predicted_pct": _relative(pace[1], pace[0]),
+                     "real_vs_twin_pct": nan,
                      "note": "the models' CPU per batch over their profiled rows' (median): predicted, as "
-                             "ipa profile --serving measured it; real, this cell's batches"})
+                             "ipa profile --serving measured it or the last cells were served at (fast, slow: the "
+                             "lowest and highest of it over 10 s seen so far); real, this cell's batches"})
     for m in METRICS:
         p, t, r = predicted.get(m), twin.get(m), real.get(m)
         note = (f"predicted, twin: profiles + serving's CPU ({predicted['energy_method']}); real: the meter "
                 f"({real['energy_method']})" if m in ("energy_j", "avg_power_w") else "")
-        rows.append({"workload": workload, "policy": policy, "metric": m, "predicted": p, "twin": t, "real": r,
+        rows.append({"workload": workload, "policy": policy, "metric": m, "predicted": p,
+                     "predicted_fast": fast.get(m, nan), "predicted_slow": slow.get(m, nan), "twin": t, "real": r,
                      "real_vs_predicted_pct": _relative(r, p), "real_vs_twin_pct": _relative(r, t), "note": note})
     return rows
 

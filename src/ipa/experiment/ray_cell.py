@@ -24,7 +24,7 @@ from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.detect import open_meter
 from ipa.experiment.cells import Setup, cell_pace, control, score_decisions, true_peak, write_cell
 from ipa.experiment.metrics import summarize
-from ipa.profiles.calibration import BatchTiming, measured
+from ipa.profiles.calibration import BatchTiming, measured, window_paces
 from ipa.profiles.samples import request_bodies
 from ipa.profiles.zoo import pipeline_kinds
 from ipa.runtime.loadgen import LoadGenerator, RequestRecord, arrival_times
@@ -94,14 +94,16 @@ class RayCluster:
         then one minute runs 20-40% slower: over the 80 cells of ten runs of `bench/prediction.py` (2026-12-04)
         the pace `ipa profile --serving` measured was 8.9% off each cell's own on average, the cell just before
         5.7% (14% in the run with two slow minutes), this median 5.6% (10.7% there), within 5% for 49 cells
-        against 26 and 44."""
+        against 26 and 44. The range of paces the machine was seen at (`ServingCost.pace_range`) widens by this
+        cell's 10-s windows: the next prediction's band."""
         s = self.setup
         before, after = cell_pace(s, batches)
         if s.serving is None or after is None:
             return
         self._paces.append(after)
         pace = float(np.median(self._paces[-FOLLOW_CELLS:]))
-        self.setup = s.at_serving(replace(s.serving, pace=pace))
+        seen = [*s.serving.pace_range, *(before * w for w in window_paces(s.profiles, batches))]
+        self.setup = s.at_serving(replace(s.serving, pace=pace, pace_range=(min(seen), max(seen)) if seen else ()))
         log.info("this cell's models ran at x%.2f of their profiled CPU (it started from x%.2f); the next starts "
                  "from x%.2f, the median of the last %d", after, before, pace, min(len(self._paces), FOLLOW_CELLS))
 

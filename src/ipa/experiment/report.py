@@ -107,9 +107,12 @@ def _real_sections(out: Path, summaries: list[dict], h: str = "h2") -> str:
         "per batch plus serving's and the load generator's CPU, at the profiles' energy method. <b>machine_pace</b>: "
         "the models' CPU per batch over their profiled rows, as the prediction assumed it (the first cell: <code>ipa "
         "profile --serving</code>; each later one: the cell served before it) and as the cell's batches burned it: "
-        "where they differ, the machine's own speed moved, and every figure near capacity moves with it.</p>",
-        _table(fidelity, ["workload", "policy", "metric", "predicted", "twin", "real", "real_vs_predicted_pct",
-                          "real_vs_twin_pct", "note"]),
+        "where they differ, the machine's own speed moved, and every figure near capacity moves with it. "
+        "<b>predicted_fast</b>, <b>predicted_slow</b>: the prediction with the simulated machine at the lowest and "
+        "highest pace seen over 10 s before the cell (the refresh's, then the cells'), the plans unchanged: how far "
+        "this machine's speed alone moves each figure.</p>",
+        _table(fidelity, ["workload", "policy", "metric", "predicted", "predicted_fast", "predicted_slow", "twin",
+                          "real", "real_vs_predicted_pct", "real_vs_twin_pct", "note"]),
         f"<{h}>Reconfigurations (measured)</{h}>",
         _table(reconf, ["workload", "policy", "t_s", "kinds", "seconds", "ok", "error"]) if reconf else "<p>none</p>",
         f"<{h}>Fault events</{h}>",

@@ -112,11 +112,13 @@ def _serve_cell(cluster, w: Workload, policy: str, folder: Path, out: Path) -> d
     """The simulator's prediction of the cell (before it runs: its own control loop on the profiles the run starts
     from, this machine's CPUs, the load generator on them), the real cell, then its twin (the run's configs
     replayed on what it measured); all written, the fidelity rows merged. Both the prediction and the real
-    cell start from the machine's pace as last served (`RayCluster.run`)."""
+    cell start from the machine's pace as last served (`RayCluster.run`); the prediction's band runs the
+    simulated machine at the fastest and slowest pace it was seen at (`Setup.paced`), the plan as predicted."""
     from ipa.experiment.ray_cell import save_cell
 
     setup = cluster.setup
     predicted = run_sim_cell(setup, w, policy, client=True)["summary"]
+    band = [(pace, run_sim_cell(s, w, policy, client=True)["summary"]) for pace, s in setup.paced()]
     real = cluster.run(w, policy)
     if real is None:
         return None
@@ -124,7 +126,7 @@ def _serve_cell(cluster, w: Workload, policy: str, folder: Path, out: Path) -> d
                         pace=fidelity.pace(real["batches"], real["learned"]), client=True)["summary"]
     save_cell(folder, real, predicted, twin)
     fidelity.merge(out / "fidelity.csv", fidelity.compare(w.name, policy, predicted, twin, real["summary"],
-                                                          cell_pace(setup, real["batches"])))
+                                                          cell_pace(setup, real["batches"]), band))
     return real["summary"]
 
 

@@ -40,7 +40,8 @@ from ipa.spec import Strict
 class BatchTiming(NamedTuple):
     """One batch a replica ran: which model, on how many cores, how many requests, how long it took, how
     much CPU it burned, when it ended, in seconds since the run started, and the wall time the replica spent on
-    it outside the model (`overhead_s`: hand-off, decoding, thread hops; None: not measured)."""
+    it outside the model (`overhead_s`: hand-off, decoding, thread hops; None: not measured), and how long the
+    replica sat idle before it (`idle_s`, from its previous batch's end; None: its first, or not measured)."""
 
     stage: str
     variant: str
@@ -50,6 +51,7 @@ class BatchTiming(NamedTuple):
     cpu_s: float | None = None
     t_s: float | None = None
     overhead_s: float | None = None
+    idle_s: float | None = None
 
 
 class CalibrationSettings(Strict):
@@ -221,6 +223,25 @@ def machine_pace(profiles: ProfileTable, batches: Iterable[BatchTiming]) -> tupl
         cpu = t.cpu_s is not None and 0 < t.cpu_s < math.inf
         ratios.append(t.cpu_s / row.cpu_s if cpu else t.seconds / row.p50)
     return (_quantile(sorted(ratios), 0.5), len(ratios)) if ratios else None
+
+
+def window_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], window_s: float = 10.0,
+                 least: int = 8) -> list[float]:
+    """`machine_pace` of each `window_s` of the batches (by when they ended) that holds at least `least` of them.
+    This VM's speed is not one number even within a minute: a fixed load of fa2-low's models burned 63-65 ms of
+    CPU per detector batch for a minute and 86-89 ms for the 45 s of the next cell (machine B, 2026-12-05), and
+    the same again alternating 4 and 11 rps every 15 s, whichever the load; so a prediction says how its figures
+    move over the range of paces the machine was seen to run at (`ipa.experiment.runner`)."""
+    groups: dict[int, list[BatchTiming]] = defaultdict(list)
+    for t in batches:
+        if t.t_s is not None and math.isfinite(t.t_s):
+            groups[int(t.t_s // window_s)].append(t)
+    out = []
+    for _, group in sorted(groups.items()):
+        pace = machine_pace(profiles, group) if len(group) >= least else None
+        if pace is not None:
+            out.append(pace[0])
+    return out
 
 
 def served_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], least: int = 10) -> dict[str, float]:

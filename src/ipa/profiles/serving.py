@@ -41,6 +41,9 @@ class ServingCost:
     # is not one number: on the 2-core VM fasterrcnn ran 1.2-1.3x slower against its profile than ssdlite did,
     # served and alone, and ssdlite 0.98-1.25x resnet18's pace served, 1.04x or more in 44 cells of 47)
     variant_pace: dict[str, float] = field(default_factory=dict)
+    # the lowest and highest `pace` of any 10 s the measurement served (`window_paces`): the machine at its fastest
+    # and slowest; () when not measured
+    pace_range: tuple[float, ...] = ()
 
     def cores(self, load_rps: float) -> float:
         """CPU cores serving takes at `load_rps`, beside the replicas."""
@@ -118,6 +121,12 @@ def from_meta(meta: dict[str, Any], source: str = "") -> ServingCost | None:
             isinstance(v, int | float) and 0 < v < math.inf for v in variants.values()):
         raise ProfileError(f"{source}: serving.variant_pace must map each 'stage/variant' to a factor > 0, "
                            f"got {variants!r}")
+    span = raw.get("pace_range", [])
+    if not isinstance(span, list | tuple) or len(span) not in (0, 2) or not all(
+            isinstance(v, int | float) and 0 < v < math.inf for v in span) or (span and span[0] > span[1]):
+        raise ProfileError(f"{source}: serving.pace_range must be [lowest, highest]: two paces > 0 (the "
+                           "fastest and the slowest the models ran), "
+                           f"got {span!r}")
     factors = {}
     for name in ("pace", "spread"):
         v = raw.get(name, 1.0)
@@ -126,4 +135,5 @@ def from_meta(meta: dict[str, Any], source: str = "") -> ServingCost | None:
         factors[name] = float(v)
     return ServingCost(**values, source=str(raw.get("measured", source)), **factors,
                        batch_overhead_s={str(k): float(v) for k, v in overheads.items()},
-                       variant_pace={str(k): float(v) for k, v in variants.items()})
+                       variant_pace={str(k): float(v) for k, v in variants.items()},
+                       pace_range=tuple(float(v) for v in span))

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ipa.profiles.calibration import BatchTiming, machine_pace, served_paces, served_spread
+from ipa.profiles.calibration import BatchTiming, machine_pace, served_paces, served_spread, window_paces
 from ipa.profiles.profiler import variant_pace
 from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import ProfileTable
@@ -223,7 +223,8 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     - `client_cpu_per_request_s`: the load generator's thread, per request,
     - `latency_s`: the median of each answer's latency less the time its batches took in the models and it
       waited for them at the replicas,
-    - `pace` (with `profiles`): the CPU the models' batches burned against their profiled rows, and `spread`:
+    - `pace` (with `profiles`): the CPU the models' batches burned against their profiled rows (`pace_range`: the
+      lowest and highest of it over 10 s), and `spread`:
       the p99 over the p50 of their times; `variant_pace`: each served variant's own pace over that, then, the
       cluster stopped, each other variant's pace against its stage's served one, each alone on a core, times
       that one's,
@@ -297,7 +298,9 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     pace = machine_pace(profiles, batches) if profiles is not None else None
     if pace is not None:
         served = served_paces(profiles, batches)
-        cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0, variant_pace=served)
+        windows = window_paces(profiles, batches)
+        cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0, variant_pace=served,
+                       pace_range=(min(windows), max(windows)) if len(windows) >= 2 else ())
         if settings.device == "cpu":  # a GPU model's CPU per call says little of its pace
             alone = variant_pace(spec, profiles, {s: c.variant for s, c in config.items()}, progress=log.info)
             stage = {s: served.get(f"{s}/{c.variant}", 1.0) for s, c in config.items()}  # the served one's, per stage

@@ -360,10 +360,12 @@ class StageReplica:
                 out[i] = {"failed": str(e)}
             return out
         self.batches += 1
-        self._ended = ended = time.time()
+        last, self._ended = self._ended, time.time()
+        ended = self._ended
         timing = {"id": f"{self.replica}:{self.batches}", "seconds": seconds, "cpu_s": cpu_s, "size": len(live),
                   "variant": model.variant, "cores": self.cores, "ended_at": ended,
-                  "decode_s": decode_s, "overhead_s": max(0.0, ended - ready - seconds)}
+                  "decode_s": decode_s, "overhead_s": max(0.0, ended - ready - seconds),
+                  "idle_s": max(0.0, now - last) if last else None}
         detection = self.spec.get("kind") == "detection"
         for i, x, o in zip(live, inputs, outputs):
             out[i] = {"output": o, "variant": model.variant, "batch": len(live), "timing": timing,
@@ -773,7 +775,7 @@ class Ingress:
             self._news.timings.append({"id": t["id"], "stage": self.stages[i][0], "variant": t["variant"],
                                        "cores": t["cores"], "size": t["size"], "seconds": t["seconds"],
                                        "cpu_s": t.get("cpu_s"), "ended_at": t.get("ended_at"),
-                                       "overhead_s": t.get("overhead_s")})
+                                       "overhead_s": t.get("overhead_s"), "idle_s": t.get("idle_s")})
 
     async def _warm(self) -> None:
         """Ready once every stage has answered: behind HAProxy the ingress takes HTTP as soon as it is up, while the
