@@ -142,6 +142,8 @@ def test_profile_serving_refreshes_serving_cost_and_the_machines_pace(tmp_path):
     assert serving["pace"] > 0 and serving["pace_batches"] >= 20  # every request ran a batch in each stage
     assert serving["cpu_per_request_s"] > 0 and serving["latency_s"] > 0
     assert f"ran at {serving['pace']:.2f}x their profiled CPU" in done.stdout
+    lo, hi = serving["pace_range"]  # the fastest and slowest 10 s of the bursts: the prediction's band
+    assert 0 < lo <= hi and f"({lo:.2f}-{hi:.2f} over 10 s)" in done.stdout
     assert set(serving["batch_overhead_s"]) == {"detect", "classify"}  # each replica's own time per batch
     assert 0 < serving["batch_overhead_s"]["detect"] < 0.5
     setup = Setup.load(load_experiment(None, profiles=str(profiles)))

@@ -298,9 +298,9 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     pace = machine_pace(profiles, batches) if profiles is not None else None
     if pace is not None:
         served = served_paces(profiles, batches)
-        windows = window_paces(profiles, batches)
+        spans = window_paces(profiles, batches)
         cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0, variant_pace=served,
-                       pace_range=(min(windows), max(windows)) if len(windows) >= 2 else ())
+                       pace_range=(min(spans), max(spans)) if len(spans) >= 2 else ())
         if settings.device == "cpu":  # a GPU model's CPU per call says little of its pace
             alone = variant_pace(spec, profiles, {s: c.variant for s, c in config.items()}, progress=log.info)
             stage = {s: served.get(f"{s}/{c.variant}", 1.0) for s, c in config.items()}  # the served one's, per stage
