@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import shutil
 import statistics
@@ -188,7 +189,7 @@ def in_band(row: dict) -> bool | None:
         ends = [float(row[k]) for k in ("predicted", "predicted_fast", "predicted_slow")]
     except (KeyError, TypeError, ValueError):
         return None
-    if any(v != v for v in ends):  # nan: no band
+    if any(math.isnan(v) for v in ends):  # no band
         return None
     lo, hi, real = min(ends), max(ends), float(row["real"])
     kind, bound = TARGETS[row["metric"]]

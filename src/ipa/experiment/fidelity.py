@@ -91,8 +91,8 @@ def compare(workload: str, policy: str, predicted: dict[str, Any], twin: dict[st
     prediction ran them and as the real cell's batches burned it (this VM's speed moves from cell to cell; a
     figure that moved with it says so). `band`: (pace, summary) of the prediction with the machine at its fastest
     and its slowest seen pace (`Setup.paced`): what the figures would be if the whole cell ran so."""
-    (p_fast, fast), (p_slow, slow) = band if band and len(band) == 2 else ((float("nan"), {}), (float("nan"), {}))
     nan = float("nan")
+    (p_fast, fast), (p_slow, slow) = band if band and len(band) == 2 else ((nan, {}), (nan, {}))
     rows = []
     if pace is not None:
         rows.append({"workload": workload, "policy": policy, "metric": "machine_pace", "predicted": pace[0],

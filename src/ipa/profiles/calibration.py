@@ -236,12 +236,8 @@ def window_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], window_
     for t in batches:
         if t.t_s is not None and math.isfinite(t.t_s):
             groups[int(t.t_s // window_s)].append(t)
-    out = []
-    for _, group in sorted(groups.items()):
-        pace = machine_pace(profiles, group) if len(group) >= least else None
-        if pace is not None:
-            out.append(pace[0])
-    return out
+    paces = [machine_pace(profiles, group) for _, group in sorted(groups.items()) if len(group) >= least]
+    return [p[0] for p in paces if p is not None]
 
 
 def served_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], least: int = 10) -> dict[str, float]:

@@ -360,8 +360,8 @@ class StageReplica:
                 out[i] = {"failed": str(e)}
             return out
         self.batches += 1
-        last, self._ended = self._ended, time.time()
-        ended = self._ended
+        ended = time.time()
+        last, self._ended = self._ended, ended
         timing = {"id": f"{self.replica}:{self.batches}", "seconds": seconds, "cpu_s": cpu_s, "size": len(live),
                   "variant": model.variant, "cores": self.cores, "ended_at": ended,
                   "decode_s": decode_s, "overhead_s": max(0.0, ended - ready - seconds),
