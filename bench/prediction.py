@@ -14,8 +14,9 @@ pace each one's batches ran at (OUT/at-cell-pace.md, as with --at-cell-pace belo
     python bench/prediction.py --repredict OUT
 
 predicts OUT's finished cells again with the simulator as it is now (the same profiles, config and loads, each
-cell from the pace the run started it at; no serving, a few seconds) against the same real runs, into OUT/reprediction.csv and OUT/reprediction.md: how a
-change to the simulator would have done on a run already made. With --at-cell-pace each cell is simulated at
+cell from the pace the run started it at, the median over the prediction's seeds with its band; no serving, under a
+minute) against the same real runs, into OUT/reprediction.csv and OUT/reprediction.md: how a change to the simulator
+would have done on a run already made. With --at-cell-pace each cell is simulated at
 the CPU pace its own real batches had, pooled and each served variant's (OUT/at-cell-pace.md): not a prediction
 (the pace is measured in the run), but what is left of the error once this VM's speed, which moves from cell to
 cell, is known; and again 3% slower and 3% faster, marking the figures that so small a pace error moves across their
@@ -110,8 +111,11 @@ def main() -> None:
 
 
 def read_fidelity(path: Path) -> list[dict]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
+    from ipa.experiment import fidelity
+
+    if not path.is_file():
+        sys.exit(f"{path}: not found (a finished bench/prediction.py run has OUT/run/fidelity.csv)")
+    return fidelity.read(path)
 
 
 def repredict(out: Path, at_cell_pace: bool = False) -> None:
@@ -124,7 +128,7 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
 
     from ipa.experiment.cells import Setup, cell_dir, cell_pace, shape
     from ipa.experiment.config import load_experiment
-    from ipa.experiment.sim_cell import run_sim_cell
+    from ipa.experiment.prediction import predict
     from ipa.profiles.calibration import BatchTiming, served_paces
     from ipa.workload import load_workload
 
@@ -152,13 +156,15 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
                 cell_setup = setup.at_serving(replace(setup.serving, pace=measured, variant_pace=own))
             elif setup.serving and started.get((w.name, policy)):  # the pace the run's prediction had
                 cell_setup = setup.at_serving(replace(setup.serving, pace=started[(w.name, policy)]))
-            predicted = run_sim_cell(cell_setup, w, policy, client=True)["summary"]
+            predicted = predict(cell_setup, w, policy)
             apart = {}
             if cell_setup.serving and at_cell_pace:
                 pace = cell_setup.serving.pace
-                apart = {f: run_sim_cell(cell_setup.at_serving(replace(cell_setup.serving, pace=pace * f)), w, policy,
-                                         client=True)["summary"] for f in PACE_APART}
-            rows += [{"workload": w.name, "policy": policy, "metric": m, "predicted": predicted[m],
+                apart = {f: predict(cell_setup.at_serving(replace(cell_setup.serving, pace=pace * f)), w,
+                                    policy).summary for f in PACE_APART}
+            band = {"predicted_low": predicted.low, "predicted_high": predicted.high} if not at_cell_pace else {}
+            rows += [{"workload": w.name, "policy": policy, "metric": m, "predicted": predicted.summary[m],
+                      **{k: v.get(m, "nan") for k, v in band.items()},
                       "twin": twins.get((w.name, policy, m), "nan"), "real": real[m],
                       **{f"at_x{f:g}": s[m] for f, s in apart.items()}} for m in TARGETS]
             rows.append({"workload": w.name, "policy": policy, "metric": "machine_pace",
@@ -183,10 +189,11 @@ def own_paces(refresh: dict[str, float], served: dict[str, float]) -> dict[str, 
 
 
 def in_band(row: dict) -> bool | None:
-    """Whether the real figure lies within the prediction's band (the machine at its fastest and slowest seen
-    pace, the point prediction between) widened by the target's bound; None when the run had no band."""
+    """Whether the real figure lies within the prediction's band (its lowest and highest over the seeds with the
+    machine at the starting, fastest and slowest pace seen) widened by the target's bound; None when the run had
+    no band."""
     try:
-        ends = [float(row[k]) for k in ("predicted", "predicted_fast", "predicted_slow")]
+        ends = [float(row[k]) for k in ("predicted", "predicted_low", "predicted_high")]
     except (KeyError, TypeError, ValueError):
         return None
     if any(math.isnan(v) for v in ends):  # no band
@@ -224,11 +231,11 @@ def compare(fidelity_rows: list[dict], stem: Path, footer: str) -> None:
         w.writerows(rows)
     apart = [f"at_x{f:g}" for f in PACE_APART if f"at_x{f:g}" in rows[0]]
     banded = any(r["in_band"] is not None for r in rows)
-    head = "".join(f" pace x{k[4:]} |" for k in apart) + (" band (fastest - slowest seen) |" if banded else "")
+    head = "".join(f" pace x{k[4:]} |" for k in apart) + (" band (lowest - highest) |" if banded else "")
     lines = [f"| cell | metric | predicted | twin | real | real vs predicted | target |{head}",
              "|---|---|---|---|---|---|---|" + "---|" * (len(apart) + banded)]
     for r in rows:
-        band = (f" {float(r['predicted_fast']):.4g} - {float(r['predicted_slow']):.4g}: "
+        band = (f" {float(r['predicted_low']):.4g} - {float(r['predicted_high']):.4g}: "
                 f"{'in' if r['in_band'] else 'OUT'} |" if r["in_band"] is not None else " |") if banded else ""
         lines.append(f"| {r['workload']} {r['policy']} | {r['metric']} | {float(r['predicted']):.4g} | "
                      f"{float(r['twin']):.4g} | {float(r['real']):.4g} | {r['error']:+.1f} {r['unit']} | "
@@ -238,8 +245,8 @@ def compare(fidelity_rows: list[dict], stem: Path, footer: str) -> None:
     lines.append(f"\n{met} of {len(rows)} within target; {footer}")
     if banded:
         lines.append(f"\n{sum(bool(r['in_band']) for r in rows)} of {len(rows)} within the prediction's band "
-                     "(the simulated machine at the fastest and slowest 10 s of pace seen before the cell) widened by "
-                     "the target")
+                     "(its lowest and highest over the seeds, the simulated machine at the pace the cell started from "
+                     "and at the fastest and slowest 10 s of pace seen before it) widened by the target")
     if apart:
         n = sum(sensitive(r, apart) for r in rows)
         lines.append(f"\n*: {n} figures move by more than their whole target band ({len(rows)} in all) when the pace is "

@@ -238,3 +238,44 @@ def test_ipa_carbon_and_a_speedup_need_a_carbon_series(small_cfg):
     for update, says in (({"policies": ["ipa-carbon"]}, "ipa-carbon"), ({"carbon_speedup": 72.0}, "--carbon FILE")):
         with pytest.raises(ValueError, match=says):
             ExperimentConfig.model_validate(small_cfg.model_dump() | update)
+
+
+def test_a_real_cells_prediction_is_the_median_over_seeds_and_its_band_their_range_at_each_pace(small_cfg):
+    """One simulated run is one draw of batch times and arrivals; the prediction is the figure to expect."""
+    import statistics
+
+    from ipa.experiment.cells import Setup, shape
+    from ipa.experiment.prediction import predict
+    from ipa.experiment.sim_cell import run_sim_cell
+    from ipa.profiles.serving import ServingCost
+    from ipa.workload import load_workload
+
+    w = shape(load_workload("step:2:30:120:60", None), None, 1.0)
+    setup = Setup.load(small_cfg.model_copy(update={"prediction_seeds": 3, "max_cores": 4}))
+    alone = [run_sim_cell(setup.updated(seed=s), w, "ipa", client=True)["summary"] for s in (0, 1, 2)]
+    assert len({a["p99_latency_s"] for a in alone}) == 3  # the seeds differ
+    got = predict(setup, w, "ipa")
+    for m in ("p99_latency_s", "completed", "energy_j", "pas"):
+        values = [a[m] for a in alone]
+        assert got.summary[m] == pytest.approx(statistics.median(values)), m
+        assert (got.low[m], got.high[m]) == (pytest.approx(min(values)), pytest.approx(max(values))), m
+    assert got.summary["energy_method"] == alone[0]["energy_method"] and got.paces is None
+    assert {d["seed"] for d in got.decisions} == {0, 1, 2} and all("config" in d for d in got.decisions)
+    # with the range of paces the machine was seen at, the band also runs the simulated machine at both ends
+    paced = setup.at_serving(ServingCost(pace=1.0, pace_range=(0.8, 1.6)))
+    wide = predict(paced, w, "ipa")
+    assert wide.paces == (0.8, 1.6)
+    ends = {p: [run_sim_cell(s.updated(seed=seed), w, "ipa", client=True)["summary"]["completed"] for seed in (0, 1, 2)]
+            for p, s in paced.paced()}
+    assert wide.low["completed"] == min(ends[1.6]) < min(ends[0.8]) <= wide.high["completed"]
+
+
+def test_same_config_pct_is_the_share_of_the_predictions_decisions_the_real_loop_also_made():
+    from ipa.experiment.prediction import same_config_pct
+
+    a, b = {"detect": {"variant": "small"}}, {"detect": {"variant": "big"}}
+    real = [{"t": 0.0, "config": a}, {"t": 10.0, "config": b}]
+    predicted = [{"seed": 0, "t": 0.0, "config": a}, {"seed": 0, "t": 10.0, "config": a},
+                 {"seed": 1, "t": 0.0, "config": a}, {"seed": 1, "t": 10.0, "config": b}]
+    assert same_config_pct(predicted, real) == 75.0
+    assert same_config_pct(predicted, [{"t": 0.0, "error": "solver failed"}]) is None

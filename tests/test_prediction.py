@@ -144,7 +144,7 @@ def test_fidelity_rows_hold_predicted_twin_and_real(tmp_path):
     predicted = {"throughput_rps": 10.0, "p99_latency_s": 0.5, "energy_method": "estimate"}
     twin = {"throughput_rps": 9.0, "p99_latency_s": 0.8, "energy_method": "estimate"}
     real = {"throughput_rps": 9.0, "p99_latency_s": 1.0, "energy_method": "estimate"}
-    rows = {r["metric"]: r for r in fidelity.compare("w", "ipa", predicted, twin, real)}
+    rows = {r["metric"]: r for r in fidelity.compare("w", "ipa", _prediction(predicted), twin, real)}
     assert rows["throughput_rps"]["real_vs_predicted_pct"] == pytest.approx(-10)
     assert rows["throughput_rps"]["real_vs_twin_pct"] == pytest.approx(0)
     assert rows["p99_latency_s"]["real_vs_predicted_pct"] == pytest.approx(100)
@@ -170,7 +170,8 @@ def test_a_cells_pace_is_the_refreshed_pace_times_how_its_batches_ran_against_it
     batches = [BatchTiming("detect", "small", 1, 1, row.p50 * 2.2, row.cpu_s * 2.2)] * 3  # 10% slower than refreshed
     assert cell_pace(setup, batches) == (2.0, pytest.approx(2.2))
     assert cell_pace(setup, []) == (2.0, None)
-    rows = fidelity.compare("w", "ipa", {"energy_method": "estimate"}, {}, {"energy_method": "estimate"}, (2.0, 2.2))
+    rows = fidelity.compare("w", "ipa", _prediction({"energy_method": "estimate"}), {}, {"energy_method": "estimate"},
+                            (2.0, 2.2))
     pace = next(r for r in rows if r["metric"] == "machine_pace")
     assert pace["predicted"] == 2.0 and pace["real_vs_predicted_pct"] == pytest.approx(10)
 
@@ -351,18 +352,31 @@ def test_the_band_runs_the_simulated_machine_at_the_fastest_and_slowest_pace_see
     assert cluster.setup.serving.pace_range == pytest.approx((1.5, 3.0))  # widened both ways
 
 
-def test_fidelity_rows_hold_the_band_beside_the_prediction_and_the_bench_checks_the_real_figure_against_it():
+def test_fidelity_rows_hold_the_band_beside_the_prediction_and_the_bench_checks_the_real_figure_against_it(tmp_path):
     summary = {"throughput_rps": 10.0, "energy_method": "estimate"}
-    band = [(0.8, {"throughput_rps": 12.0}), (1.2, {"throughput_rps": 8.0})]
-    rows = {r["metric"]: r for r in fidelity.compare("w", "ipa", summary, {}, summary | {"throughput_rps": 13.0},
-                                                    (1.0, 0.8), band)}
-    assert (rows["throughput_rps"]["predicted_fast"], rows["throughput_rps"]["predicted_slow"]) == (12.0, 8.0)
-    assert (rows["machine_pace"]["predicted_fast"], rows["machine_pace"]["predicted_slow"]) == (0.8, 1.2)
-    assert np.isnan(fidelity.compare("w", "ipa", summary, {}, summary)[0]["predicted_fast"])  # no band: nan
+    predicted = _prediction(summary, {"throughput_rps": 8.0}, {"throughput_rps": 12.0}, (0.8, 1.2))
+    rows = {r["metric"]: r for r in fidelity.compare("w", "ipa", predicted, {}, summary | {"throughput_rps": 13.0},
+                                                    (1.0, 0.8), same_config=75.0)}
+    assert (rows["throughput_rps"]["predicted_low"], rows["throughput_rps"]["predicted_high"]) == (8.0, 12.0)
+    assert (rows["machine_pace"]["predicted_low"], rows["machine_pace"]["predicted_high"]) == (0.8, 1.2)
+    assert rows["same_config_pct"]["real"] == 75.0 and rows["same_config_pct"]["twin"] == 100.0
+    assert np.isnan(fidelity.compare("w", "ipa", _prediction(summary), {}, summary)[0]["predicted_low"])  # no band
     bench = _bench_prediction()
-    row = {"metric": "throughput_rps", "predicted": 10.0, "predicted_fast": 12.0, "predicted_slow": 8.0}
+    row = {"metric": "throughput_rps", "predicted": 10.0, "predicted_low": 8.0, "predicted_high": 12.0}
     assert bench.in_band(row | {"real": 13.0})  # above the band's top, within 10% of it
     assert not bench.in_band(row | {"real": 13.5}) and not bench.in_band(row | {"real": 7.0})
-    assert bench.in_band({"metric": "sla_violation_pct", "predicted": 0.0, "predicted_fast": 0.0,
-                          "predicted_slow": 20.0, "real": 24.0})  # points: the band's top + 5
-    assert bench.in_band(row | {"predicted_fast": "nan", "real": 13.0}) is None  # a run without a band
+    assert bench.in_band({"metric": "sla_violation_pct", "predicted": 0.0, "predicted_low": 0.0,
+                          "predicted_high": 20.0, "real": 24.0})  # points: the band's top + 5
+    assert bench.in_band(row | {"predicted_low": "nan", "real": 13.0}) is None  # a run without a band
+    old = tmp_path / "fidelity.csv"  # written when the band was one seed at the fastest and slowest pace
+    old.write_text("workload,policy,metric,predicted,predicted_fast,predicted_slow,twin,real\n"
+                   "v,ipa,throughput_rps,10,12,8,10,11\nv,ipa,pas,0.15,,,0.15,0.15\n")
+    got = {r["metric"]: r for r in fidelity.read(old)}
+    assert (got["throughput_rps"]["predicted_low"], got["throughput_rps"]["predicted_high"]) == (8.0, 12.0)
+    assert got["pas"]["predicted_low"] == "" and "predicted_fast" not in got["pas"]
+
+
+def _prediction(summary, low=None, high=None, paces=None):
+    from ipa.experiment.prediction import Prediction
+
+    return Prediction(summary, low or {}, high or {}, paces)

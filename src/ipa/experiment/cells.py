@@ -191,9 +191,10 @@ def cell_settings(setup: Setup, w: Workload, policy: str) -> dict[str, Any]:
 
     The pipeline, the profiles and the workload count by content (a hash), not by path: the same
     trace read from another place is the same workload. Settings of the runtime a cell does not use
-    (Ray's for the simulator) do not count, nor does the HTTP port.
+    (Ray's and the prediction's for the simulator) do not count, nor does the HTTP port.
     """
-    skip = {"workloads", "policies", "trace", "pipeline", "profiles", "carbon"} | ({"ray"} if setup.cfg.runtime == "sim" else set())
+    skip = {"workloads", "policies", "trace", "pipeline", "profiles", "carbon"} | (
+        {"ray", "prediction_seeds"} if setup.cfg.runtime == "sim" else set())
     config = setup.cfg.model_dump(mode="json", exclude=skip)
     if "ray" in config:
         config["ray"].pop("port", None)
@@ -250,9 +251,13 @@ def write_cell(folder: Path, cell: dict[str, Any]) -> None:
     columns = SERIES_COLUMNS + [k for k in CARBON_COLUMNS if k in series]
     write_csv(folder / "timeseries.csv", ({"second": i} | {k: series[k][i] for k in columns} for i in range(n)),
               ["second", *columns])
-    rows = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in d.items()} for d in cell["decisions"]]
-    write_csv(folder / "decisions.csv", rows)
+    write_decisions(folder / "decisions.csv", cell["decisions"])
     write_json(folder / "summary.json", cell["summary"])
+
+
+def write_decisions(path: Path, decisions: list[dict[str, Any]]) -> None:
+    """One row a decision; what is a mapping (config, calibration, expected) as JSON."""
+    write_csv(path, [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in d.items()} for d in decisions])
 
 
 def load_cell(out: Path, workload: str, policy: str) -> tuple[dict[str, np.ndarray], list[dict]]:

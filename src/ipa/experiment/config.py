@@ -36,6 +36,8 @@ class ExperimentConfig(Strict):
     runtime: Literal["sim", "ray"] = "sim"
     solver: str = "exact"
     seed: int = Field(default=0, ge=0)
+    prediction_seeds: int = Field(default=5, ge=1, le=100, description="--runtime ray: each cell's prediction is "
+                                  "the median over this many simulator seeds (ipa.experiment.prediction)")
     interval_s: float = Field(default=10.0, gt=0)
     history_s: int = Field(default=120, ge=10)
     weights: Weights = Weights()

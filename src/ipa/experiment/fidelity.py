@@ -1,8 +1,9 @@
 """Fidelity: a real cell beside the simulator's prediction of it and its simulated twin, metric by metric.
 
 The prediction is made before the real cell runs, by the simulator's own control loop on the profiles the
-run starts from and the machine's CPUs (`ipa.experiment.sim_cell`, `client=True`): nothing the run will
-measure goes into it, so it is what a user learns from `ipa experiment --max-cores N` before serving.
+run starts from and the machine's CPUs, the median over several seeds with their range as its band
+(`ipa.experiment.prediction`): nothing the run will measure goes into it, so it is what a user learns from
+`ipa experiment --max-cores N` before serving.
 
 The twin is a component test of the queueing and admission code, not a prediction: it is fitted to the
 run it judges. It serves the same workload (same seed, so the same arrivals) with the configs the real run
@@ -29,6 +30,7 @@ import numpy as np
 
 from ipa._io import write_csv
 from ipa.experiment.cells import Setup
+from ipa.experiment.prediction import Prediction
 from ipa.profiles.calibration import BatchTiming, row_of
 from ipa.profiles.table import Profile, ProfileTable
 from ipa.runtime.loadgen import RequestRecord
@@ -37,9 +39,11 @@ from ipa.runtime.sim import Pace, SimSettings
 
 METRICS = ["throughput_rps", "completed", "goodput_rps", "p99_latency_s", "sla_violation_pct", "dropped_pct",
            "rejected_pct", "energy_j", "avg_power_w", "cost_cores", "pas"]
-COLUMNS = ["workload", "policy", "metric", "predicted", "predicted_fast", "predicted_slow", "twin", "real",
+COLUMNS = ["workload", "policy", "metric", "predicted", "predicted_low", "predicted_high", "twin", "real",
            "real_vs_predicted_pct", "real_vs_twin_pct", "note"]
-OLD_NAMES = {"sim": "twin", "real_vs_sim_pct": "real_vs_twin_pct"}  # fidelity.csv before the prediction column
+# fidelity.csv before the prediction column, and before its band held the seeds (the figure at the fastest and
+# slowest pace, one seed: either end may be the lower)
+OLD_NAMES = {"sim": "twin", "real_vs_sim_pct": "real_vs_twin_pct"}
 
 
 def twin(setup: Setup, real: dict[str, Any]) -> Setup:
@@ -84,31 +88,38 @@ def serving_latency(records: list[RequestRecord], at_least: int = 20) -> tuple[f
     return float(p50), float(p99)
 
 
-def compare(workload: str, policy: str, predicted: dict[str, Any], twin: dict[str, Any],
-            real: dict[str, Any], pace: tuple[float, float | None] | None = None,
-            band: list[tuple[float, dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
-    """Each metric's predicted, twin and real figure. `pace`: the models' CPU against their profiled rows as the
-    prediction ran them and as the real cell's batches burned it (this VM's speed moves from cell to cell; a
-    figure that moved with it says so). `band`: (pace, summary) of the prediction with the machine at its fastest
-    and its slowest seen pace (`Setup.paced`): what the figures would be if the whole cell ran so."""
+def compare(workload: str, policy: str, predicted: Prediction, twin: dict[str, Any], real: dict[str, Any],
+            pace: tuple[float, float | None] | None = None, same_config: float | None = None) -> list[dict[str, Any]]:
+    """Each metric's predicted (the median over the prediction's seeds), its band (lowest and highest over the
+    seeds at the fastest, starting and slowest pace), twin and real figure. `pace`: the models' CPU against their
+    profiled rows as the prediction ran them and as the real cell's batches burned it (this VM's speed moves from
+    cell to cell; a figure that moved with it says so). `same_config`: `prediction.same_config_pct`."""
     nan = float("nan")
-    (p_fast, fast), (p_slow, slow) = band if band and len(band) == 2 else ((nan, {}), (nan, {}))
+    p_low, p_high = predicted.paces or (nan, nan)
     rows = []
     if pace is not None:
         rows.append({"workload": workload, "policy": policy, "metric": "machine_pace", "predicted": pace[0],
-                     "predicted_fast": p_fast, "predicted_slow": p_slow,
+                     "predicted_low": p_low, "predicted_high": p_high,
                      "twin": nan, "real": pace[1], "real_vs_predicted_pct": _relative(pace[1], pace[0]),
                      "real_vs_twin_pct": nan,
                      "note": "the models' CPU per batch over their profiled rows' (median): predicted, as "
-                             "ipa profile --serving measured it or the last cells were served at (fast, slow: the "
-                             "lowest and highest of it over 10 s seen so far); real, this cell's batches"})
+                             "ipa profile --serving measured it or the last cells were served at (low, high: the "
+                             "fastest and slowest of it over 10 s seen so far); real, this cell's batches"})
+    if same_config is not None:
+        rows.append({"workload": workload, "policy": policy, "metric": "same_config_pct", "predicted": nan,
+                     "predicted_low": nan, "predicted_high": nan, "twin": 100.0, "real": same_config,
+                     "real_vs_predicted_pct": nan, "real_vs_twin_pct": nan,
+                     "note": "of the prediction's decisions (every seed's), the share whose config the real loop "
+                             "chose at the same time; below 100 the loops chose differently, and PAS, latency and "
+                             "energy follow the choice"})
     for m in METRICS:
-        p, t, r = predicted.get(m), twin.get(m), real.get(m)
-        note = (f"predicted, twin: profiles + serving's CPU ({predicted['energy_method']}); real: the meter "
+        p, t, r = predicted.summary.get(m), twin.get(m), real.get(m)
+        note = (f"predicted, twin: profiles + serving's CPU ({predicted.summary['energy_method']}); real: the meter "
                 f"({real['energy_method']})" if m in ("energy_j", "avg_power_w") else "")
         rows.append({"workload": workload, "policy": policy, "metric": m, "predicted": p,
-                     "predicted_fast": fast.get(m, nan), "predicted_slow": slow.get(m, nan), "twin": t, "real": r,
-                     "real_vs_predicted_pct": _relative(r, p), "real_vs_twin_pct": _relative(r, t), "note": note})
+                     "predicted_low": predicted.low.get(m, nan), "predicted_high": predicted.high.get(m, nan),
+                     "twin": t, "real": r, "real_vs_predicted_pct": _relative(r, p), "real_vs_twin_pct": _relative(r, t),
+                     "note": note})
     return rows
 
 
@@ -119,9 +130,24 @@ def _relative(real: Any, sim: Any) -> float:
 
 def merge(path: Path, rows: list[dict[str, Any]]) -> None:
     """Replace this cell's rows in fidelity.csv, keep the others (a resumed run adds to it)."""
-    keep = []
-    if path.is_file():
-        with path.open() as f:
-            keep = [{OLD_NAMES.get(k, k): v for k, v in r.items()} for r in csv.DictReader(f)
-                    if (r["workload"], r["policy"]) != (rows[0]["workload"], rows[0]["policy"])]
+    keep = [r for r in read(path) if (r["workload"], r["policy"]) != (rows[0]["workload"], rows[0]["policy"])]
     write_csv(path, keep + rows, COLUMNS)
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    """fidelity.csv's rows under today's column names (none when there is no file)."""
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [_renamed(r) for r in csv.DictReader(f)]
+
+
+def _renamed(row: dict[str, str]) -> dict[str, Any]:
+    out = {OLD_NAMES.get(k, k): v for k, v in row.items()}
+    if "predicted_fast" in out:
+        ends = [out.pop("predicted_fast"), out.pop("predicted_slow", "")]
+        try:
+            out["predicted_low"], out["predicted_high"] = sorted(float(e) for e in ends)
+        except ValueError:
+            out["predicted_low"] = out["predicted_high"] = ""
+    return out

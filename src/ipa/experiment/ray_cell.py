@@ -22,8 +22,9 @@ from ipa._io import write_csv, write_json
 from ipa.adapt import adapt
 from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.detect import open_meter
-from ipa.experiment.cells import Setup, cell_pace, control, score_decisions, true_peak, write_cell
+from ipa.experiment.cells import Setup, cell_pace, control, score_decisions, true_peak, write_cell, write_decisions
 from ipa.experiment.metrics import summarize
+from ipa.experiment.prediction import Prediction
 from ipa.profiles.calibration import BatchTiming, measured, window_paces
 from ipa.profiles.samples import request_bodies
 from ipa.profiles.zoo import pipeline_kinds
@@ -221,11 +222,11 @@ def measured_delays(reconfigurations: list[Reconfiguration]) -> dict[str, float]
     return out
 
 
-def save_cell(folder: Path, cell: dict[str, Any], predicted: dict[str, Any] | None = None,
+def save_cell(folder: Path, cell: dict[str, Any], predicted: Prediction | None = None,
               twin: dict[str, Any] | None = None) -> None:
     """What only a real run has (every request and batch, energy, reconfigurations, faults, the profiles as
-    calibrated on the machine), the prediction's and the twin's summaries, then the simulator's files,
-    summary.json last: the cell is finished."""
+    calibrated on the machine), the prediction's summary and decisions (every seed's) and the twin's summary, then
+    the simulator's files, summary.json last: the cell is finished."""
     write_csv(folder / "requests.csv",
               ({"sent_s": r.sent_s, "latency_s": r.latency_s, "service_s": r.service_s, "queued_s": r.queued_s,
                 "status": r.status, "reason": r.reason, "variants": json.dumps(r.variants) if r.variants else "",
@@ -234,9 +235,11 @@ def save_cell(folder: Path, cell: dict[str, Any], predicted: dict[str, Any] | No
     write_runtime_logs(folder, cell["samples"], cell["reconfigurations"], cell["events"])
     write_csv(folder / "batches.csv", (t._asdict() for t in cell["batches"]), list(BatchTiming._fields))
     cell["learned"].save(folder / "calibrated-profiles.csv")
-    for name, summary in (("predicted_summary.json", predicted), ("twin_summary.json", twin)):
-        if summary is not None:
-            write_json(folder / name, summary)
+    if predicted is not None:
+        write_json(folder / "predicted_summary.json", predicted.summary)
+        write_decisions(folder / "predicted_decisions.csv", predicted.decisions)
+    if twin is not None:
+        write_json(folder / "twin_summary.json", twin)
     write_cell(folder, cell)
 
 

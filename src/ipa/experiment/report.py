@@ -100,7 +100,9 @@ def _real_sections(out: Path, summaries: list[dict], h: str = "h2") -> str:
     parts = [
         f"<{h}>Fidelity: simulator vs Ray Serve</{h}><p><b>predicted</b>: the simulator's own control loop on the "
         "profiles the run started from and this machine's CPUs, run before the real cell (what <code>ipa experiment "
-        "--max-cores N</code> tells a user before serving). <b>twin</b>: the configs the real run chose, replayed on "
+        "--max-cores N</code> tells a user before serving), the median over <code>prediction_seeds</code> seeds: one "
+        "simulated run is one draw, and near a config's capacity the draw decides what an adaptive loop chooses. "
+        "<b>twin</b>: the configs the real run chose, replayed on "
         "what it measured (its calibrated batch times, their pace over time, its reconfiguration delays): a test of "
         "the queueing and admission code, fitted to the run it judges. Real energy is what the run-time meter read "
         "for the whole machine (Ray, HTTP and the load generator included); the simulator's is the profiles' joules "
@@ -108,10 +110,12 @@ def _real_sections(out: Path, summaries: list[dict], h: str = "h2") -> str:
         "the models' CPU per batch over their profiled rows, as the prediction assumed it (the first cell: <code>ipa "
         "profile --serving</code>; each later one: the cell served before it) and as the cell's batches burned it: "
         "where they differ, the machine's own speed moved, and every figure near capacity moves with it. "
-        "<b>predicted_fast</b>, <b>predicted_slow</b>: the prediction with the simulated machine at the lowest and "
-        "highest pace seen over 10 s before the cell (the refresh's, then the cells'), the plans unchanged: how far "
-        "this machine's speed alone moves each figure.</p>",
-        _table(fidelity, ["workload", "policy", "metric", "predicted", "predicted_fast", "predicted_slow", "twin",
+        "<b>predicted_low</b>, <b>predicted_high</b>: the prediction's band, each figure's lowest and highest over "
+        "the same seeds with the simulated machine at the pace the cell started from and at the fastest and slowest "
+        "pace seen over 10 s before it (the refresh's, then the cells'), the plans unchanged: what the prediction "
+        "holds possible. <b>same_config_pct</b>: of the prediction's decisions, the share whose config the real loop "
+        "also chose then.</p>",
+        _table(fidelity, ["workload", "policy", "metric", "predicted", "predicted_low", "predicted_high", "twin",
                           "real", "real_vs_predicted_pct", "real_vs_twin_pct", "note"]),
         f"<{h}>Reconfigurations (measured)</{h}>",
         _table(reconf, ["workload", "policy", "t_s", "kinds", "seconds", "ok", "error"]) if reconf else "<p>none</p>",

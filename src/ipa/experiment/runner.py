@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ipa._io import atomic_write_text, write_csv, write_json
-from ipa.experiment import fidelity
+from ipa.experiment import fidelity, prediction
 from ipa.experiment.cells import (SUMMARY_COLUMNS, Setup, cell_dir, cell_pace, cell_settings, differences,
                                   read_settings, shape, write_cell)
 from ipa.errors import ConfigError
@@ -110,23 +110,22 @@ def _sim_cell(setup: Setup, w: Workload, policy: str, folder: Path,
 
 def _serve_cell(cluster, w: Workload, policy: str, folder: Path, out: Path) -> dict[str, Any] | None:
     """The simulator's prediction of the cell (before it runs: its own control loop on the profiles the run starts
-    from, this machine's CPUs, the load generator on them), the real cell, then its twin (the run's configs
-    replayed on what it measured); all written, the fidelity rows merged. Both the prediction and the real
-    cell start from the machine's pace as last served (`RayCluster.run`); the prediction's band runs the
-    simulated machine at the fastest and slowest pace it was seen at (`Setup.paced`), the plan as predicted."""
+    from, this machine's CPUs, the load generator on them, over several seeds: `ipa.experiment.prediction`), the
+    real cell, then its twin (the run's configs replayed on what it measured); all written, the fidelity rows
+    merged. Both the prediction and the real cell start from the machine's pace as last served (`RayCluster.run`)."""
     from ipa.experiment.ray_cell import save_cell
 
     setup = cluster.setup
-    predicted = run_sim_cell(setup, w, policy, client=True)["summary"]
-    band = [(pace, run_sim_cell(s, w, policy, client=True)["summary"]) for pace, s in setup.paced()]
+    predicted = prediction.predict(setup, w, policy)
     real = cluster.run(w, policy)
     if real is None:
         return None
     twin = run_sim_cell(fidelity.twin(setup, real), w, policy, replay=real["decisions"],
                         pace=fidelity.pace(real["batches"], real["learned"]), client=True)["summary"]
     save_cell(folder, real, predicted, twin)
-    fidelity.merge(out / "fidelity.csv", fidelity.compare(w.name, policy, predicted, twin, real["summary"],
-                                                          cell_pace(setup, real["batches"]), band))
+    fidelity.merge(out / "fidelity.csv", fidelity.compare(
+        w.name, policy, predicted, twin, real["summary"], cell_pace(setup, real["batches"]),
+        prediction.same_config_pct(predicted.decisions, real["decisions"])))
     return real["summary"]
 
 
