@@ -256,6 +256,10 @@ def compare(fidelity_rows: list[dict], stem: Path, footer: str) -> None:
     if paces:
         lines.append("\nthe models' CPU pace over the profiles, predicted at -> the real cell's batches: " + ", ".join(
             f"{r['workload']} {r['policy']} {float(r['predicted']):.2f} -> {float(r['real']):.2f}" for r in paces))
+    same = [r for r in fidelity_rows if r["metric"] == "same_config_pct" and str(r["real"]) not in ("", "nan")]
+    if same:
+        lines.append("\nof the prediction's decisions (every seed's), the share whose config the real loop also chose "
+                     "then: " + ", ".join(f"{r['workload']} {r['policy']} {float(r['real']):.0f}%" for r in same))
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
