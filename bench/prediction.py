@@ -133,6 +133,9 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     from ipa.workload import load_workload
 
     run = out / "run"
+    if not (run / "fidelity.csv").is_file():
+        sys.exit(f"--repredict {out}: no finished run there ({run / 'fidelity.csv'} not found; bench/prediction.py "
+                 "--out OUT writes it)")
     cfg = load_experiment(run / "config.yaml", runtime="sim")
     setup = Setup.load(cfg)
     fidelity = read_fidelity(run / "fidelity.csv")
