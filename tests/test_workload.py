@@ -96,6 +96,10 @@ def test_synthetic_patterns():
     ("static:-1:5", "RPS must be a finite number >= 0, got '-1'"), ("static:nan:10", "RPS .* got 'nan'"),
     ("static:inf:10", "got 'inf'"), ("static:5:0", "SECONDS must be at least 1"),
     ("step:1:5:10:2.5", "AT must be a whole number"), ("sine:1:1:0:10", "PERIOD must be > 0"),
+    ("step:5:2:30:40", "AT must be 1 to 29 seconds"), ("step:5:2:30:0", "AT must be 1 to 29"),
+    ("step:1:5:1", "SECONDS/2 is 0"), ("spike:2:50:60:10:0", "WIDTH must be 1 to 50"),
+    ("spike:2:50:60:55:10", "WIDTH must be 1 to 5"), ("spike:2:50:60:60", "AT must be 1 to 59"),
+    ("sine:5:10:60:120", "AMPLITUDE must be at most MEAN"),
 ])
 def test_malformed_workloads_say_what_is_wrong_and_the_form(bad, form):
     with pytest.raises(ConfigError, match=form):

@@ -459,7 +459,7 @@ def print_table(rows: list[dict], title: str = "", floatfmt: str = "{:.4g}") -> 
     for col in rows[0]:
         t.add_column(str(col))
     for r in rows:
-        t.add_row(*[floatfmt.format(v) if isinstance(v, float) else str(v) for v in r.values()])
+        t.add_row(*[floatfmt.format(v) if isinstance(v, float) else "" if v is None else str(v) for v in r.values()])
     console.print(t)
 
 

@@ -161,13 +161,17 @@ def _static(text: str, rest: str, trace) -> Workload:
 def _step(text: str, rest: str, trace) -> Workload:
     f = _fields(text, rest, "step")
     seconds = int(f["SECONDS"])
-    at = int(f.get("AT", seconds // 2))
+    at = _inside(text, "step", f, seconds)
     return Workload(text, np.where(np.arange(seconds) < at, f["LOW"], f["HIGH"]).astype(float), "synthetic")
 
 
 def _sine(text: str, rest: str, trace) -> Workload:
     """Fractional rates are kept (arrivals keep their running total), so a small amplitude is not rounded away."""
     f = _fields(text, rest, "sine")
+    if f["AMPLITUDE"] > f["MEAN"]:
+        raise ConfigError(f"workload '{text}': AMPLITUDE must be at most MEAN ({f['AMPLITUDE']:g} > {f['MEAN']:g}): "
+                          "the rate would go below 0, be cut there, and average more than MEAN "
+                          f"({SYNTHETIC['sine'][0]})")
     t = np.arange(int(f["SECONDS"]))
     return Workload(text, np.maximum(0.0, f["MEAN"] + f["AMPLITUDE"] * np.sin(2 * np.pi * t / f["PERIOD"])),
                     "synthetic")
@@ -176,7 +180,21 @@ def _sine(text: str, rest: str, trace) -> Workload:
 def _spike(text: str, rest: str, trace) -> Workload:
     f = _fields(text, rest, "spike")
     seconds = int(f["SECONDS"])
-    at = int(f.get("AT", seconds // 2))
+    at = _inside(text, "spike", f, seconds)
     width = int(f.get("WIDTH", max(1, seconds // 20)))
+    if not 1 <= width <= seconds - at:
+        raise ConfigError(f"workload '{text}': WIDTH must be 1 to {seconds - at} (the spike from AT={at} must end by "
+                          f"SECONDS={seconds}), got {width} ({SYNTHETIC['spike'][0]})")
     t = np.arange(seconds)
     return Workload(text, np.where((t >= at) & (t < at + width), f["PEAK"], f["BASE"]).astype(float), "synthetic")
+
+
+def _inside(text: str, kind: str, f: dict[str, float], seconds: int) -> int:
+    """AT (default SECONDS/2): the second the rate changes, which must fall inside the workload, else a step is a
+    static rate and a spike never comes."""
+    at = int(f.get("AT", seconds // 2))
+    if not 0 < at < seconds:
+        given = f"got {at}" if "AT" in f else f"SECONDS/2 is {at}: give SECONDS >= 2"
+        raise ConfigError(f"workload '{text}': AT must be 1 to {seconds - 1} seconds, inside the workload ({given}) "
+                          f"({SYNTHETIC[kind][0]})")
+    return at
