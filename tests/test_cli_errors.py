@@ -123,6 +123,8 @@ CASES = [
      "--out /proc/ipa-results: cannot write there"),  # 10
     (["workload", "show", "static:1:10", "--plot", "/proc/x.png"], "--plot /proc/x.png: cannot write there"),  # 10
     (["profile", "--out", "/proc/p.csv"], "--out /proc/p.csv: cannot write there"),  # 10
+    (["profile", "--serving", "--out", "{out}/none.csv"], "no profile CSV there"),  # nothing to add serving's cost to
+    (["workload", "show", "spike:2:50:60:10:0"], "WIDTH must be 1 to 50"),  # a spike that never comes
     (["optimize", "--load", "2", "--profiles", "{binary_csv}"], "not a CSV text file"),  # 11
     (["optimize", "--load", "2", "--pipeline", "{binary_yaml}"], "not a YAML text file"),  # 11
     (["workload", "show", "bursty", "--trace", "{binary_txt}"], "not a text file of requests per second"),  # 11

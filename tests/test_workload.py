@@ -99,7 +99,7 @@ def test_synthetic_patterns():
     ("step:5:2:30:40", "AT must be 1 to 29 seconds"), ("step:5:2:30:0", "AT must be 1 to 29"),
     ("step:1:5:1", "SECONDS/2 is 0"), ("spike:2:50:60:10:0", "WIDTH must be 1 to 50"),
     ("spike:2:50:60:55:10", "WIDTH must be 1 to 5"), ("spike:2:50:60:60", "AT must be 1 to 59"),
-    ("sine:5:10:60:120", "AMPLITUDE must be at most MEAN"),
+    ("sine:5:10:60:120", "AMPLITUDE must be at most MEAN"), ("trace:0-100/0", "DAMPING .* got 0"),
 ])
 def test_malformed_workloads_say_what_is_wrong_and_the_form(bad, form):
     with pytest.raises(ConfigError, match=form):

@@ -411,6 +411,14 @@ def _profile_serving(spec, out, n_requests: int) -> None:
     from ipa.runtime.overhead import measure_serving
     from ipa.runtime.ray_runtime import RaySettings, free_port
 
+    if not out.is_file():
+        from ipa.errors import ConfigError
+        from ipa.experiment.config import REPO, default_profiles
+
+        shipped = default_profiles(spec.name)
+        copy = (f", or copy the shipped {shipped} and its .meta.json there" if (REPO / shipped).is_file() else "")
+        raise ConfigError(f"--out {out}: no profile CSV there. --serving adds serving's cost to the profiles of the "
+                          f"models it serves: measure them first (ipa profile --pipeline PIPELINE --out {out}){copy}")
     table = load_profiles(out, spec)  # the profile it belongs to must exist and fit the pipeline
     if n_requests < 4:
         raise click.BadParameter(f"{n_requests}: at least 4 requests are needed", param_hint="--requests")

@@ -138,7 +138,8 @@ def _trace(text: str, rest: str, trace) -> Workload:
     start, end = (int(x) for x in window.split("-"))
     factor = int(damping) if damping else DAMPING
     if factor < 1:
-        raise ValueError
+        raise ConfigError(f"workload '{text}': DAMPING divides the trace's rates, so it must be a whole number >= 1, "
+                          f"got {factor} (trace:START-END[/DAMPING])")
     path = find_trace(trace)
     return Workload(text, trace_window(read_trace(path), [(start, end)], factor), f"{path} [{start}, {end}) /{factor}")
 
