@@ -201,6 +201,15 @@ def test_a_plan_that_can_serve_nothing_says_so_loudly_and_exits_1(tmp_path, monk
     assert code == 0 and '"feasible": false' in text and '"holds_rps": 0.0' in text
 
 
+def test_a_workload_that_sends_no_request_is_named_not_reported_as_if_served(tmp_path, monkeypatch, capsys):
+    code, text = run_cli(monkeypatch, capsys, "experiment", "--workload", "static:2:30", "--policy", "fa2-low",
+                         "--load-scale", "0.001", "--out", str(tmp_path / "a"))
+    assert code == 0 and "no request arrived in static:2:30 (--load-scale 0.001)" in " ".join(text.split())
+    code, text = run_cli(monkeypatch, capsys, "experiment", "--workload", "static:2:30", "--policy", "fa2-low",
+                         "--out", str(tmp_path / "b"))
+    assert code == 0 and "no request arrived" not in text
+
+
 def test_an_overloaded_plan_exits_1_and_says_what_it_holds(monkeypatch, capsys):
     code, text = run_cli(monkeypatch, capsys, "optimize", "--load", "40", "--max-cores", "2")
     assert code == 1 and "holds" in text and "of 40 rps" in text

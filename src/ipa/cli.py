@@ -658,6 +658,10 @@ def _experiment(cfg, out_dir, title: str = "ipa experiment"):
                               f"SLA violations {summary['sla_violation_pct']:.2f}%", highlight=False)
 
         summaries = run_experiment(cfg, out_dir, step, tick=lambda f: bar.update(task, completed=done[0] + f))
+    idle = sorted({s["workload"] for s in summaries if not s.get("arrivals")})
+    if idle:
+        note(f"no request arrived in {', '.join(idle)}{f' (--load-scale {cfg.load_scale:g})' if cfg.load_scale != 1 else ''}"
+             ": its PAS and latencies are nan and its energy is the machine idling")
     return summaries, build_report(out_dir, summaries, title)
 
 
