@@ -288,3 +288,13 @@ def test_a_failing_command_passes_its_exit_code_on(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         main()
     assert e.value.code == 1 and "exited with 1" in capsys.readouterr().err
+
+
+def test_a_weight_given_twice_is_swept_once(tmp_path, monkeypatch, capsys):
+    code, _ = run_cli(monkeypatch, capsys, "frontier", "--workload", "static:2:20", "--deltas", "0.1,0.1",
+                      "--betas", "1", "--out", str(tmp_path))
+    import csv
+
+    with (tmp_path / "frontier.csv").open() as f:
+        energy = [r for r in csv.DictReader(f) if r["policy"] == "ipa-energy"]
+    assert code == 0 and [float(r["delta"]) for r in energy] == [0.1]

@@ -849,7 +849,8 @@ def _fit_to_cluster(problem, settings):
 
 
 def float_list(text: str) -> list[float]:
-    return number_list(text, float, 0)
+    """Each value once, in the order given: a repeated weight would be simulated and plotted twice."""
+    return list(dict.fromkeys(number_list(text, float, 0)))
 
 
 @cli.command()
