@@ -114,7 +114,8 @@ def read_fidelity(path: Path) -> list[dict]:
     from ipa.experiment import fidelity
 
     if not path.is_file():
-        sys.exit(f"{path}: not found (a finished bench/prediction.py run has OUT/run/fidelity.csv)")
+        sys.exit(f"{path.parent.parent}: no finished run there ({path} not found; bench/prediction.py --out OUT "
+                 "writes it)")
     return fidelity.read(path)
 
 
@@ -133,12 +134,9 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     from ipa.workload import load_workload
 
     run = out / "run"
-    if not (run / "fidelity.csv").is_file():
-        sys.exit(f"--repredict {out}: no finished run there ({run / 'fidelity.csv'} not found; bench/prediction.py "
-                 "--out OUT writes it)")
+    fidelity = read_fidelity(run / "fidelity.csv")  # first: without a finished run there is no config either
     cfg = load_experiment(run / "config.yaml", runtime="sim")
     setup = Setup.load(cfg)
-    fidelity = read_fidelity(run / "fidelity.csv")
     twins = {(r["workload"], r["policy"], r["metric"]): r["twin"] for r in fidelity}
     started = {(r["workload"], r["policy"]): float(r["predicted"]) for r in fidelity if r["metric"] == "machine_pace"}
     rows = []

@@ -41,9 +41,7 @@ METRICS = ["throughput_rps", "completed", "goodput_rps", "p99_latency_s", "sla_v
            "rejected_pct", "energy_j", "avg_power_w", "cost_cores", "pas"]
 COLUMNS = ["workload", "policy", "metric", "predicted", "predicted_low", "predicted_high", "twin", "real",
            "real_vs_predicted_pct", "real_vs_twin_pct", "note"]
-# fidelity.csv before the prediction column, and before its band held the seeds (the figure at the fastest and
-# slowest pace, one seed: either end may be the lower)
-OLD_NAMES = {"sim": "twin", "real_vs_sim_pct": "real_vs_twin_pct"}
+OLD_NAMES = {"sim": "twin", "real_vs_sim_pct": "real_vs_twin_pct"}  # fidelity.csv before the prediction column
 
 
 def twin(setup: Setup, real: dict[str, Any]) -> Setup:
@@ -143,6 +141,8 @@ def read(path: Path) -> list[dict[str, Any]]:
 
 
 def _renamed(row: dict[str, str]) -> dict[str, Any]:
+    """An older row under today's names; a band from before the seeds (one seed at the fastest and the slowest
+    pace: either end may be the lower) as its lowest and highest."""
     out = {OLD_NAMES.get(k, k): v for k, v in row.items()}
     if "predicted_fast" in out:
         ends = [out.pop("predicted_fast"), out.pop("predicted_slow", "")]
