@@ -14,8 +14,8 @@ pace each one's batches ran at (OUT/at-cell-pace.md, as with --at-cell-pace belo
     python bench/prediction.py --repredict OUT
 
 predicts OUT's finished cells again with the simulator as it is now (the same profiles, config and loads, each
-cell from the pace the run started it at, the median over the prediction's seeds with its band; no serving, under a
-minute) against the same real runs, into OUT/reprediction.csv and OUT/reprediction.md: how a change to the simulator
+cell from the pace the run started it at and the speed its 10 s moved at before it, as the run gathered them, the
+median over the prediction's seeds with its band; no serving, under a minute) against the same real runs, into OUT/reprediction.csv and OUT/reprediction.md: how a change to the simulator
 would have done on a run already made. With --at-cell-pace each cell is simulated at
 the CPU pace its own real batches had, pooled and each served variant's (OUT/at-cell-pace.md): not a prediction
 (the pace is measured in the run), but what is left of the error once this VM's speed, which moves from cell to
@@ -130,7 +130,7 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     from ipa.experiment.cells import Setup, cell_dir, cell_pace, shape
     from ipa.experiment.config import load_experiment
     from ipa.experiment.prediction import predict
-    from ipa.profiles.calibration import BatchTiming, served_paces
+    from ipa.profiles.calibration import WINDOW_S, BatchTiming, served_paces, served_spread, window_paces
     from ipa.workload import load_workload
 
     run = out / "run"
@@ -139,6 +139,8 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     setup = Setup.load(cfg)
     twins = {(r["workload"], r["policy"], r["metric"]): r["twin"] for r in fidelity}
     started = {(r["workload"], r["policy"]): float(r["predicted"]) for r in fidelity if r["metric"] == "machine_pace"}
+    # the machine's speed as served before each cell, as the run gathered it (`RayCluster._follow`)
+    seen = setup.serving or None
     rows = []
     for name in cfg.workloads:
         w = shape(load_workload(name, cfg.trace), cfg.duration_s, cfg.load_scale)
@@ -149,14 +151,16 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
             real = json.loads(real.read_text())
             with (cell_dir(run, w.name, policy) / "batches.csv").open() as f:
                 batches = [BatchTiming(r["stage"], r["variant"], int(r["cores"]), int(r["size"]), float(r["seconds"]),
-                                       float(r["cpu_s"]) if r["cpu_s"] else None) for r in csv.DictReader(f)]
+                                       float(r["cpu_s"]) if r["cpu_s"] else None,
+                                       float(r["t_s"]) if r.get("t_s") else None) for r in csv.DictReader(f)]
             planned, measured = cell_pace(setup, batches)
             cell_setup = setup
-            if setup.serving and at_cell_pace and measured:  # the variants the cell served at their own paces
-                own = own_paces(setup.serving.variant_pace, served_paces(setup.profiled, batches))
-                cell_setup = setup.at_serving(replace(setup.serving, pace=measured, variant_pace=own))
-            elif setup.serving and started.get((w.name, policy)):  # the pace the run's prediction had
-                cell_setup = setup.at_serving(replace(setup.serving, pace=started[(w.name, policy)]))
+            if seen and started.get((w.name, policy)):  # the pace the run's prediction had
+                seen = replace(seen, pace=started[(w.name, policy)])
+                cell_setup = setup.at_serving(seen)
+            if seen and at_cell_pace and measured:  # the variants the cell served at their own paces
+                own = own_paces(seen.variant_pace, served_paces(setup.profiled, batches))
+                cell_setup = setup.at_serving(replace(seen, pace=measured, variant_pace=own))
             predicted = predict(cell_setup, w, policy)
             apart = {}
             if cell_setup.serving and at_cell_pace:
@@ -171,6 +175,13 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
             rows.append({"workload": w.name, "policy": policy, "metric": "machine_pace",
                          "predicted": cell_setup.serving.pace if cell_setup.serving else planned,
                          "twin": "nan", "real": measured if measured else "nan"})
+            if seen:  # this cell's 10 s join what the next one replays and its band
+                at = setup.at_serving(seen)
+                windows = (*seen.pace_windows, *(seen.pace * p for p in window_paces(at.profiles, batches)))
+                ends = [*seen.pace_range, *windows]
+                seen = replace(seen, pace_windows=windows, pace_range=(min(ends), max(ends)) if ends else (),
+                               window_spread=seen.window_spread or served_spread(at.profiles, batches,
+                                                                                 window_s=WINDOW_S))
     compare(rows, out / ("at-cell-pace" if at_cell_pace else "reprediction"),
             f"simulated again on {run}" + (" at each cell's own measured pace, pooled and each served variant's (not "
                                            "a prediction)" if at_cell_pace else " with the simulator of today"))

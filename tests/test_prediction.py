@@ -380,3 +380,71 @@ def _prediction(summary, low=None, high=None, paces=None):
     from ipa.experiment.prediction import Prediction
 
     return Prediction(summary, low or {}, high or {}, paces)
+
+
+def test_the_spread_within_10_s_leaves_out_the_machines_moves_from_one_10_s_to_the_next(tiny):
+    _, table = tiny
+    # 10 s at the row's pace, then 10 s twice as slow, each even within itself
+    batches = _timed(table, 1.0, 0.0, 30) + _timed(table, 2.0, 10.0, 10)
+    assert served_spread(table, batches) == pytest.approx(2.0)  # pooled: the slow 10 s are the tail
+    assert served_spread(table, batches, window_s=10.0) == 1.0
+    # a thin 10 s says nothing; without end times no batch is in a window
+    assert served_spread(table, _timed(table, 1.0, 0.0, 3), window_s=10.0) is None
+    assert served_spread(table, [b._replace(t_s=None) for b in batches], window_s=10.0) is None
+
+
+def test_the_speed_over_time_is_read_from_the_meta_and_a_bad_one_is_refused_by_name():
+    cost = ServingCost(pace_windows=(1.0, 1.2, 0.9), window_spread=1.3)
+    assert from_meta({"serving": cost.to_meta()}).pace_windows == (1.0, 1.2, 0.9)
+    assert from_meta({"serving": cost.to_meta()}).window_spread == 1.3
+    older = from_meta({"serving": {}})  # a meta from before them: nothing to replay
+    assert older.pace_windows == () and older.window_spread is None
+    for bad in ([0, 1.0], "1.0 1.2", [1.0, "slow"]):
+        with pytest.raises(ProfileError, match="serving.pace_windows"):
+            from_meta({"serving": {"pace_windows": bad}}, "p.csv")
+    for bad in (0.5, "wide", float("inf")):
+        with pytest.raises(ProfileError, match="serving.window_spread"):
+            from_meta({"serving": {"window_spread": bad}}, "p.csv")
+
+
+def test_each_seed_replays_a_stretch_of_the_speed_as_served_around_the_pace_it_starts_from(tiny):
+    from ipa.experiment.cells import Setup
+    from ipa.experiment.config import ExperimentConfig
+    from ipa.experiment.prediction import speed, within_windows
+
+    spec, table = tiny
+    base = Setup(ExperimentConfig(), spec, table, table, None, profiled=table)
+    assert speed(base.at_serving(ServingCost(pace=2.0, pace_windows=(1.0,))), 60, 0) is None  # one 10 s: no moves
+    windows = (1.0, 1.0, 2.0, 2.0, 1.0)  # a slow spell of 20 s
+    setup = base.at_serving(ServingCost(pace=2.0, spread=3.0, pace_windows=windows, window_spread=1.2))
+    starts = set()
+    for seed in range(8):
+        at, slowness = speed(setup, 35, seed)
+        assert list(at) == [0.0, 10.0, 20.0, 30.0]
+        start = [list(np.roll(windows, -k)[:4]) for k in range(5)].index(list(slowness))  # a stretch, in order
+        starts.add(start)
+        assert speed(setup, 35, seed)[1] == pytest.approx(slowness)  # the seed decides it
+    assert len(starts) > 1  # the seeds start from different points
+    moving = within_windows(setup)
+    row = table.lookup("detect", "small", 1, 1)
+    # the simulated machine draws within 10 s at its own spread; the plans keep the served tail
+    assert moving.machine.lookup("detect", "small", 1, 1).latency_p99_s == pytest.approx(
+        max(2 * row.latency_p99_s, 1.2 * 2 * row.p50))
+    assert moving.profiles.lookup("detect", "small", 1, 1).latency_p99_s == pytest.approx(
+        max(2 * row.latency_p99_s, 3.0 * 2 * row.p50))
+    plain = base.at_serving(ServingCost(pace=2.0))
+    assert within_windows(plain) is plain and speed(plain, 60, 0) is None  # nothing measured: draws as before
+
+
+def test_a_served_cells_10_s_join_the_speed_the_next_prediction_replays(tiny):
+    from ipa.experiment.cells import Setup
+    from ipa.experiment.config import ExperimentConfig
+    from ipa.experiment.ray_cell import RayCluster
+
+    spec, table = tiny
+    cluster = RayCluster(Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_serving(
+        ServingCost(pace=2.0, pace_windows=(2.0, 2.2))))
+    profiles = cluster.setup.profiles
+    cluster._follow(_timed(profiles, 0.75, 0.0, 10) + _timed(profiles, 1.5, 10.0, 10))
+    assert cluster.setup.serving.pace_windows == pytest.approx((2.0, 2.2, 1.5, 3.0))  # in the order served
+    assert cluster.setup.serving.window_spread == 1.0  # measured from the cell where the refresh had not

@@ -289,3 +289,16 @@ def test_a_replicas_own_overhead_per_batch_holds_the_replica_and_the_request_but
         rates.append(sum(t.size for t in timings))
         assert timings and all(t.seconds == pytest.approx(0.05 * 0.9) for t in timings)  # the model's time only
     assert rates[1] / rates[0] == pytest.approx(0.5, rel=0.05)  # 45 ms of model + 45 ms of overhead
+
+
+def test_the_machines_speed_over_time_slows_every_batch_drawn_in_its_span(tiny):
+    """A prediction's machine: three times slower in [0, 10), as fast as its rows from 10 s on."""
+    spec, table = tiny
+    arrivals = np.zeros(20)
+    arrivals[[5, 15]] = 1.0
+    speed = (np.array([0.0, 10.0]), np.array([3.0, 1.0]))
+    sim = Simulator(spec, exact(table), 3.0, arrivals, SimSettings(), seed=0, speed=speed)
+    sim.start(config())
+    sim.run_until(20)
+    first, second = sim.result().latencies
+    assert first == pytest.approx(3 * (0.05 * 0.9 + 0.02 * 0.9)) and second == pytest.approx(0.05 * 0.9 + 0.02 * 0.9)

@@ -8,6 +8,14 @@ violations 13-29% over seeds alone. A prediction is the figure to expect, so it 
 `prediction_seeds` seeds (seed, seed + 1, ...), not one of them: on run 24's cells, repredicted, 36 of 48 figures
 within target for the median of five, 33 for seed 0 alone (a median of three: 34; of nine: 36).
 
+The machine's speed is not one number over a cell either. On the 2-core VM the 10-s paces switch between two
+levels, about 0.85-0.95 and 1.1-1.23, for tens of seconds at a time, whatever the load (runs 24 and 25, 2026-12-06;
+one model alone on a pinned core moved as much), and queues grow in the slow spells. Independent draws of batch
+times, even with the tail of every batch served (`ServingCost.spread`), spread the slow batches evenly and leave the
+spells out. So each seed's machine replays a stretch of the speed as served so far (`ServingCost.pace_windows`, the
+refresh's 10 s and every cell's since), from a point of its own, as slowness over the pace the cell starts from,
+with each batch drawn around it at the spread left within 10 s (`ServingCost.window_spread`).
+
 The band is what the prediction holds possible: every figure's lowest and highest over the same seeds with the
 simulated machine at the pace the cell starts from and at the fastest and slowest pace seen before it
 (`Setup.paced`), the plans as predicted.
@@ -15,13 +23,20 @@ simulated machine at the pace the cell starts from and at the fastest and slowes
 
 from __future__ import annotations
 
+import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from ipa.experiment.cells import Setup
 from ipa.experiment.sim_cell import run_sim_cell
+from ipa.profiles.calibration import WINDOW_S
+from ipa.runtime.sim import Speed
 from ipa.workload import Workload
+
+SPEED_STREAM = 23  # each seed's stretch of the machine's speed comes from its own stream, not the arrivals'
 
 
 @dataclass
@@ -36,7 +51,9 @@ class Prediction:
 def predict(setup: Setup, w: Workload, policy: str) -> Prediction:
     """The cell simulated as a real run's prediction (`client`: the load generator shares the machine)."""
     seeds = [setup.cfg.seed + i for i in range(setup.cfg.prediction_seeds)]
-    runs = [(s, run_sim_cell(_seeded(setup, s), w, policy, client=True)) for s in seeds]
+    moving = within_windows(setup)
+    runs = [(s, run_sim_cell(_seeded(moving, s), w, policy, client=True, speed=speed(setup, w.seconds, s)))
+            for s in seeds]
     summaries = [cell["summary"] for _, cell in runs]
     paced = setup.paced()
     band = summaries + [run_sim_cell(_seeded(at, s), w, policy, client=True)["summary"]
@@ -44,6 +61,28 @@ def predict(setup: Setup, w: Workload, policy: str) -> Prediction:
     decisions = [{"seed": s} | d for s, cell in runs for d in cell["decisions"]]
     return Prediction(median(summaries), _extreme(band, min), _extreme(band, max),
                       (paced[0][0], paced[-1][0]) if paced else None, decisions)
+
+
+def speed(setup: Setup, seconds: int, seed: int) -> Speed | None:
+    """A stretch of the machine's speed as served, one 10 s after another from a point `seed` draws (round to the
+    first when it runs out), each as slowness over the median of them all; None when fewer than two 10 s are known
+    or the simulated machine is given (`sim.true_profiles`)."""
+    windows = np.asarray(setup.serving.pace_windows if setup.serving else (), dtype=float)
+    if len(windows) < 2 or setup.cfg.sim.true_profiles:
+        return None
+    start = int(np.random.default_rng([seed, SPEED_STREAM]).integers(len(windows)))
+    spans = max(1, math.ceil(seconds / WINDOW_S))
+    return np.arange(spans) * WINDOW_S, windows[(start + np.arange(spans)) % len(windows)] / np.median(windows)
+
+
+def within_windows(setup: Setup) -> Setup:
+    """The setup whose simulated machine draws each batch at the spread served batches had within 10 s (the
+    speed's moves replayed by `speed` instead); the plans as they are. Itself when `speed` has nothing to replay."""
+    s = setup.serving
+    if s is None or len(s.pace_windows) < 2 or setup.cfg.sim.true_profiles:
+        return setup
+    return replace(setup, machine=replace(s, spread=s.window_spread or s.spread).machine(
+        setup.profiled or setup.profiles))
 
 
 def median(summaries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from ipa.energy.detect import open_meter
 from ipa.experiment.cells import Setup, cell_pace, control, score_decisions, true_peak, write_cell, write_decisions
 from ipa.experiment.metrics import summarize
 from ipa.experiment.prediction import Prediction
-from ipa.profiles.calibration import BatchTiming, measured, window_paces
+from ipa.profiles.calibration import WINDOW_S, BatchTiming, measured, served_spread, window_paces
 from ipa.profiles.samples import request_bodies
 from ipa.profiles.zoo import pipeline_kinds
 from ipa.runtime.loadgen import LoadGenerator, RequestRecord, arrival_times
@@ -96,15 +96,19 @@ class RayCluster:
         the pace `ipa profile --serving` measured was 8.9% off each cell's own on average, the cell just before
         5.7% (14% in the run with two slow minutes), this median 5.6% (10.7% there), within 5% for 49 cells
         against 26 and 44. The range of paces the machine was seen at (`ServingCost.pace_range`) widens by this
-        cell's 10-s windows: the next prediction's band."""
+        cell's 10-s windows: the next prediction's band; the speed the next prediction replays
+        (`ServingCost.pace_windows`) gains them in order."""
         s = self.setup
         before, after = cell_pace(s, batches)
         if s.serving is None or after is None:
             return
         self._paces.append(after)
         pace = float(np.median(self._paces[-FOLLOW_CELLS:]))
-        seen = [*s.serving.pace_range, *(before * w for w in window_paces(s.profiles, batches))]
-        self.setup = s.at_serving(replace(s.serving, pace=pace, pace_range=(min(seen), max(seen)) if seen else ()))
+        windows = (*s.serving.pace_windows, *(before * w for w in window_paces(s.profiles, batches)))
+        seen = [*s.serving.pace_range, *windows]
+        within = s.serving.window_spread or served_spread(s.profiles, batches, window_s=WINDOW_S)
+        self.setup = s.at_serving(replace(s.serving, pace=pace, pace_range=(min(seen), max(seen)) if seen else (),
+                                          pace_windows=windows, window_spread=within))
         log.info("this cell's models ran at x%.2f of their profiled CPU (it started from x%.2f); the next starts "
                  "from x%.2f, the median of the last %d", after, before, pace, min(len(self._paces), FOLLOW_CELLS))
 

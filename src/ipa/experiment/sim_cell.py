@@ -11,17 +11,19 @@ from ipa.adapt import adapt
 from ipa.experiment.cells import Setup, control, score_decisions, true_peak
 from ipa.experiment.metrics import summarize
 from ipa.runtime.admission import StageEstimate, stage_estimates
-from ipa.runtime.sim import Pace, Simulator
+from ipa.runtime.sim import Pace, Simulator, Speed
 from ipa.spec import StageConfig
 from ipa.workload import Workload
 
 
 def run_sim_cell(setup: Setup, workload: Workload, policy: str, weights: dict[str, float] | None = None,
                  replay: list[dict[str, Any]] | None = None, pace: Pace | None = None,
-                 tick: Callable[[float], None] = lambda done: None, client: bool = False) -> dict[str, Any]:
+                 tick: Callable[[float], None] = lambda done: None, client: bool = False,
+                 speed: Speed | None = None) -> dict[str, Any]:
     """Simulate one policy on one workload; returns the series, decisions and summary. With `replay` (the
     decisions of a real run), the simulator serves those configs from those times instead of deciding;
-    with `pace`, its batches take the times that run's batches took then (`ipa.runtime.sim.Simulator`).
+    with `pace`, its batches take the times that run's batches took then (`ipa.runtime.sim.Simulator`); with
+    `speed`, its machine's slowness moves over time as given.
     `tick` hears the fraction of the workload simulated, at every decision. `client`: the load generator
     shares the machine (a real run's prediction): its CPU is planned for and counted.
 
@@ -37,7 +39,7 @@ def run_sim_cell(setup: Setup, workload: Workload, policy: str, weights: dict[st
         settings = settings.model_copy(update={"cpus": c.cpus or c.max_cores})
     serving = setup.serving.with_client(client) if setup.serving else None
     sim = Simulator(setup.spec, setup.machine, problem.idle_power_w_per_core, workload.rps, settings, c.seed,
-                    c.admission, serving, pace)
+                    c.admission, serving, pace, speed)
     if replay is None:
         predictor, loop, initial = control(c, workload, policy)
         decisions = adapt(sim, problem, predictor, workload.seconds, loop, policy,

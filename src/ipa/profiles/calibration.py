@@ -36,6 +36,8 @@ from pydantic import Field, model_validator
 from ipa.profiles.table import Profile, ProfileTable
 from ipa.spec import Strict
 
+WINDOW_S = 10.0  # the span over which the machine's speed is taken as one (`window_paces`)
+
 
 class BatchTiming(NamedTuple):
     """One batch a replica ran: which model, on how many cores, how many requests, how long it took, how
@@ -225,7 +227,7 @@ def machine_pace(profiles: ProfileTable, batches: Iterable[BatchTiming]) -> tupl
     return (_quantile(sorted(ratios), 0.5), len(ratios)) if ratios else None
 
 
-def window_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], window_s: float = 10.0,
+def window_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], window_s: float = WINDOW_S,
                  least: int = 8) -> list[float]:
     """`machine_pace` of each `window_s` of the batches (by when they ended) that holds at least `least` of them.
     This VM's speed is not one number even within a minute: a fixed load of fa2-low's models burned 63-65 ms of
@@ -262,19 +264,26 @@ def served_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], least: 
     return out
 
 
-def served_spread(profiles: ProfileTable, batches: Iterable[BatchTiming]) -> float | None:
+def served_spread(profiles: ProfileTable, batches: Iterable[BatchTiming], window_s: float | None = None,
+                  least: int = 8) -> float | None:
     """Served batches' 99th percentile over their median, each stage's batch times against their own median (at
     least 1), or None when no batch matches a row. On the 2-core VM it was 1.33-2.08 where the profiles say
-    1.03-1.13 (2026-12-03): this VM's speed moves by a quarter from one 10 s to the next, idle or not."""
-    by_stage = defaultdict(list)
+    1.03-1.13 (2026-12-03): this VM's speed moves by a quarter from one 10 s to the next, idle or not. With
+    `window_s`: each batch against its stage's median within its `window_s` (of those with at least `least`), the
+    spread left once the machine's speed over time (`window_paces`) is known."""
+    groups = defaultdict(list)
     for t in batches:
         row = row_of(profiles, t)
         if row is not None and 0 < t.seconds < math.inf:
-            by_stage[t.stage].append(t.seconds / row.p50)
+            if window_s is None:
+                groups[t.stage].append(t.seconds / row.p50)
+            elif t.t_s is not None and math.isfinite(t.t_s):
+                groups[(t.stage, int(t.t_s // window_s))].append(t.seconds / row.p50)
     relative = []
-    for ratios in by_stage.values():
-        mid = _quantile(sorted(ratios), 0.5)
-        relative.extend(r / mid for r in ratios)
+    for ratios in groups.values():
+        if window_s is None or len(ratios) >= least:
+            mid = _quantile(sorted(ratios), 0.5)
+            relative.extend(r / mid for r in ratios)
     return max(1.0, _quantile(sorted(relative), 0.99)) if relative else None
 
 

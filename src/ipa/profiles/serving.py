@@ -44,6 +44,10 @@ class ServingCost:
     # the lowest and highest `pace` of any 10 s the measurement served (`window_paces`): the machine at its fastest
     # and slowest; () when not measured
     pace_range: tuple[float, ...] = ()
+    # every 10 s's `pace` in the order served: how the machine's speed moves over time (`ipa.experiment.prediction`)
+    pace_windows: tuple[float, ...] = ()
+    # served batches' p99 over their p50 within each 10 s: `spread` less the speed's moves (None: not measured)
+    window_spread: float | None = None
 
     def cores(self, load_rps: float) -> float:
         """CPU cores serving takes at `load_rps`, beside the replicas."""
@@ -127,13 +131,23 @@ def from_meta(meta: dict[str, Any], source: str = "") -> ServingCost | None:
         raise ProfileError(f"{source}: serving.pace_range must be [lowest, highest]: two paces > 0 (the "
                            "fastest and the slowest the models ran), "
                            f"got {span!r}")
+    windows = raw.get("pace_windows", [])
+    if not isinstance(windows, list | tuple) or not all(
+            isinstance(v, int | float) and 0 < v < math.inf for v in windows):
+        raise ProfileError(f"{source}: serving.pace_windows must be a list of paces > 0 (each 10 s served, in "
+                           f"order), got {windows!r}")
     factors = {}
     for name in ("pace", "spread"):
         v = raw.get(name, 1.0)
         if not isinstance(v, int | float) or not 0 < v < math.inf:
             raise ProfileError(f"{source}: serving.{name} must be a finite number > 0, got {v!r}")
         factors[name] = float(v)
+    within = raw.get("window_spread")
+    if within is not None and (not isinstance(within, int | float) or not 1 <= within < math.inf):
+        raise ProfileError(f"{source}: serving.window_spread must be a finite number >= 1 (p99 over p50), got "
+                           f"{within!r}")
     return ServingCost(**values, source=str(raw.get("measured", source)), **factors,
+                       window_spread=float(within) if within is not None else None,
                        batch_overhead_s={str(k): float(v) for k, v in overheads.items()},
                        variant_pace={str(k): float(v) for k, v in variants.items()},
-                       pace_range=tuple(float(v) for v in span))
+                       pace_range=tuple(float(v) for v in span), pace_windows=tuple(float(v) for v in windows))

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ipa.profiles.calibration import BatchTiming, machine_pace, served_paces, served_spread, window_paces
+from ipa.profiles.calibration import (WINDOW_S, BatchTiming, machine_pace, served_paces, served_spread,
+                                      window_paces)
 from ipa.profiles.profiler import variant_pace
 from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import ProfileTable
@@ -300,7 +301,8 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
         served = served_paces(profiles, batches)
         spans = window_paces(profiles, batches)
         cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0, variant_pace=served,
-                       pace_range=(min(spans), max(spans)) if len(spans) >= 2 else ())
+                       pace_range=(min(spans), max(spans)) if len(spans) >= 2 else (), pace_windows=tuple(spans),
+                       window_spread=served_spread(profiles, batches, window_s=WINDOW_S))
         if settings.device == "cpu":  # a GPU model's CPU per call says little of its pace
             alone = variant_pace(spec, profiles, {s: c.variant for s, c in config.items()}, progress=log.info)
             stage = {s: served.get(f"{s}/{c.variant}", 1.0) for s, c in config.items()}  # the served one's, per stage

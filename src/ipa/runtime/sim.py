@@ -48,6 +48,7 @@ from ipa.spec import PipelineConfig, PipelineSpec, StageConfig, Strict
 
 Z99 = 2.326  # standard normal 99th percentile
 Pace = dict[str, tuple[np.ndarray, np.ndarray]]  # stage -> (when each batch ended, its time / its row's p50), by time
+Speed = tuple[np.ndarray, np.ndarray]  # (when each span starts, the machine's slowness from then on), by time
 DEFAULT_LOAD_S = 1.0  # reconfiguration delay when a profile has no load time
 TIMINGS_KEPT = 2000  # batch timings kept between two reads
 
@@ -118,11 +119,13 @@ class Simulator:
     def __init__(self, spec: PipelineSpec, profiles: ProfileTable, idle_w_per_core: float,
                  rps: np.ndarray, settings: SimSettings | None = None, seed: int = 0,
                  admission: AdmissionSettings | None = None, serving: ServingCost | None = None,
-                 pace: Pace | None = None):
+                 pace: Pace | None = None, speed: Speed | None = None):
         """`profiles` are the simulated machine's (scaled by `settings.true_scale`); plans may differ.
         `serving`: the CPU serving takes beside the replicas (only with `settings.cpus`). `pace`: per stage,
         how much slower than its row's p50 a real run's batches were, over time (`Pace`); a batch then takes
-        its row's p50 times the pace of the batch the run had running at that moment, instead of a draw."""
+        its row's p50 times the pace of the batch the run had running at that moment, instead of a draw. `speed`:
+        the machine's slowness over time, the same for every stage (`ipa.experiment.prediction`); each batch's draw
+        takes that many times as long."""
         settings = settings or SimSettings()
         self.spec = spec
         self.profiles = scaled(profiles, settings.true_scale)
@@ -139,6 +142,7 @@ class Simulator:
         # (stage, row, size, seconds, CPU seconds, end) of the latest batches: calibration keeps at most 200 per variant
         self._timings: deque[tuple[int, Profile, int, float, float, float]] = deque(maxlen=TIMINGS_KEPT)
         self.pace = pace or {}
+        self.speed = speed
         self.rng = np.random.default_rng(seed)
         self.duration = len(rps)
         self.arrival_t = arrival_times(rps, self.rng)
@@ -360,7 +364,11 @@ class Simulator:
         if trace is not None:
             ends, ratios = trace
             return row.p50 * float(ratios[min(int(np.searchsorted(ends, self.now)), len(ends) - 1)])
-        return self._draw(row.p50, row.latency_p99_s)
+        took = self._draw(row.p50, row.latency_p99_s)
+        if self.speed is not None:
+            starts, slowness = self.speed
+            took *= float(slowness[max(int(np.searchsorted(starts, self.now, side="right")) - 1, 0)])
+        return took
 
     def _draw(self, p50: float, p99: float) -> float:
         """Lognormal through p50 and p99 (p99 itself when it is not above p50)."""
