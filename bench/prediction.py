@@ -11,16 +11,23 @@ is predicted before it runs (`fidelity.csv`: predicted, twin, real); this prints
 against the targets and writes OUT/prediction.csv and OUT/prediction.md, then the same cells simulated at the
 pace each one's batches ran at (OUT/at-cell-pace.md, as with --at-cell-pace below). Needs the machine to itself.
 
+    python bench/prediction.py --again OUT
+
+serves OUT's cells once more as they were (the same refreshed profiles, config and loads: `ipa experiment
+OUT/run/config.yaml --out OUT/again`) and sets the second real run against the first with the same targets
+(OUT/repeat.csv, OUT/repeat.md): how well this machine reproduces its own figures, the floor under any prediction
+of them; the second run's own prediction against it goes to OUT/again-prediction.md. About as long as the run.
+
     python bench/prediction.py --repredict OUT
 
 predicts OUT's finished cells again with the simulator as it is now (the same profiles, config and loads, each
 cell from the pace the run started it at and the speed its 10 s moved at before it, as the run gathered them, the
 median over the prediction's seeds with its band; no serving, under a minute) against the same real runs, into OUT/reprediction.csv and OUT/reprediction.md: how a change to the simulator
 would have done on a run already made. With --at-cell-pace each cell is simulated at
-the CPU pace its own real batches had, pooled and each served variant's (OUT/at-cell-pace.md): not a prediction
-(the pace is measured in the run), but what is left of the error once this VM's speed, which moves from cell to
-cell, is known; and again 3% slower and 3% faster, marking the figures that so small a pace error moves across their
-whole target band.
+the CPU pace its own real batches had, pooled and each served variant's, with the speed its own 10 s moved at
+replayed in order (OUT/at-cell-pace.md): not a prediction (the pace is measured in the run), but what is left of
+the error once this VM's speed, which moves within and between cells, is known; and again 3% slower and 3% faster,
+marking the figures that so small a pace error moves across their whole target band.
 """
 
 from __future__ import annotations
@@ -82,8 +89,14 @@ def main() -> None:
     ap.add_argument("--policy", action="append", help="default: fa2-low and ipa")
     ap.add_argument("--repredict", metavar="OUT", help="predict OUT's finished cells again (no serving)")
     ap.add_argument("--at-cell-pace", action="store_true", help="with --repredict: simulate each cell at the pace "
-                    "its real batches had (OUT/at-cell-pace.md; the model's error once the machine's speed is known)")
+                    "its real batches had, 10 s by 10 s (OUT/at-cell-pace.md; the model's error once the machine's "
+                    "speed is known)")
+    ap.add_argument("--again", metavar="OUT", help="serve OUT's cells again as they were; the second real run "
+                    "against the first (OUT/repeat.md)")
     args = ap.parse_args()
+    if args.again:
+        again(Path(args.again).resolve())
+        return
     if args.repredict:
         repredict(Path(args.repredict).resolve(), args.at_cell_pace)
         return
@@ -110,6 +123,55 @@ def main() -> None:
     repredict(out, at_cell_pace=True)  # how much of what was missed is this machine's speed moving under the run
 
 
+def again(out: Path) -> None:
+    """OUT's cells served once more from the same start; the second real run against the first."""
+    first = read_fidelity(out / "run" / "fidelity.csv")
+    ipa("experiment", str(out / "run" / "config.yaml"), "--out", str(out / "again"))
+    second = read_fidelity(out / "again" / "fidelity.csv")
+    repeat(first, second, out / "repeat")
+    compare(second, out / "again-prediction", "the second run against what was predicted before each of its cells")
+
+
+def repeat(first: list[dict], second: list[dict], stem: Path) -> int:
+    """Each figure of the second real run against the first's, with the targets a prediction has (STEM.csv,
+    STEM.md); returns how many are within them."""
+    before = {(r["workload"], r["policy"], r["metric"]): r["real"] for r in first}
+    rows = []
+    for r in second:
+        key = (r["workload"], r["policy"], r["metric"])
+        if key not in before or r["metric"] not in ("machine_pace", *TARGETS):
+            continue
+        a, b = float(before[key]), float(r["real"])
+        if math.isnan(a) or math.isnan(b):
+            continue
+        if r["metric"] == "machine_pace":  # not a target: what each run's models ran at, to read the rest by
+            rows.append({"workload": key[0], "policy": key[1], "metric": key[2], "first": a, "second": b})
+            continue
+        e, ok = error(r["metric"], a, b)
+        rows.append({"workload": key[0], "policy": key[1], "metric": key[2], "first": a, "second": b, "error": e,
+                     "unit": "pts" if TARGETS[r["metric"]][0] == "abs" else "%", "target": TARGETS[r["metric"]][1],
+                     "met": ok})
+    scored = [r for r in rows if "met" in r]
+    if not scored:
+        sys.exit(f"{stem.parent}: the two runs share no cell to compare")
+    with stem.with_suffix(".csv").open("w") as f:
+        w = csv.DictWriter(f, fieldnames=list(scored[0]), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(scored)
+    lines = ["| cell | metric | first run | second run | second vs first | target |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['workload']} {r['policy']} | {r['metric']} | {r['first']:.4g} | {r['second']:.4g} | "
+              f"{r['error']:+.1f} {r['unit']} | {'met' if r['met'] else 'MISSED'} (±{r['target']}) |" for r in scored]
+    met = sum(r["met"] for r in scored)
+    lines.append(f"\n{met} of {len(scored)} figures of the second real run within the targets of the first's: the same "
+                 "cells, profiles, config and loads served twice on this machine")
+    paces = [f"{r['workload']} {r['policy']} {r['first']:.2f} -> {r['second']:.2f}" for r in rows if "met" not in r]
+    if paces:
+        lines.append("\nthe models' CPU pace over the profiles in each cell, first run -> second: " + ", ".join(paces))
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return met
+
+
 def read_fidelity(path: Path) -> list[dict]:
     from ipa.experiment import fidelity
 
@@ -122,8 +184,9 @@ def read_fidelity(path: Path) -> list[dict]:
 def repredict(out: Path, at_cell_pace: bool = False) -> None:
     """OUT's real cells against a prediction made now, from what the run's own prediction was made with.
     `at_cell_pace`: each cell simulated at the CPU pace its real batches had, pooled and each served variant's own,
-    which the run measured (not a prediction: what is left is the model's error once the machine's own speed is
-    known), and again at that pace 3% slower and 3% faster: how far a pace known only that well moves each figure."""
+    and at the speed its own 10 s moved at (`cell_speed`), which the run measured (not a prediction: what is left
+    is the model's error once the machine's own speed is known), and again at that pace 3% slower and 3% faster:
+    how far a pace known only that well moves each figure."""
     import json
     from dataclasses import replace
 
@@ -158,15 +221,17 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
             if seen and started.get((w.name, policy)):  # the pace the run's prediction had
                 seen = replace(seen, pace=started[(w.name, policy)])
                 cell_setup = setup.at_serving(seen)
+            known = None
             if seen and at_cell_pace and measured:  # the variants the cell served at their own paces
                 own = own_paces(seen.variant_pace, served_paces(setup.profiled, batches))
                 cell_setup = setup.at_serving(replace(seen, pace=measured, variant_pace=own))
-            predicted = predict(cell_setup, w, policy)
+                known = cell_speed(cell_setup.profiles, batches, w.seconds)
+            predicted = predict(cell_setup, w, policy, known)
             apart = {}
             if cell_setup.serving and at_cell_pace:
                 pace = cell_setup.serving.pace
                 apart = {f: predict(cell_setup.at_serving(replace(cell_setup.serving, pace=pace * f)), w,
-                                    policy).summary for f in PACE_APART}
+                                    policy, known).summary for f in PACE_APART}
             band = {"predicted_low": predicted.low, "predicted_high": predicted.high} if not at_cell_pace else {}
             rows += [{"workload": w.name, "policy": policy, "metric": m, "predicted": predicted.summary[m],
                       **{k: v.get(m, "nan") for k, v in band.items()},
@@ -183,8 +248,26 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
                                window_spread=seen.window_spread or served_spread(at.profiles, batches,
                                                                                  window_s=WINDOW_S))
     compare(rows, out / ("at-cell-pace" if at_cell_pace else "reprediction"),
-            f"simulated again on {run}" + (" at each cell's own measured pace, pooled and each served variant's (not "
-                                           "a prediction)" if at_cell_pace else " with the simulator of today"))
+            f"simulated again on {run}" + (" at each cell's own measured pace, pooled and each served variant's, and "
+                                           "its own 10 s (not a prediction)" if at_cell_pace else " with the simulator of today"))
+
+
+def cell_speed(profiles, batches: list, seconds: int):
+    """The speed a cell's own batches moved at, each 10 s's pace over the whole cell's (`Simulator(speed=...)`);
+    a 10 s with too few batches to say keeps the cell's pace. Hindsight: what --at-cell-pace replays."""
+    import numpy as np
+
+    from ipa.profiles.calibration import WINDOW_S, machine_pace
+
+    whole = machine_pace(profiles, batches)
+    spans = max(1, math.ceil(seconds / WINDOW_S))
+    groups: list[list] = [[] for _ in range(spans)]
+    for t in batches:
+        if t.t_s is not None and 0 <= t.t_s < spans * WINDOW_S:
+            groups[int(t.t_s // WINDOW_S)].append(t)
+    paces = [machine_pace(profiles, g) if len(g) >= 8 else None for g in groups]
+    slowness = [p[0] / whole[0] if p and whole else 1.0 for p in paces]
+    return np.arange(spans) * WINDOW_S, np.asarray(slowness)
 
 
 def own_paces(refresh: dict[str, float], served: dict[str, float]) -> dict[str, float]:

@@ -270,6 +270,24 @@ def test_a_real_cells_prediction_is_the_median_over_seeds_and_its_band_their_ran
     assert wide.low["completed"] == min(ends[1.6]) < min(ends[0.8]) <= wide.high["completed"]
 
 
+def test_a_prediction_given_the_speed_the_cell_ran_at_replays_it_for_every_seed(small_cfg):
+    """Hindsight (bench/prediction.py --at-cell-pace): the cell's own speed instead of a stretch of earlier ones."""
+    import numpy as np
+
+    from ipa.experiment.cells import Setup, shape
+    from ipa.experiment.prediction import predict
+    from ipa.experiment.sim_cell import run_sim_cell
+    from ipa.workload import load_workload
+
+    w = shape(load_workload("static:20:30", None), None, 1.0)
+    setup = Setup.load(small_cfg.model_copy(update={"prediction_seeds": 2, "max_cores": 4}))
+    slow = (np.array([0.0, 10.0, 20.0]), np.array([1.0, 3.0, 3.0]))  # the last 20 s three times slower
+    got = predict(setup, w, "fa2-low", known=slow)
+    alone = [run_sim_cell(setup.updated(seed=s), w, "fa2-low", client=True, speed=slow)["summary"] for s in (0, 1)]
+    assert got.summary["completed"] == pytest.approx(np.median([a["completed"] for a in alone]))
+    assert got.summary["completed"] < predict(setup, w, "fa2-low").summary["completed"]
+
+
 def test_same_config_pct_is_the_share_of_the_predictions_decisions_the_real_loop_also_made():
     from ipa.experiment.prediction import same_config_pct
 

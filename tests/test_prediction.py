@@ -297,6 +297,37 @@ def test_at_cell_pace_a_served_variant_runs_at_its_own_pace_and_its_stages_other
     assert own == pytest.approx({"detect/small": 1.0, "detect/big": 1.25, "classify/r18": 0.8, "classify/r50": 0.9})
 
 
+def test_at_cell_pace_replays_the_cells_own_speed_10_s_by_10_s_over_its_whole_pace(tiny):
+    _, table = tiny
+    # 20 s at the cell's pace, then 10 s at 1.5x it, then 10 s too thin to say, over a 45-s cell
+    batches = _timed(table, 1.0, 0.0, 20) + _timed(table, 1.0, 10.0, 20) + _timed(table, 1.5, 20.0, 10)
+    batches += _timed(table, 3.0, 31.0, 2)
+    at, slowness = _bench_prediction().cell_speed(table, batches, 45)
+    assert list(at) == [0.0, 10.0, 20.0, 30.0, 40.0]  # every 10 s of the cell, in order
+    assert list(slowness) == pytest.approx([1.0, 1.0, 1.5, 1.0, 1.0])  # thin or empty: the cell's pace
+
+
+def test_the_second_real_run_is_set_against_the_first_with_the_predictions_targets(tmp_path):
+    bench = _bench_prediction()
+
+    def rows(throughput, p99, pace):
+        cell = {"workload": "static:8:60", "policy": "ipa", "predicted": 0.0}
+        return [cell | {"metric": "throughput_rps", "real": throughput}, cell | {"metric": "p99_latency_s", "real": p99},
+                cell | {"metric": "machine_pace", "real": pace}, cell | {"metric": "solve_ms", "real": 3.0}]
+
+    first = rows(8.0, 2.0, 1.5) + [{"workload": "static:4:60", "policy": "ipa", "metric": "pas", "real": 0.16}]
+    met = bench.repeat(first, rows(8.5, 3.0, 1.6), tmp_path / "repeat")
+    assert met == 1  # throughput +6.25% (within 10), p99 +50% (not within 25); a cell run once is not compared
+    with (tmp_path / "repeat.csv").open() as f:
+        got = {r["metric"]: r for r in csv.DictReader(f)}
+    assert set(got) == {"throughput_rps", "p99_latency_s"}  # the targets' metrics only
+    assert float(got["p99_latency_s"]["error"]) == pytest.approx(50.0) and got["p99_latency_s"]["met"] == "False"
+    text = (tmp_path / "repeat.md").read_text()
+    assert "1 of 2 figures" in text and "static:8:60 ipa 1.50 -> 1.60" in text
+    with pytest.raises(SystemExit, match="share no cell"):
+        bench.repeat(first[-1:], rows(8.5, 3.0, 1.6), tmp_path / "none")
+
+
 def test_a_figure_is_marked_when_3_percent_of_pace_moves_it_across_its_whole_target_band():
     bench = _bench_prediction()
     knee = {"metric": "p99_latency_s", "predicted": 2.0, "at_x0.97": 1.4, "at_x1.03": 3.9}  # 125% > 2 x 25%

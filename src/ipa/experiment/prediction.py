@@ -48,12 +48,14 @@ class Prediction:
     decisions: list[dict[str, Any]] = field(default_factory=list)  # each seed's at the starting pace, with its seed
 
 
-def predict(setup: Setup, w: Workload, policy: str) -> Prediction:
-    """The cell simulated as a real run's prediction (`client`: the load generator shares the machine)."""
+def predict(setup: Setup, w: Workload, policy: str, known: Speed | None = None) -> Prediction:
+    """The cell simulated as a real run's prediction (`client`: the load generator shares the machine).
+    `known`: the speed the cell itself ran at, replayed by every seed instead of a stretch of what came before:
+    hindsight, not a prediction (`bench/prediction.py --at-cell-pace`)."""
     seeds = [setup.cfg.seed + i for i in range(setup.cfg.prediction_seeds)]
     moving = within_windows(setup)
-    runs = [(s, run_sim_cell(_seeded(moving, s), w, policy, client=True, speed=speed(setup, w.seconds, s)))
-            for s in seeds]
+    runs = [(s, run_sim_cell(_seeded(moving, s), w, policy, client=True,
+                             speed=known if known is not None else speed(setup, w.seconds, s))) for s in seeds]
     summaries = [cell["summary"] for _, cell in runs]
     paced = setup.paced()
     band = summaries + [run_sim_cell(_seeded(at, s), w, policy, client=True)["summary"]
