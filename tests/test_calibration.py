@@ -141,3 +141,33 @@ def test_a_whole_run_is_measured_from_all_its_batches_not_the_last_window(tiny):
     assert online.ratios()["detect/small"] == pytest.approx(2.0)  # the last 32 batches: what plans need now
     whole = measured(table, run).lookup("detect", "small", 1, 1)
     assert whole.p50 == pytest.approx(table.lookup("detect", "small", 1, 1).p50)  # the median of all 100
+
+
+def test_a_batch_run_while_its_replica_loads_another_model_does_not_claim_that_models_cpu():
+    """The replica's batches are timed with its process's CPU; a load beside them burns in the same process."""
+    import asyncio
+    import time
+    from pathlib import Path
+
+    from ipa.runtime.serving import StageReplica
+    from ipa.spec import load_pipeline
+
+    spec = load_pipeline(Path(__file__).resolve().parents[1] / "configs" / "pipelines" / "video.yaml")
+    stage = next(s for s in spec.stages if s.name == "classify").model_dump()
+    item = np.full((64, 64, 3), 127, np.uint8)
+
+    async def serve() -> tuple[dict, list[dict], dict]:
+        replica = StageReplica.func_or_class(stage)
+        await replica.reconfigure({"variant": "resnet18", "batch": 1, "cores": 1, "batch_wait_s": 0.0})
+        before = await replica.call(item, time.time() + 60)
+        load = asyncio.create_task(replica.reconfigure({"variant": "resnet50", "batch": 1, "cores": 1,
+                                                        "batch_wait_s": 0.0}))
+        during = []
+        while not load.done():
+            during.append(await replica.call(item, time.time() + 60))
+        await load
+        return before, during, await replica.call(item, time.time() + 60)
+
+    before, during, after = asyncio.run(serve())
+    assert before["timing"]["cpu_s"] > 0 and after["timing"]["cpu_s"] > 0 and after["variant"] == "resnet50"
+    assert during and all(d["timing"]["cpu_s"] is None and d["timing"]["seconds"] > 0 for d in during)
