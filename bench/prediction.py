@@ -41,6 +41,12 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ipa.profiles.calibration import BatchTiming
+    from ipa.profiles.table import ProfileTable
+    from ipa.runtime.sim import Speed
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "profiles/video-cpu-2core.csv"
@@ -247,12 +253,12 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
                 seen = replace(seen, pace_windows=windows, pace_range=(min(ends), max(ends)) if ends else (),
                                window_spread=seen.window_spread or served_spread(at.profiles, batches,
                                                                                  window_s=WINDOW_S))
-    compare(rows, out / ("at-cell-pace" if at_cell_pace else "reprediction"),
-            f"simulated again on {run}" + (" at each cell's own measured pace, pooled and each served variant's, and "
-                                           "its own 10 s (not a prediction)" if at_cell_pace else " with the simulator of today"))
+    how = (" at each cell's own measured pace, pooled and each served variant's, and its own 10 s (not a prediction)"
+           if at_cell_pace else " with the simulator of today")
+    compare(rows, out / ("at-cell-pace" if at_cell_pace else "reprediction"), f"simulated again on {run}{how}")
 
 
-def cell_speed(profiles, batches: list, seconds: int):
+def cell_speed(profiles: ProfileTable, batches: list[BatchTiming], seconds: int) -> Speed:
     """The speed a cell's own batches moved at, each 10 s's pace over the whole cell's (`Simulator(speed=...)`);
     a 10 s with too few batches to say keeps the cell's pace. Hindsight: what --at-cell-pace replays."""
     import numpy as np

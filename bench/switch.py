@@ -47,7 +47,8 @@ def main() -> None:
         w.writerows(rows)
     for lo, hi in PHASES:
         answered = [r["answered"] for r in rows if r["from_s"] == lo]
-        print(f"{lo}-{hi} s: answered {answered} over the repeats (spread {100 * (max(answered) - min(answered)) / max(1, statistics.median(answered)):.0f}% of the median)")
+        spread = 100 * (max(answered) - min(answered)) / max(1, statistics.median(answered))
+        print(f"{lo}-{hi} s: answered {answered} over the repeats (spread {spread:.0f}% of the median)")
     print(f"rows in {out / 'switch.csv'}")
 
 

@@ -312,7 +312,8 @@ def test_the_second_real_run_is_set_against_the_first_with_the_predictions_targe
 
     def rows(throughput, p99, pace):
         cell = {"workload": "static:8:60", "policy": "ipa", "predicted": 0.0}
-        return [cell | {"metric": "throughput_rps", "real": throughput}, cell | {"metric": "p99_latency_s", "real": p99},
+        return [cell | {"metric": "throughput_rps", "real": throughput},
+                cell | {"metric": "p99_latency_s", "real": p99},
                 cell | {"metric": "machine_pace", "real": pace}, cell | {"metric": "solve_ms", "real": 3.0}]
 
     first = rows(8.0, 2.0, 1.5) + [{"workload": "static:4:60", "policy": "ipa", "metric": "pas", "real": 0.16}]
