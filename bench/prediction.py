@@ -142,7 +142,7 @@ def repeat(first: list[dict], second: list[dict], stem: Path) -> int:
     """Each figure of the second real run against the first's, with the targets a prediction has (STEM.csv,
     STEM.md); returns how many are within them."""
     before = {(r["workload"], r["policy"], r["metric"]): r["real"] for r in first}
-    rows = []
+    scored, paces = [], []
     for r in second:
         key = (r["workload"], r["policy"], r["metric"])
         if key not in before or r["metric"] not in ("machine_pace", *TARGETS):
@@ -151,13 +151,12 @@ def repeat(first: list[dict], second: list[dict], stem: Path) -> int:
         if math.isnan(a) or math.isnan(b):
             continue
         if r["metric"] == "machine_pace":  # not a target: what each run's models ran at, to read the rest by
-            rows.append({"workload": key[0], "policy": key[1], "metric": key[2], "first": a, "second": b})
+            paces.append(f"{key[0]} {key[1]} {a:.2f} -> {b:.2f}")
             continue
         e, ok = error(r["metric"], a, b)
-        rows.append({"workload": key[0], "policy": key[1], "metric": key[2], "first": a, "second": b, "error": e,
-                     "unit": "pts" if TARGETS[r["metric"]][0] == "abs" else "%", "target": TARGETS[r["metric"]][1],
-                     "met": ok})
-    scored = [r for r in rows if "met" in r]
+        scored.append({"workload": key[0], "policy": key[1], "metric": key[2], "first": a, "second": b, "error": e,
+                       "unit": "pts" if TARGETS[r["metric"]][0] == "abs" else "%",
+                       "target": TARGETS[r["metric"]][1], "met": ok})
     if not scored:
         sys.exit(f"{stem.parent}: the two runs share no cell to compare")
     with stem.with_suffix(".csv").open("w") as f:
@@ -170,7 +169,6 @@ def repeat(first: list[dict], second: list[dict], stem: Path) -> int:
     met = sum(r["met"] for r in scored)
     lines.append(f"\n{met} of {len(scored)} figures of the second real run within the targets of the first's: the same "
                  "cells, profiles, config and loads served twice on this machine")
-    paces = [f"{r['workload']} {r['policy']} {r['first']:.2f} -> {r['second']:.2f}" for r in rows if "met" not in r]
     if paces:
         lines.append("\nthe models' CPU pace over the profiles in each cell, first run -> second: " + ", ".join(paces))
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -260,20 +258,18 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
 
 def cell_speed(profiles: ProfileTable, batches: list[BatchTiming], seconds: int) -> Speed:
     """The speed a cell's own batches moved at, each 10 s's pace over the whole cell's (`Simulator(speed=...)`);
-    a 10 s with too few batches to say keeps the cell's pace. Hindsight: what --at-cell-pace replays."""
+    a 10 s with too few batches to say (`WINDOW_LEAST`) keeps the cell's pace. Hindsight: what
+    --at-cell-pace replays."""
     import numpy as np
 
-    from ipa.profiles.calibration import WINDOW_S, machine_pace
+    from ipa.profiles.calibration import WINDOW_LEAST, WINDOW_S, by_window, machine_pace
 
     whole = machine_pace(profiles, batches)
+    groups = by_window(batches)
     spans = max(1, math.ceil(seconds / WINDOW_S))
-    groups: list[list] = [[] for _ in range(spans)]
-    for t in batches:
-        if t.t_s is not None and 0 <= t.t_s < spans * WINDOW_S:
-            groups[int(t.t_s // WINDOW_S)].append(t)
-    paces = [machine_pace(profiles, g) if len(g) >= 8 else None for g in groups]
-    slowness = [p[0] / whole[0] if p and whole else 1.0 for p in paces]
-    return np.arange(spans) * WINDOW_S, np.asarray(slowness)
+    paces = [machine_pace(profiles, groups[k]) if len(groups.get(k, ())) >= WINDOW_LEAST else None
+             for k in range(spans)]
+    return np.arange(spans) * WINDOW_S, np.asarray([p[0] / whole[0] if p and whole else 1.0 for p in paces])
 
 
 def own_paces(refresh: dict[str, float], served: dict[str, float]) -> dict[str, float]:

@@ -37,6 +37,7 @@ from ipa.profiles.table import Profile, ProfileTable
 from ipa.spec import Strict
 
 WINDOW_S = 10.0  # the span over which the machine's speed is taken as one (`window_paces`)
+WINDOW_LEAST = 8  # batches a window needs before its pace says anything
 
 
 class BatchTiming(NamedTuple):
@@ -228,18 +229,24 @@ def machine_pace(profiles: ProfileTable, batches: Iterable[BatchTiming]) -> tupl
 
 
 def window_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], window_s: float = WINDOW_S,
-                 least: int = 8) -> list[float]:
+                 least: int = WINDOW_LEAST) -> list[float]:
     """`machine_pace` of each `window_s` of the batches (by when they ended) that holds at least `least` of them.
     This VM's speed is not one number even within a minute: a fixed load of fa2-low's models burned 63-65 ms of
     CPU per detector batch for a minute and 86-89 ms for the 45 s of the next cell (machine B, 2026-12-05), and
     the same again alternating 4 and 11 rps every 15 s, whichever the load; so a prediction says how its figures
     move over the range of paces the machine was seen to run at (`ipa.experiment.runner`)."""
+    groups = by_window(batches, window_s)
+    paces = [machine_pace(profiles, group) for _, group in sorted(groups.items()) if len(group) >= least]
+    return [p[0] for p in paces if p is not None]
+
+
+def by_window(batches: Iterable[BatchTiming], window_s: float = WINDOW_S) -> dict[int, list[BatchTiming]]:
+    """The batches by the `window_s` they ended in (its index from the run's start); those with no end time left out."""
     groups: dict[int, list[BatchTiming]] = defaultdict(list)
     for t in batches:
         if t.t_s is not None and math.isfinite(t.t_s):
             groups[int(t.t_s // window_s)].append(t)
-    paces = [machine_pace(profiles, group) for _, group in sorted(groups.items()) if len(group) >= least]
-    return [p[0] for p in paces if p is not None]
+    return groups
 
 
 def served_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], least: int = 10) -> dict[str, float]:
@@ -265,7 +272,7 @@ def served_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], least: 
 
 
 def served_spread(profiles: ProfileTable, batches: Iterable[BatchTiming], window_s: float | None = None,
-                  least: int = 8) -> float | None:
+                  least: int = WINDOW_LEAST) -> float | None:
     """Served batches' 99th percentile over their median, each stage's batch times against their own median (at
     least 1), or None when no batch matches a row. On the 2-core VM it was 1.33-2.08 where the profiles say
     1.03-1.13 (2026-12-03): this VM's speed moves by a quarter from one 10 s to the next, idle or not. With
