@@ -27,7 +27,16 @@ would have done on a run already made. With --at-cell-pace each cell is simulate
 the CPU pace its own real batches had, pooled and each served variant's, with the speed its own 10 s moved at
 replayed in order (OUT/at-cell-pace.md): not a prediction (the pace is measured in the run), but what is left of
 the error once this VM's speed, which moves within and between cells, is known; and again 3% slower and 3% faster,
-marking the figures that so small a pace error moves across their whole target band.
+marking the figures that so small a pace error moves across their whole target band. OUT may also be one served
+run's folder (`--repredict OUT/again`: the second serving; its tables go beside it as again-reprediction.md, ...).
+
+    python bench/prediction.py --tally A.csv B.csv ...
+
+sets several runs' scored tables side by side (prediction.csv, reprediction.csv, at-cell-pace.csv, repeat.csv, ...;
+loads and steps may differ from run to run): per cell kind (half, one and two times capacity by the order of each
+run's static loads, and the step), policy and metric, how many runs met the target and each run's signed error,
+and a mark where every run erred the same way (a bias of the model rather than the machine's noise); it writes
+nothing. One run says little on this VM; a change to the simulator is judged on all of them.
 """
 
 from __future__ import annotations
@@ -97,9 +106,14 @@ def main() -> None:
     ap.add_argument("--at-cell-pace", action="store_true", help="with --repredict: simulate each cell at the pace "
                     "its real batches had, 10 s by 10 s (OUT/at-cell-pace.md; the model's error once the machine's "
                     "speed is known)")
+    ap.add_argument("--tally", nargs="+", metavar="CSV", help="several runs' scored tables side by side: the "
+                    "errors per cell kind, policy and metric, and which all err the same way")
     ap.add_argument("--again", metavar="OUT", help="serve OUT's cells again as they were; the second real run "
                     "against the first (OUT/repeat.md)")
     args = ap.parse_args()
+    if args.tally:
+        print(tally([Path(p) for p in args.tally]))
+        return
     if args.again:
         again(Path(args.again).resolve())
         return
@@ -200,7 +214,7 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     from ipa.profiles.calibration import WINDOW_S, BatchTiming, served_paces, served_spread, window_paces
     from ipa.workload import load_workload
 
-    run = out / "run"
+    run, out, prefix = served(out)
     fidelity = read_fidelity(run / "fidelity.csv")  # first: without a finished run there is no config either
     cfg = load_experiment(run / "config.yaml", runtime="sim")
     setup = Setup.load(cfg)
@@ -253,7 +267,62 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
                                                                                  window_s=WINDOW_S))
     how = (" at each cell's own measured pace, pooled and each served variant's, and its own 10 s (not a prediction)"
            if at_cell_pace else " with the simulator of today")
-    compare(rows, out / ("at-cell-pace" if at_cell_pace else "reprediction"), f"simulated again on {run}{how}")
+    compare(rows, out / (prefix + ("at-cell-pace" if at_cell_pace else "reprediction")),
+            f"simulated again on {run}{how}")
+
+
+def served(out: Path) -> tuple[Path, Path, str]:
+    """The served run to repredict, where its tables go and their names' prefix: OUT/run into OUT; a run's own
+    folder (OUT/again, holding fidelity.csv) beside it as again-*."""
+    if (out / "fidelity.csv").is_file():
+        return out, out.parent, f"{out.name}-"
+    return out / "run", out, ""
+
+
+def tally(paths: list[Path]) -> str:
+    """Several runs' scored tables (`compare`'s or `repeat`'s CSV) side by side, as a markdown table."""
+    errors: dict[tuple[str, str, str], list[tuple[float, bool]]] = {}
+    totals = []
+    for path in paths:
+        if not path.is_file():
+            sys.exit(f"{path}: not found (bench/prediction.py writes OUT/prediction.csv, OUT/at-cell-pace.csv, ...)")
+        with path.open() as f:
+            rows = list(csv.DictReader(f))
+        if not rows or not {"workload", "policy", "metric", "error", "met"} <= set(rows[0]):
+            sys.exit(f"{path}: not a table of scored figures (no workload, policy, metric, error and met columns)")
+        kinds = cell_kinds([r["workload"] for r in rows])
+        for r in rows:
+            errors.setdefault((kinds[r["workload"]], r["policy"], r["metric"]), []).append(
+                (float(r["error"]), r["met"] == "True"))
+        totals.append(f"{sum(r['met'] == 'True' for r in rows)}/{len(rows)}")
+    lines = [f"runs: {', '.join(str(p) for p in paths)}", f"within target: {', '.join(totals)}", "",
+             "| cell | policy | metric | met | errors, run by run | same sign |", "|---|---|---|---|---|---|"]
+    for (kind, policy, metric), v in sorted(errors.items(), key=lambda kv: (KINDS.index(kv[0][0]), kv[0][1:])):
+        kind_of, bound = TARGETS.get(metric, ("rel", 10))
+        lines.append(f"| {kind} | {policy} | {metric} | {sum(m for _, m in v)}/{len(v)} | "
+                     + " ".join(f"{e:+.0f}" for e, _ in v) + f" {'pts' if kind_of == 'abs' else '%'} | "
+                     + one_way([e for e, _ in v], bound) + " |")
+    return "\n".join(lines)
+
+
+def one_way(errors: list[float], bound: float) -> str:
+    """'all +' or 'all -' when three or more runs erred and every error past a quarter of the target's bound lies
+    on one side, with at least half the runs past it: a lean the machine's noise would not give every run."""
+    past = [e for e in errors if abs(e) >= bound / 4]
+    if len(errors) < 3 or 2 * len(past) < len(errors):
+        return ""
+    return "all +" if min(past) > 0 else "all -" if max(past) < 0 else ""
+
+
+KINDS = ("half", "one", "two", "step", "other")
+
+
+def cell_kinds(workloads: list[str]) -> dict[str, str]:
+    """Each workload's kind in a run: its static loads by rate, lowest first, as half, one and two times capacity
+    (how `main` sizes them), a step as the step; anything else as other."""
+    static = sorted({w for w in workloads if w.startswith("static:")}, key=lambda w: float(w.split(":")[1]))
+    kinds = dict(zip(static, KINDS[:3])) if len(static) == 3 else {}
+    return {w: kinds.get(w, "step" if w.startswith("step:") else "other") for w in workloads}
 
 
 def cell_speed(profiles: ProfileTable, batches: list[BatchTiming], seconds: int) -> Speed:

@@ -329,6 +329,47 @@ def test_the_second_real_run_is_set_against_the_first_with_the_predictions_targe
         bench.repeat(first[-1:], rows(8.5, 3.0, 1.6), tmp_path / "none")
 
 
+def test_runs_are_tallied_by_cell_kind_and_a_lean_every_run_shares_is_marked(tmp_path):
+    bench = _bench_prediction()
+
+    def run(name, rates, errors):
+        """One run's scored table: its static loads `rates`, fa2-low's throughput error in each, and the step."""
+        cells = [f"static:{r}:60" for r in rates] + [f"step:{rates[0]}:{rates[1] + 1}:90:30"]
+        path = tmp_path / f"{name}.csv"
+        with path.open("w") as f:
+            w = csv.DictWriter(f, fieldnames=["workload", "policy", "metric", "error", "met"])
+            w.writeheader()
+            for cell, e in zip(cells, errors):
+                w.writerow({"workload": cell, "policy": "fa2-low", "metric": "throughput_rps", "error": e,
+                            "met": abs(e) <= 10})
+        return path
+
+    # the loads differ from run to run (each run sizes them from its own capacity); 20 < 9 as text, not as rates
+    runs = [run("a", (4, 9, 20), (0, 6, 12, -3)), run("b", (5, 10, 20), (0, 7, 4, 5)),
+            run("c", (6, 12, 24), (0, 5, -9, 1))]
+    text = bench.tally(runs)
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in text.splitlines()
+            if line.startswith("| ") and "fa2-low" in line}
+    assert "| 2/3 | +12 +4 -9 % |  |" in rows[("two", "fa2-low", "throughput_rps")]  # both ways: noise
+    assert "| 3/3 | +6 +7 +5 % | all + |" in rows[("one", "fa2-low", "throughput_rps")]  # every run the same way
+    assert "| 3/3 | +0 +0 +0 % |  |" in rows[("half", "fa2-low", "throughput_rps")]
+    assert "| 3/3 | -3 +5 +1 % |  |" in rows[("step", "fa2-low", "throughput_rps")]
+    assert "within target: 3/4, 4/4, 4/4" in text
+    with pytest.raises(SystemExit, match="not found"):
+        bench.tally([tmp_path / "missing.csv"])
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit, match="not a table of scored figures"):
+        bench.tally([tmp_path / "x.csv"])
+
+
+def test_a_served_runs_own_folder_is_repredicted_beside_it(tmp_path):
+    bench = _bench_prediction()
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "fidelity.csv").write_text("")
+    assert bench.served(tmp_path / "again") == (tmp_path / "again", tmp_path, "again-")
+    assert bench.served(tmp_path) == (tmp_path / "run", tmp_path, "")
+
+
 def test_a_figure_is_marked_when_3_percent_of_pace_moves_it_across_its_whole_target_band():
     bench = _bench_prediction()
     knee = {"metric": "p99_latency_s", "predicted": 2.0, "at_x0.97": 1.4, "at_x1.03": 3.9}  # 125% > 2 x 25%
