@@ -52,8 +52,6 @@ Speed = tuple[np.ndarray, np.ndarray]  # (when each span starts, the machine's s
 DEFAULT_LOAD_S = 1.0  # reconfiguration delay when a profile has no load time
 TIMINGS_KEPT = 2000  # batch timings kept between two reads
 
-
-
 # The contention model (`shared_rate`) was fitted on each cell's mean busy cores (80 stages x cells of the 2-core
 # VM, 2026-12-03), and the plan applies it so. Applied to the batches running at each instant instead, its square
 # counts every moment two batches overlap at full weight: a detector beside a classifier busy 73% of the time took
@@ -61,6 +59,7 @@ TIMINGS_KEPT = 2000  # batch timings kept between two reads
 # 8.69 rps simulated, 9.1 real). So the others' demand a batch waits on is their mean over the last CONTENTION_S;
 # past saturation the share is still the instant's.
 CONTENTION_S = 1.0
+
 
 class SimSettings(Strict):
     drop_limit_s: float | None = Field(default=None, gt=0, description="default: 2 x SLA")
