@@ -202,16 +202,16 @@ def read_fidelity(path: Path) -> list[dict]:
 def repredict(out: Path, at_cell_pace: bool = False) -> None:
     """OUT's real cells against a prediction made now, from what the run's own prediction was made with.
     `at_cell_pace`: each cell simulated at the CPU pace its real batches had, pooled and each served variant's own,
-    and at the speed its own 10 s moved at (`cell_speed`), which the run measured (not a prediction: what is left
-    is the model's error once the machine's own speed is known), and again at that pace 3% slower and 3% faster:
-    how far a pace known only that well moves each figure."""
+    at the speed its own 10 s moved at (`cell_speed`) and the spread its batches had within them, which the run
+    measured (not a prediction: what is left is the model's error once the machine's own speed is known), and again
+    at that pace 3% slower and 3% faster: how far a pace known only that well moves each figure."""
     import json
     from dataclasses import replace
 
-    from ipa.experiment.cells import Setup, cell_dir, cell_pace, shape
+    from ipa.experiment.cells import Setup, cell_dir, cell_pace, lately, served_since, shape
     from ipa.experiment.config import load_experiment
     from ipa.experiment.prediction import predict
-    from ipa.profiles.calibration import WINDOW_S, BatchTiming, served_paces, served_spread, window_paces
+    from ipa.profiles.calibration import WINDOW_S, BatchTiming, served_paces, served_spread
     from ipa.workload import load_workload
 
     run, out, prefix = served(out)
@@ -222,6 +222,7 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     started = {(r["workload"], r["policy"]): float(r["predicted"]) for r in fidelity if r["metric"] == "machine_pace"}
     # the machine's speed as served before each cell, as the run gathered it (`RayCluster._follow`)
     seen = setup.serving or None
+    spreads = [seen.window_spread] if seen and seen.window_spread else []
     rows = []
     for name in cfg.workloads:
         w = shape(load_workload(name, cfg.trace), cfg.duration_s, cfg.load_scale)
@@ -240,9 +241,11 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
                 seen = replace(seen, pace=started[(w.name, policy)])
                 cell_setup = setup.at_serving(seen)
             known = None
-            if seen and at_cell_pace and measured:  # the variants the cell served at their own paces
+            spread = served_spread(setup.profiles, batches, window_s=WINDOW_S)
+            if seen and at_cell_pace and measured:  # the variants the cell served at their own paces and spread
                 own = own_paces(seen.variant_pace, served_paces(setup.profiled, batches))
-                cell_setup = setup.at_serving(replace(seen, pace=measured, variant_pace=own))
+                cell_setup = setup.at_serving(replace(seen, pace=measured, variant_pace=own,
+                                                      window_spread=spread or seen.window_spread))
                 known = cell_speed(cell_setup.profiles, batches, w.seconds)
             predicted = predict(cell_setup, w, policy, known)
             apart = {}
@@ -258,14 +261,11 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
             rows.append({"workload": w.name, "policy": policy, "metric": "machine_pace",
                          "predicted": cell_setup.serving.pace if cell_setup.serving else planned,
                          "twin": "nan", "real": measured if measured else "nan"})
-            if seen:  # this cell's 10 s join what the next one replays and its band
-                at = setup.at_serving(seen)
-                windows = (*seen.pace_windows, *(seen.pace * p for p in window_paces(at.profiles, batches)))
-                ends = [*seen.pace_range, *windows]
-                seen = replace(seen, pace_windows=windows, pace_range=(min(ends), max(ends)) if ends else (),
-                               window_spread=seen.window_spread or served_spread(at.profiles, batches,
-                                                                                 window_s=WINDOW_S))
-    how = (" at each cell's own measured pace, pooled and each served variant's, and its own 10 s (not a prediction)"
+            if seen:  # this cell's 10 s and spread join what the next one replays and its band (as the run did)
+                spreads += [spread] if spread else []
+                seen = served_since(seen, setup.at_serving(seen).profiles, batches, seen.pace, None, lately(spreads))
+    how = (" at each cell's own measured pace, pooled and each served variant's, its own 10 s and their spread (not a "
+           "prediction)"
            if at_cell_pace else " with the simulator of today")
     compare(rows, out / (prefix + ("at-cell-pace" if at_cell_pace else "reprediction")),
             f"simulated again on {run}{how}")

@@ -425,6 +425,34 @@ def test_the_band_runs_the_simulated_machine_at_the_fastest_and_slowest_pace_see
     assert cluster.setup.serving.pace_range == pytest.approx((1.5, 3.0))  # widened both ways
 
 
+def test_the_spread_within_10_s_follows_the_cells_served_as_the_pace_does(tiny):
+    """The next prediction draws batches at the spread the last cells' batches had within their 10 s (the median
+    of the last three, the refresh's counting as one before the first), not the refresh's alone: one refresh on the
+    2-core VM measured 1.27 where the cells after it served 1.6-1.9."""
+    from ipa.experiment.cells import Setup
+    from ipa.experiment.config import ExperimentConfig
+    from ipa.experiment.prediction import within_windows
+    from ipa.experiment.ray_cell import RayCluster
+
+    spec, table = tiny
+    setup = Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_serving(
+        ServingCost(pace=2.0, spread=3.0, pace_windows=(2.0, 2.0), window_spread=1.2))
+    cluster = RayCluster(setup)
+
+    def served_spread_of(tail):  # one 10 s at the cell's pace: 80 batches at it, 20 `tail` times slower
+        batches = _timed(cluster.setup.profiles, 1.0, 0.0, 80) + _timed(cluster.setup.profiles, tail, 5.0, 20)
+        cluster._follow(batches)
+        return cluster.setup.serving.window_spread
+
+    assert served_spread_of(2.0) == pytest.approx(1.6)  # the median of the refresh's 1.2 and this cell's 2.0
+    assert served_spread_of(2.0) == pytest.approx(2.0)  # 1.2, 2.0, 2.0
+    assert within_windows(cluster.setup).machine.lookup("detect", "small", 1, 1).latency_p99_s == pytest.approx(
+        cluster.setup.serving.window_spread * cluster.setup.machine.lookup("detect", "small", 1, 1).p50, rel=0.05)
+    before = cluster.setup.serving.window_spread
+    cluster._follow([])  # a cell with no batch timed leaves it as it was
+    assert cluster.setup.serving.window_spread == before
+
+
 def test_fidelity_rows_hold_the_band_beside_the_prediction_and_the_bench_checks_the_real_figure_against_it(tmp_path):
     summary = {"throughput_rps": 10.0, "energy_method": "estimate"}
     predicted = _prediction(summary, {"throughput_rps": 8.0}, {"throughput_rps": 12.0}, (0.8, 1.2))

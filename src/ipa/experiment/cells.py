@@ -19,11 +19,13 @@ from ipa.experiment.config import ExperimentConfig, resolve, resolve_profiles
 from ipa.optimize.policies import follow_grid, make_problem
 from ipa.optimize.problem import Problem
 from ipa.predict import Predictor, history_s, make_predictor
-from ipa.profiles.calibration import BatchTiming, Calibrator, machine_pace
+from ipa.profiles.calibration import BatchTiming, Calibrator, machine_pace, window_paces
 from ipa.profiles.serving import ServingCost, from_meta
 from ipa.profiles.table import ProfileTable, load_profiles
 from ipa.spec import PipelineSpec, StageConfig, load_pipeline
 from ipa.workload import Workload
+
+FOLLOW_CELLS = 3  # a real cell starts from the median pace of this many cells served last (`RayCluster._follow`)
 
 SUMMARY_COLUMNS = [
     "workload", "policy", "pas", "cost_cores", "energy_j", "co2_g", "energy_method", "sla_violation_pct", "dropped_pct",
@@ -132,6 +134,25 @@ def cell_pace(setup: Setup, batches: list[BatchTiming]) -> tuple[float, float | 
     planned = setup.serving.pace if setup.serving else 1.0
     measured = machine_pace(setup.profiles, batches)  # against the profiles as planned: already at that pace
     return planned, planned * measured[0] if measured else None
+
+
+def lately(values: list[float]) -> float | None:
+    """The median of the last FOLLOW_CELLS values (None: none yet)."""
+    return float(np.median(values[-FOLLOW_CELLS:])) if values else None
+
+
+def served_since(serving: ServingCost, profiles: ProfileTable, batches: list[BatchTiming], before: float,
+                 pace: float | None, spread: float | None) -> ServingCost:
+    """What the next cell's prediction knows of the machine once a cell has served `batches` (its models' profiles
+    at the pace `before` it started from): `pace` and `spread` as lately served (`lately`), the range of paces seen
+    widened by this cell's 10-s windows (the next band) and those windows joining the speed the next prediction
+    replays (`ServingCost.pace_windows`) in order. The spread within 10 s is the cells' own, not the refresh's
+    alone: runs 28-31 (2026-12-06) served their batches at 1.56-2.23x their 10-s medians at the 99th percentile
+    (1.7 typically, at every load), where one refresh measured 1.27 and the simulator drew at that."""
+    windows = (*serving.pace_windows, *(before * w for w in window_paces(profiles, batches)))
+    seen = [*serving.pace_range, *windows]
+    return replace(serving, pace=pace or serving.pace, pace_range=(min(seen), max(seen)) if seen else (),
+                   pace_windows=windows, window_spread=spread or serving.window_spread)
 
 
 def slug(text: str) -> str:

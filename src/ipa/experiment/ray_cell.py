@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,11 @@ from ipa._io import write_csv, write_json
 from ipa.adapt import adapt
 from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.detect import open_meter
-from ipa.experiment.cells import Setup, cell_pace, control, score_decisions, true_peak, write_cell, write_decisions
+from ipa.experiment.cells import (FOLLOW_CELLS, Setup, cell_pace, control, lately, score_decisions, served_since,
+                                  true_peak, write_cell, write_decisions)
 from ipa.experiment.metrics import summarize
 from ipa.experiment.prediction import Prediction
-from ipa.profiles.calibration import WINDOW_S, BatchTiming, measured, served_spread, window_paces
+from ipa.profiles.calibration import WINDOW_S, BatchTiming, measured, served_spread
 from ipa.profiles.samples import request_bodies
 from ipa.profiles.zoo import pipeline_kinds
 from ipa.runtime.loadgen import LoadGenerator, RequestRecord, arrival_times
@@ -36,7 +37,6 @@ from ipa.spec import PipelineSpec, aggregate_accuracy
 from ipa.workload import Workload
 
 log = logging.getLogger(__name__)
-FOLLOW_CELLS = 3  # a real cell starts from the median pace of this many cells served last (`RayCluster._follow`)
 
 
 class RayCluster:
@@ -50,6 +50,7 @@ class RayCluster:
     def __init__(self, setup: Setup):
         self.setup = setup
         self._paces = [setup.serving.pace] if setup.serving else []  # as served: the refresh's, then each cell's
+        self._spreads = [setup.serving.window_spread] if setup.serving and setup.serving.window_spread else []
         self._started = False
 
     def __enter__(self) -> RayCluster:
@@ -95,22 +96,19 @@ class RayCluster:
         then one minute runs 20-40% slower: over the 80 cells of ten runs of `bench/prediction.py` (2026-12-04)
         the pace `ipa profile --serving` measured was 8.9% off each cell's own on average, the cell just before
         5.7% (14% in the run with two slow minutes), this median 5.6% (10.7% there), within 5% for 49 cells
-        against 26 and 44. The range of paces the machine was seen at (`ServingCost.pace_range`) widens by this
-        cell's 10-s windows: the next prediction's band; the speed the next prediction replays
-        (`ServingCost.pace_windows`) gains them in order."""
+        against 26 and 44. The spread of batch times within 10 s follows the same way (`served_since`)."""
         s = self.setup
         before, after = cell_pace(s, batches)
         if s.serving is None or after is None:
             return
         self._paces.append(after)
-        pace = float(np.median(self._paces[-FOLLOW_CELLS:]))
-        windows = (*s.serving.pace_windows, *(before * w for w in window_paces(s.profiles, batches)))
-        seen = [*s.serving.pace_range, *windows]
-        within = s.serving.window_spread or served_spread(s.profiles, batches, window_s=WINDOW_S)
-        self.setup = s.at_serving(replace(s.serving, pace=pace, pace_range=(min(seen), max(seen)) if seen else (),
-                                          pace_windows=windows, window_spread=within))
+        spread = served_spread(s.profiles, batches, window_s=WINDOW_S)
+        self._spreads += [spread] if spread else []
+        self.setup = s.at_serving(served_since(s.serving, s.profiles, batches, before, lately(self._paces),
+                                               lately(self._spreads)))
         log.info("this cell's models ran at x%.2f of their profiled CPU (it started from x%.2f); the next starts "
-                 "from x%.2f, the median of the last %d", after, before, pace, min(len(self._paces), FOLLOW_CELLS))
+                 "from x%.2f, the median of the last %d", after, before, self.setup.serving.pace,
+                 min(len(self._paces), FOLLOW_CELLS))
 
 
 def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRuntime) -> dict[str, Any]:
