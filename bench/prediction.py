@@ -46,7 +46,6 @@ import csv
 import math
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -208,7 +207,7 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     import json
     from dataclasses import replace
 
-    from ipa.experiment.cells import Setup, cell_dir, cell_pace, lately, served_since, shape
+    from ipa.experiment.cells import Served, Setup, cell_dir, cell_pace, own_paces, shape
     from ipa.experiment.config import load_experiment
     from ipa.experiment.prediction import predict
     from ipa.profiles.calibration import WINDOW_S, BatchTiming, served_paces, served_spread
@@ -222,7 +221,7 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     started = {(r["workload"], r["policy"]): float(r["predicted"]) for r in fidelity if r["metric"] == "machine_pace"}
     # the machine's speed as served before each cell, as the run gathered it (`RayCluster._follow`)
     seen = setup.serving or None
-    spreads = [seen.window_spread] if seen and seen.window_spread else []
+    served_so_far = Served.refreshed(seen)
     rows = []
     for name in cfg.workloads:
         w = shape(load_workload(name, cfg.trace), cfg.duration_s, cfg.load_scale)
@@ -235,15 +234,16 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
                 batches = [BatchTiming(r["stage"], r["variant"], int(r["cores"]), int(r["size"]), float(r["seconds"]),
                                        float(r["cpu_s"]) if r["cpu_s"] else None,
                                        float(r["t_s"]) if r.get("t_s") else None) for r in csv.DictReader(f)]
-            planned, measured = cell_pace(setup, batches)
+            # against the variants' paces as followed so far, as the run measured it
+            planned, measured = cell_pace(setup.at_serving(seen) if seen else setup, batches)
             cell_setup = setup
             if seen and started.get((w.name, policy)):  # the pace the run's prediction had
                 seen = replace(seen, pace=started[(w.name, policy)])
                 cell_setup = setup.at_serving(seen)
             known = None
-            spread = served_spread(setup.profiles, batches, window_s=WINDOW_S)
             if seen and at_cell_pace and measured:  # the variants the cell served at their own paces and spread
                 own = own_paces(seen.variant_pace, served_paces(setup.profiled, batches))
+                spread = served_spread(setup.profiles, batches, window_s=WINDOW_S)
                 cell_setup = setup.at_serving(replace(seen, pace=measured, variant_pace=own,
                                                       window_spread=spread or seen.window_spread))
                 known = cell_speed(cell_setup.profiles, batches, w.seconds)
@@ -261,9 +261,9 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
             rows.append({"workload": w.name, "policy": policy, "metric": "machine_pace",
                          "predicted": cell_setup.serving.pace if cell_setup.serving else planned,
                          "twin": "nan", "real": measured if measured else "nan"})
-            if seen:  # this cell's 10 s and spread join what the next one replays and its band (as the run did)
-                spreads += [spread] if spread else []
-                seen = served_since(seen, setup.at_serving(seen).profiles, batches, seen.pace, None, lately(spreads))
+            if seen and measured:  # what this cell served joins what the next one starts from (as the run does)
+                seen = served_so_far.follow(seen, setup.at_serving(seen).profiles, setup.profiled, batches, seen.pace,
+                                            measured)
     how = (" at each cell's own measured pace, pooled and each served variant's, its own 10 s and their spread (not a "
            "prediction)"
            if at_cell_pace else " with the simulator of today")
@@ -339,19 +339,6 @@ def cell_speed(profiles: ProfileTable, batches: list[BatchTiming], seconds: int)
     paces = [machine_pace(profiles, groups[k]) if len(groups.get(k, ())) >= WINDOW_LEAST else None
              for k in range(spans)]
     return np.arange(spans) * WINDOW_S, np.asarray([p[0] / whole[0] if p and whole else 1.0 for p in paces])
-
-
-def own_paces(refresh: dict[str, float], served: dict[str, float]) -> dict[str, float]:
-    """Each variant's pace over the pooled one as a cell ran it: a served variant's own (`served_paces`); another
-    moved with its stage's served ones (the refresh ties it to them: its pace alone on a core over theirs), by the
-    median of their change; a stage the cell did not serve as the refresh measured it."""
-    moved: dict[str, list[float]] = {}
-    for name, own in served.items():
-        if name in refresh:
-            moved.setdefault(name.split("/")[0], []).append(own / refresh[name])
-    out = {name: f * statistics.median(moved[name.split("/")[0]]) if name.split("/")[0] in moved else f
-           for name, f in refresh.items()}
-    return out | served
 
 
 def in_band(row: dict) -> bool | None:

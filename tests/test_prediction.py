@@ -291,8 +291,10 @@ def _bench_prediction():
 
 
 def test_at_cell_pace_a_served_variant_runs_at_its_own_pace_and_its_stages_others_move_with_it():
-    own = _bench_prediction().own_paces({"detect/small": 1.2, "detect/big": 1.5, "classify/r18": 0.8},
-                                        {"detect/small": 1.0, "classify/r50": 0.9})
+    from ipa.experiment.cells import own_paces
+
+    own = own_paces({"detect/small": 1.2, "detect/big": 1.5, "classify/r18": 0.8},
+                    {"detect/small": 1.0, "classify/r50": 0.9})
     # big moves with small (1.0 / 1.2); r18's stage served only a variant the refresh had not timed: it stays
     assert own == pytest.approx({"detect/small": 1.0, "detect/big": 1.25, "classify/r18": 0.8, "classify/r50": 0.9})
 
@@ -451,6 +453,32 @@ def test_the_spread_within_10_s_follows_the_cells_served_as_the_pace_does(tiny):
     before = cluster.setup.serving.window_spread
     cluster._follow([])  # a cell with no batch timed leaves it as it was
     assert cluster.setup.serving.window_spread == before
+
+
+def test_each_variants_pace_follows_the_cells_served_and_the_ones_not_served_move_with_their_stage(tiny):
+    """Run 32 (2026-12-07): the refresh put ssdlite at x1.17 of the pooled pace, every cell after it ran ssdlite at
+    x1.01-1.06, and a prediction that kept the refresh's for the whole run simulated a detector 10-15% too slow."""
+    from ipa.experiment.cells import Setup
+    from ipa.experiment.config import ExperimentConfig
+    from ipa.experiment.ray_cell import RayCluster
+
+    spec, table = tiny
+    refresh = {"detect/small": 1.2, "detect/big": 1.5, "classify/r18": 0.8}
+    cluster = RayCluster(Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_serving(
+        ServingCost(pace=2.0, variant_pace=refresh)))
+
+    def serve(detect, classify):  # a cell whose detector and classifier burned these times their profiled CPU
+        rows = [table.lookup("detect", "small", 1, 1), table.lookup("classify", "r18", 1, 1)]
+        cluster._follow([BatchTiming(row.stage, row.variant, 1, 1, row.p50 * f, row.cpu_s * f, 0.1 * i)
+                         for i in range(20) for row, f in zip(rows, (detect, classify))])
+        return cluster.setup.serving.variant_pace
+
+    # both at 2.0x: each at 1.0x the pooled pace, where the refresh said small 1.2x and r18 0.8x
+    assert serve(2.0, 2.0) == pytest.approx({"detect/small": 1.1, "detect/big": 1.375, "classify/r18": 0.9})
+    # big, never served, keeps its ratio to small (the refresh timed it against small alone on a core)
+    assert serve(2.0, 2.0) == pytest.approx({"detect/small": 1.0, "detect/big": 1.25, "classify/r18": 1.0})
+    assert cluster.setup.profiles.lookup("detect", "small", 1, 1).cpu_s == pytest.approx(
+        table.lookup("detect", "small", 1, 1).cpu_s * 2.0, rel=0.03)  # the detector as served: 2.0x, not 2.0 x 1.2
 
 
 def test_fidelity_rows_hold_the_band_beside_the_prediction_and_the_bench_checks_the_real_figure_against_it(tmp_path):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import re
+import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from ipa.experiment.config import ExperimentConfig, resolve, resolve_profiles
 from ipa.optimize.policies import follow_grid, make_problem
 from ipa.optimize.problem import Problem
 from ipa.predict import Predictor, history_s, make_predictor
-from ipa.profiles.calibration import BatchTiming, Calibrator, machine_pace, window_paces
+from ipa.profiles.calibration import (WINDOW_S, BatchTiming, Calibrator, machine_pace, served_paces, served_spread,
+                                      window_paces)
 from ipa.profiles.serving import ServingCost, from_meta
 from ipa.profiles.table import ProfileTable, load_profiles
 from ipa.spec import PipelineSpec, StageConfig, load_pipeline
@@ -141,18 +143,57 @@ def lately(values: list[float]) -> float | None:
     return float(np.median(values[-FOLLOW_CELLS:])) if values else None
 
 
-def served_since(serving: ServingCost, profiles: ProfileTable, batches: list[BatchTiming], before: float,
-                 pace: float | None, spread: float | None) -> ServingCost:
-    """What the next cell's prediction knows of the machine once a cell has served `batches` (its models' profiles
-    at the pace `before` it started from): `pace` and `spread` as lately served (`lately`), the range of paces seen
-    widened by this cell's 10-s windows (the next band) and those windows joining the speed the next prediction
-    replays (`ServingCost.pace_windows`) in order. The spread within 10 s is the cells' own, not the refresh's
-    alone: runs 28-31 (2026-12-06) served their batches at 1.56-2.23x their 10-s medians at the 99th percentile
-    (1.7 typically, at every load), where one refresh measured 1.27 and the simulator drew at that."""
-    windows = (*serving.pace_windows, *(before * w for w in window_paces(profiles, batches)))
-    seen = [*serving.pace_range, *windows]
-    return replace(serving, pace=pace or serving.pace, pace_range=(min(seen), max(seen)) if seen else (),
-                   pace_windows=windows, window_spread=spread or serving.window_spread)
+@dataclass
+class Served:
+    """What the cells served so far say of the machine, the refresh's figures first: the pace each ran the models
+    at, the spread of its batches within 10 s and each variant's pace over the pooled one. The next cell starts from
+    the median of the last FOLLOW_CELLS of each (`follow`), not from the refresh's: this VM drifts, and the refresh
+    is one short measurement at one load. Over runs 28-31 (2026-12-06) it measured a spread within 10 s of 1.24-1.63
+    where the cells had 1.53-2.23 (1.7 typically, at every load); in run 32 (2026-12-07) ssdlite at x1.17 of the
+    pooled pace where every cell ran it at x1.01-1.06, and the simulated ipa loop, its detector 10-15% too slow,
+    switched to batching classifiers the real one never chose (6.45 rps predicted at 15 rps, 7.97 served)."""
+
+    paces: list[float] = field(default_factory=list)
+    spreads: list[float] = field(default_factory=list)
+    variant_paces: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def refreshed(cls, serving: ServingCost | None) -> Served:
+        if serving is None:
+            return cls()
+        return cls([serving.pace], [serving.window_spread] if serving.window_spread else [],
+                   {name: [f] for name, f in serving.variant_pace.items()})
+
+    def follow(self, serving: ServingCost, profiles: ProfileTable, profiled: ProfileTable,
+               batches: list[BatchTiming], before: float, after: float) -> ServingCost:
+        """`serving` once a cell has served `batches` at the pace `after`, having started from `before` (`profiles`
+        at that pace, `profiled` as measured): pace, spread and variant paces as lately served, the range of paces
+        seen widened by this cell's 10-s windows (the next band) and those windows joining the speed the next
+        prediction replays (`ServingCost.pace_windows`) in order."""
+        self.paces.append(after)
+        spread = served_spread(profiles, batches, window_s=WINDOW_S)
+        self.spreads += [spread] if spread else []
+        for name, f in own_paces(serving.variant_pace, served_paces(profiled, batches)).items():
+            self.variant_paces.setdefault(name, []).append(f)
+        windows = (*serving.pace_windows, *(before * w for w in window_paces(profiles, batches)))
+        seen = [*serving.pace_range, *windows]
+        return replace(serving, pace=lately(self.paces) or serving.pace,
+                       pace_range=(min(seen), max(seen)) if seen else (), pace_windows=windows,
+                       window_spread=lately(self.spreads) or serving.window_spread,
+                       variant_pace={name: lately(fs) for name, fs in self.variant_paces.items()})
+
+
+def own_paces(refresh: dict[str, float], served: dict[str, float]) -> dict[str, float]:
+    """Each variant's pace over the pooled one as a cell ran it: a served variant's own (`served_paces`); another
+    moved with its stage's served ones (the refresh ties it to them: its pace alone on a core over theirs), by the
+    median of their change; a stage the cell did not serve as the refresh measured it."""
+    moved: dict[str, list[float]] = {}
+    for name, own in served.items():
+        if name in refresh:
+            moved.setdefault(name.split("/")[0], []).append(own / refresh[name])
+    out = {name: f * statistics.median(moved[name.split("/")[0]]) if name.split("/")[0] in moved else f
+           for name, f in refresh.items()}
+    return out | served
 
 
 def slug(text: str) -> str:

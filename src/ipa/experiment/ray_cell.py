@@ -22,11 +22,11 @@ from ipa._io import write_csv, write_json
 from ipa.adapt import adapt
 from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.detect import open_meter
-from ipa.experiment.cells import (FOLLOW_CELLS, Setup, cell_pace, control, lately, score_decisions, served_since,
-                                  true_peak, write_cell, write_decisions)
+from ipa.experiment.cells import (FOLLOW_CELLS, Served, Setup, cell_pace, control, score_decisions, true_peak,
+                                  write_cell, write_decisions)
 from ipa.experiment.metrics import summarize
 from ipa.experiment.prediction import Prediction
-from ipa.profiles.calibration import WINDOW_S, BatchTiming, measured, served_spread
+from ipa.profiles.calibration import BatchTiming, measured
 from ipa.profiles.samples import request_bodies
 from ipa.profiles.zoo import pipeline_kinds
 from ipa.runtime.loadgen import LoadGenerator, RequestRecord, arrival_times
@@ -49,8 +49,7 @@ class RayCluster:
 
     def __init__(self, setup: Setup):
         self.setup = setup
-        self._paces = [setup.serving.pace] if setup.serving else []  # as served: the refresh's, then each cell's
-        self._spreads = [setup.serving.window_spread] if setup.serving and setup.serving.window_spread else []
+        self._served = Served.refreshed(setup.serving)  # as served: the refresh's, then each cell's
         self._started = False
 
     def __enter__(self) -> RayCluster:
@@ -96,19 +95,16 @@ class RayCluster:
         then one minute runs 20-40% slower: over the 80 cells of ten runs of `bench/prediction.py` (2026-12-04)
         the pace `ipa profile --serving` measured was 8.9% off each cell's own on average, the cell just before
         5.7% (14% in the run with two slow minutes), this median 5.6% (10.7% there), within 5% for 49 cells
-        against 26 and 44. The spread of batch times within 10 s follows the same way (`served_since`)."""
+        against 26 and 44. The spread within 10 s and each variant's pace follow the same way (`Served`)."""
         s = self.setup
         before, after = cell_pace(s, batches)
         if s.serving is None or after is None:
             return
-        self._paces.append(after)
-        spread = served_spread(s.profiles, batches, window_s=WINDOW_S)
-        self._spreads += [spread] if spread else []
-        self.setup = s.at_serving(served_since(s.serving, s.profiles, batches, before, lately(self._paces),
-                                               lately(self._spreads)))
+        self.setup = s.at_serving(self._served.follow(s.serving, s.profiles, s.profiled or s.profiles, batches,
+                                                      before, after))
         log.info("this cell's models ran at x%.2f of their profiled CPU (it started from x%.2f); the next starts "
                  "from x%.2f, the median of the last %d", after, before, self.setup.serving.pace,
-                 min(len(self._paces), FOLLOW_CELLS))
+                 min(len(self._served.paces), FOLLOW_CELLS))
 
 
 def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRuntime) -> dict[str, Any]:
