@@ -150,8 +150,10 @@ class Served:
     the median of the last FOLLOW_CELLS of each (`follow`), not from the refresh's: this VM drifts, and the refresh
     is one short measurement at one load. Over runs 28-31 (2026-12-06) it measured a spread within 10 s of 1.24-1.63
     where the cells had 1.53-2.23 (1.7 typically, at every load); in run 32 (2026-12-07) ssdlite at x1.17 of the
-    pooled pace where every cell ran it at x1.01-1.06, and the simulated ipa loop, its detector 10-15% too slow,
-    switched to batching classifiers the real one never chose (6.45 rps predicted at 15 rps, 7.97 served)."""
+    pooled pace where every cell at 7 rps and above ran it at x1.01-1.06, and the simulated ipa loop, its detector
+    10-15% too slow, switched to batching classifiers the real one never chose (6.45 rps predicted at 15 rps, 7.97
+    served). A variant's ratio depends on the load (ssdlite's over resnet18's 1.10-1.19 at half capacity, 0.95-1.05
+    above it, runs 30-32), which this does not model: a cell takes the last cells' ratio whatever their load."""
 
     paces: list[float] = field(default_factory=list)
     spreads: list[float] = field(default_factory=list)
