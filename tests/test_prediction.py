@@ -325,6 +325,8 @@ def test_the_second_real_run_is_set_against_the_first_with_the_predictions_targe
         got = {r["metric"]: r for r in csv.DictReader(f)}
     assert set(got) == {"throughput_rps", "p99_latency_s"}  # the targets' metrics only
     assert float(got["p99_latency_s"]["error"]) == pytest.approx(50.0) and got["p99_latency_s"]["met"] == "False"
+    # the first run's pace stands beside each figure as a prediction's would, the second's as the real one
+    assert (float(got["p99_latency_s"]["pace_predicted"]), float(got["p99_latency_s"]["pace_real"])) == (1.5, 1.6)
     text = (tmp_path / "repeat.md").read_text()
     assert "1 of 2 figures" in text and "static:8:60 ipa 1.50 -> 1.60" in text
     with pytest.raises(SystemExit, match="share no cell"):
@@ -362,6 +364,33 @@ def test_runs_are_tallied_by_cell_kind_and_a_lean_every_run_shares_is_marked(tmp
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SystemExit, match="not a table of scored figures"):
         bench.tally([tmp_path / "x.csv"])
+
+
+def test_the_tally_splits_the_figures_by_whether_their_cells_pace_was_predicted_within_5_percent(tmp_path):
+    bench = _bench_prediction()
+
+    def cell(workload, pace_predicted, pace_real, throughput, p99):
+        c = {"workload": workload, "policy": "fa2-low", "twin": "nan"}
+        return [c | {"metric": "throughput_rps", "predicted": 8.0, "real": throughput},
+                c | {"metric": "p99_latency_s", "predicted": 1.0, "real": p99},
+                c | {"metric": "machine_pace", "predicted": pace_predicted, "real": pace_real}]
+
+    # paced within 4%: both figures met; 10% slower than predicted: throughput and p99 both missed
+    rows = cell("static:4:60", 1.50, 1.56, 8.0, 1.1) + cell("static:8:60", 1.50, 1.65, 7.0, 2.0)
+    bench.compare(rows, tmp_path / "prediction", "test")
+    with (tmp_path / "prediction.csv").open() as f:
+        scored = list(csv.DictReader(f))
+    assert {(r["workload"], r["pace_predicted"], r["pace_real"]) for r in scored} == {
+        ("static:4:60", "1.5", "1.56"), ("static:8:60", "1.5", "1.65")}
+    text = bench.tally([tmp_path / "prediction.csv"])
+    assert "predicted within 5%: 2/2 (100%); where it was off by more: 0/2 (0%)" in text
+    # a table without the pace (an older run's) has no such line
+    old = tmp_path / "old.csv"
+    with old.open("w") as f:
+        w = csv.DictWriter(f, fieldnames=["workload", "policy", "metric", "error", "met"])
+        w.writeheader()
+        w.writerow({"workload": "static:4:60", "policy": "ipa", "metric": "pas", "error": 0.0, "met": True})
+    assert "predicted within" not in bench.tally([old])
 
 
 def test_a_served_runs_own_folder_is_repredicted_beside_it(tmp_path):
