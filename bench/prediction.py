@@ -321,6 +321,7 @@ def by_pace(paced: list[tuple[float, bool]]) -> list[str]:
     """How many figures met their target in the cells whose pace was predicted within PACE_KNOWN and in the others
     (no line for tables without the pace): on this VM the pace moves 6-8% from one cell to the next whatever rule
     predicts it, so this says which share of the misses is the machine's and which the model's."""
+    paced = [(e, met) for e, met in paced if math.isfinite(e)]
     if not paced:
         return []
     near = [met for e, met in paced if abs(e) < PACE_KNOWN]
@@ -424,6 +425,8 @@ def compare(fidelity_rows: list[dict], stem: Path, footer: str) -> None:
                          f" {float(r[k]):.4g}{' *' if sensitive(r, apart) else ''} |" for k in apart) + band)
     met = sum(r["met"] for r in rows)
     lines.append(f"\n{met} of {len(rows)} within target; {footer}")
+    lines += [f"\n{line}" for line in by_pace([(float(r["pace_real"]) / float(r["pace_predicted"]) - 1, r["met"])
+                                               for r in rows if r.get("pace_predicted") and r.get("pace_real")])]
     if banded:
         lines.append(f"\n{sum(bool(r['in_band']) for r in rows)} of {len(rows)} within the prediction's band "
                      "(its lowest and highest over the seeds, the simulated machine at the pace the cell started from "

@@ -382,6 +382,8 @@ def test_the_tally_splits_the_figures_by_whether_their_cells_pace_was_predicted_
         scored = list(csv.DictReader(f))
     assert {(r["workload"], r["pace_predicted"], r["pace_real"]) for r in scored} == {
         ("static:4:60", "1.5", "1.56"), ("static:8:60", "1.5", "1.65")}
+    assert "predicted within 5%: 2/2 (100%); where it was off by more: 0/2 (0%)" in (
+        tmp_path / "prediction.md").read_text()  # one run's own table says it too
     text = bench.tally([tmp_path / "prediction.csv"])
     assert "predicted within 5%: 2/2 (100%); where it was off by more: 0/2 (0%)" in text
     # a table without the pace (an older run's) has no such line
