@@ -157,9 +157,9 @@ def repeat(first: list[dict], second: list[dict], stem: Path) -> int:
     """Each figure of the second real run against the first's, with the targets a prediction has (STEM.csv,
     STEM.md); returns how many are within them."""
     before = {(r["workload"], r["policy"], r["metric"]): r["real"] for r in first}
-    both = {(r["workload"], r["policy"]): {"pace_predicted": before[(r["workload"], r["policy"], r["metric"])],
-                                           "pace_real": r["real"]}  # the first run's pace standing for a prediction
-            for r in second if r["metric"] == "machine_pace" and (r["workload"], r["policy"], r["metric"]) in before}
+    cells = [(r["workload"], r["policy"], r["metric"], r["real"]) for r in second if r["metric"] == "machine_pace"]
+    both = {(w, p): {"pace_predicted": before[(w, p, m)], "pace_real": real}  # the first run's pace as a prediction's
+            for w, p, m, real in cells if (w, p, m) in before}
     scored, paces = [], []
     for r in second:
         key = (r["workload"], r["policy"], r["metric"])
@@ -287,8 +287,7 @@ def served(out: Path) -> tuple[Path, Path, str]:
 def tally(paths: list[Path]) -> str:
     """Several runs' scored tables (`compare`'s or `repeat`'s CSV) side by side, as a markdown table."""
     errors: dict[tuple[str, str, str], list[tuple[float, bool]]] = {}
-    totals = []
-    paced: list[tuple[float, bool]] = []  # each figure's cell's pace error and whether the figure met its target
+    totals, scored = [], []
     for path in paths:
         if not path.is_file():
             sys.exit(f"{path}: not found (bench/prediction.py writes OUT/prediction.csv, OUT/at-cell-pace.csv, ...)")
@@ -300,11 +299,10 @@ def tally(paths: list[Path]) -> str:
         for r in rows:
             errors.setdefault((kinds[r["workload"]], r["policy"], r["metric"]), []).append(
                 (float(r["error"]), r["met"] == "True"))
-            if r.get("pace_predicted") and r.get("pace_real"):
-                paced.append((float(r["pace_real"]) / float(r["pace_predicted"]) - 1, r["met"] == "True"))
         totals.append(f"{sum(r['met'] == 'True' for r in rows)}/{len(rows)}")
+        scored += rows
     lines = [f"runs: {', '.join(str(p) for p in paths)}", f"within target: {', '.join(totals)}",
-             *by_pace(paced), "",
+             *by_pace(scored), "",
              "| cell | policy | metric | met | errors, run by run | same sign |", "|---|---|---|---|---|---|"]
     for (kind, policy, metric), v in sorted(errors.items(), key=lambda kv: (KINDS.index(kv[0][0]), kv[0][1:])):
         kind_of, bound = TARGETS.get(metric, ("rel", 10))
@@ -317,10 +315,12 @@ def tally(paths: list[Path]) -> str:
 PACE_KNOWN = 0.05  # a cell whose pace was predicted this close counts as one whose pace was known
 
 
-def by_pace(paced: list[tuple[float, bool]]) -> list[str]:
-    """How many figures met their target in the cells whose pace was predicted within PACE_KNOWN and in the others
-    (no line for tables without the pace): on this VM the pace moves 6-8% from one cell to the next whatever rule
-    predicts it, so this says which share of the misses is the machine's and which the model's."""
+def by_pace(scored: list[dict]) -> list[str]:
+    """How many scored figures met their target in the cells whose pace was predicted within PACE_KNOWN and in the
+    others (no line for tables without the pace): on this VM the pace moves 6-8% from one cell to the next whatever
+    rule predicts it, so this says which share of the misses is the machine's and which the model's."""
+    paced = [(float(r["pace_real"]) / float(r["pace_predicted"]) - 1, r["met"] in (True, "True"))
+             for r in scored if r.get("pace_predicted") and r.get("pace_real")]
     paced = [(e, met) for e, met in paced if math.isfinite(e)]
     if not paced:
         return []
@@ -425,8 +425,7 @@ def compare(fidelity_rows: list[dict], stem: Path, footer: str) -> None:
                          f" {float(r[k]):.4g}{' *' if sensitive(r, apart) else ''} |" for k in apart) + band)
     met = sum(r["met"] for r in rows)
     lines.append(f"\n{met} of {len(rows)} within target; {footer}")
-    lines += [f"\n{line}" for line in by_pace([(float(r["pace_real"]) / float(r["pace_predicted"]) - 1, r["met"])
-                                               for r in rows if r.get("pace_predicted") and r.get("pace_real")])]
+    lines += [f"\n{line}" for line in by_pace(rows)]
     if banded:
         lines.append(f"\n{sum(bool(r['in_band']) for r in rows)} of {len(rows)} within the prediction's band "
                      "(its lowest and highest over the seeds, the simulated machine at the pace the cell started from "
