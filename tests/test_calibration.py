@@ -53,11 +53,12 @@ def test_the_ratio_is_robust_bounded_and_ignores_noise(tiny):
     assert few.ratios() == {}
 
 
-def test_batches_map_to_the_row_that_holds_them(tiny):
+def test_a_partial_batch_is_judged_against_the_line_between_its_neighbouring_rows(tiny):
     _, table = tiny
     c = Calibrator(table)
-    p50 = table.lookup("classify", "r18", 4, 2).p50  # a batch of 3 runs as the batch-4 row
-    c.observe([BatchTiming("classify", "r18", 2, 3, p50 * 1.3)] * 4)
+    two, four = (table.lookup("classify", "r18", b, 2).p50 for b in (2, 4))
+    assert two < four
+    c.observe([BatchTiming("classify", "r18", 2, 3, (two + four) / 2 * 1.3)] * 4)  # a batch of 3: halfway
     assert c.ratios()["classify/r18"] == pytest.approx(1.3)
 
 

@@ -173,8 +173,10 @@ def test_the_twins_pace_is_each_measured_batch_over_its_row_in_time_order(tiny):
     from ipa.profiles.calibration import BatchTiming
 
     _, table = tiny
-    p50 = {b: table.lookup("detect", "small", b, 1).p50 for b in (1, 4)}
-    batches = [BatchTiming("detect", "small", 1, 3, 2 * p50[4], None, 7.0),  # a batch of 3 runs as the batch-4 row
+    from ipa.profiles.table import row_at
+
+    p50 = {b: row_at(table.batches("detect", "small", 1), b).p50 for b in (1, 3)}
+    batches = [BatchTiming("detect", "small", 1, 3, 2 * p50[3], None, 7.0),  # a batch of 3: between its neighbours
                BatchTiming("detect", "small", 1, 1, 1.5 * p50[1], None, 2.0),
                BatchTiming("detect", "small", 1, 1, p50[1], None, None)]  # an older ingress: no time, left out
     ends, ratios = pace(batches, table)["detect"]

@@ -337,3 +337,27 @@ def test_a_batch_waits_on_the_others_mean_demand_as_the_contention_model_was_fit
     for stage in mean:
         assert 1 / shared_rate(busy, 1.0, 2) < mean[stage] < instant[stage]
     assert instant["detect"] - mean["detect"] > 0.02  # 1.08 against 1.05 (the model at the mean: 1.01)
+
+
+def test_a_partial_batch_costs_the_line_between_the_profiled_batches_either_side(tiny):
+    """Three requests in a detector of batch 4 go as one batch of 3: its time and joules lie halfway between the
+    rows of 2 and 4, not at the row of 4."""
+    from ipa.profiles.table import row_at
+
+    spec, table = tiny
+    spec = spec.model_copy(update={"sla_s": 10.0})
+    table = exact(table)
+    sim = Simulator(spec, table, 3.0, np.array([3.0, 0, 0, 0, 0]), SimSettings(batch_timeout_s=1.0), seed=0)
+    sim.start(config(detect=("small", 4, 1, 1)))
+    sim.run_until(5)
+    (three,) = [t for t in sim.batch_timings() if t.stage == "detect"]
+    two, four = (table.lookup("detect", "small", b, 1) for b in (2, 4))
+    assert three.size == 3 and three.seconds == pytest.approx((two.p50 + four.p50) / 2)
+    assert three.seconds < four.p50
+    classify = 3 * table.lookup("classify", "r18", 1, 1).energy_j_per_batch
+    assert sim.result().series["energy_dynamic_j"].sum() == pytest.approx(
+        (two.energy_j_per_batch + four.energy_j_per_batch) / 2 + classify)
+    assert row_at(table.batches("detect", "small", 1), 3).energy_j_per_batch == pytest.approx(
+        (two.energy_j_per_batch + four.energy_j_per_batch) / 2)
+    assert row_at(table.batches("detect", "small", 1), 9) is None  # past the largest row: no cost known
+    assert row_at(table.batches("detect", "small", 1), 4) is four

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 from pydantic import Field, model_validator
 
-from ipa.profiles.table import Profile, ProfileTable
+from ipa.profiles.table import Profile, ProfileTable, row_at
 from ipa.spec import Strict
 
 WINDOW_S = 10.0  # the span over which the machine's speed is taken as one (`window_paces`)
@@ -197,9 +197,8 @@ class Calibrator:
 
 
 def row_of(profiles: ProfileTable, t: BatchTiming) -> Profile | None:
-    """The profiled row a batch ran as: the smallest profiled batch that holds it (as the simulator picks)."""
-    rows = [p for p in profiles.for_stage(t.stage) if p.variant == t.variant and p.cores == t.cores and p.batch >= t.size]
-    return min(rows, key=lambda p: p.batch, default=None)
+    """What the profiles say a batch of its size costs (`row_at`, as the simulator charges it)."""
+    return row_at(profiles.batches(t.stage, t.variant, t.cores), t.size)
 
 
 def measured(profiles: ProfileTable, batches: list[BatchTiming], settings: CalibrationSettings | None = None

@@ -41,7 +41,7 @@ from pydantic import Field, field_validator
 from ipa.profiles.calibration import BatchTiming
 from ipa.profiles.machine import shared_rate
 from ipa.profiles.serving import ServingCost
-from ipa.profiles.table import Profile, ProfileTable
+from ipa.profiles.table import Profile, ProfileTable, row_at
 from ipa.runtime.admission import Admission, AdmissionSettings, StageEstimate, stage_estimates
 from ipa.runtime.loadgen import arrival_times
 from ipa.spec import PipelineConfig, PipelineSpec, StageConfig, Strict
@@ -93,7 +93,7 @@ class _Stage:
     idx: int
     name: str
     cfg: StageConfig
-    rows: list[Profile]  # of cfg's (variant, cores), by batch ascending
+    rows: list[Profile]  # what a batch of 1, 2, ... cfg.batch requests costs on cfg's (variant, cores) (`row_at`)
     accuracy: float
     busy: int = 0
     in_service: int = 0  # requests in the batches being served
@@ -206,7 +206,7 @@ class Simulator:
                       key=lambda p: p.batch)
         if not any(p.batch == cfg.batch for p in rows):
             raise ValueError(f"no profile for {st.name}/{cfg.variant} batch {cfg.batch} cores {cfg.cores}")
-        st.cfg, st.rows = cfg, [p for p in rows if p.batch <= cfg.batch]
+        st.cfg, st.rows = cfg, [row_at(rows, size) for size in range(1, cfg.batch + 1)]
         st.accuracy = self.spec.accuracy_score(st.name, cfg.variant)
 
     def _admit(self, st: _Stage, cfg: StageConfig, expected: StageEstimate) -> None:
@@ -358,7 +358,7 @@ class Simulator:
                     self._push(due, 1, st.idx)
                 return
             batch = [q.popleft()[0] for _ in range(min(st.cfg.batch, len(q)))]
-            row = next(p for p in st.rows if p.batch >= len(batch)) if len(batch) < st.cfg.batch else st.rows[-1]
+            row = st.rows[len(batch) - 1]
             st.busy += 1
             st.in_service += len(batch)
             took = self._service_time(row)
