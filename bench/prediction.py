@@ -1,6 +1,6 @@
 """Does the simulator predict real serving? Predicted (before the run), twin (fitted to it) and real, cell by cell.
 
-    python bench/prediction.py [--out bench-prediction] [--seconds 60] [--profiles P] [--no-refresh]
+    python bench/prediction.py [--out bench-prediction] [--seconds 60] [--profiles P] [--no-refresh] [--descending]
 
 What a user does, as commands: copy the shipped video profiles to OUT/profiles.csv and refresh them for this
 machine (`ipa profile --serving --out OUT/profiles.csv`: serving's cost and the models' pace here), size the
@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--profiles", help="profiles refreshed for this machine already (skips the copy)")
     ap.add_argument("--no-refresh", action="store_true", help="do not run ipa profile --serving on them")
     ap.add_argument("--policy", action="append", help="default: fa2-low and ipa")
+    ap.add_argument("--descending", action="store_true", help="serve the static loads highest first (two, one, then "
+                    "half capacity, then the step): the half-capacity cells then start from what busy cells served")
     ap.add_argument("--repredict", metavar="OUT", help="predict OUT's finished cells again (no serving)")
     ap.add_argument("--at-cell-pace", action="store_true", help="with --repredict: simulate each cell at the pace "
                     "its real batches had, 10 s by 10 s (OUT/at-cell-pace.md; the model's error once the machine's "
@@ -133,7 +135,8 @@ def main() -> None:
     cap = capacity(profiles, cpus)
     half, one, two = (max(1, round(cap * f)) for f in (0.5, 1.0, 2.0))
     step = f"step:{half}:{max(one + 1, round(cap * 1.5))}:{30 + 60}:30"
-    workloads = [f"static:{r}:{args.seconds}" for r in (half, one, two)] + [step]
+    loads = (two, one, half) if args.descending else (half, one, two)
+    workloads = [f"static:{r}:{args.seconds}" for r in loads] + [step]
     print(f"planned capacity on {cpus} CPUs: {cap:.1f} rps; workloads: {', '.join(workloads)}", flush=True)
     policies = args.policy or ["fa2-low", "ipa"]
     run = out / "run"
