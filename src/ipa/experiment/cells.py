@@ -152,8 +152,10 @@ class Served:
     where the cells had 1.53-2.23 (1.7 typically, at every load); in run 32 (2026-12-07) ssdlite at x1.17 of the
     pooled pace where every cell at 7 rps and above ran it at x1.01-1.06, and the simulated ipa loop, its detector
     10-15% too slow, switched to batching classifiers the real one never chose (6.45 rps predicted at 15 rps, 7.97
-    served). A variant's ratio depends on the load (ssdlite's over resnet18's 1.10-1.19 at half capacity, 0.95-1.05
-    above it, runs 30-32), which this does not model: a cell takes the last cells' ratio whatever their load."""
+    served). A cell takes the last cells' ratios whatever their load: runs 30-32, which served half capacity first,
+    read ssdlite's over resnet18's 1.10-1.19 at half capacity and 0.95-1.05 above, but run 35, highest load first,
+    read 1.06 at half capacity and 1.11 at two capacities, and its pace followed the clock, not the load (within
+    the step, 5 and 16 rps ran at the same pace; at a fixed 11 rps it rose by half after 105 s)."""
 
     paces: list[float] = field(default_factory=list)
     spreads: list[float] = field(default_factory=list)

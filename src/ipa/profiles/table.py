@@ -58,8 +58,8 @@ def row_at(rows: Sequence[Profile], size: int) -> Profile | None:
     at that size, else the straight line between the profiled batches either side of it (the smallest row below
     them all; None above the largest). Not the next larger row, as the simulator and the calibration once charged:
     served on the 2-core VM (run 35, 2026-12-07), batches of 3, 5, 6 and 7 burned what the line says (resnet34's of
-    3 at 1.42x and 0.91x of it in two cells where its batches of 4 ran at 1.16x and 0.92x of their row), 20-35% less
-    than the next row."""
+    3 at 0.91-1.42x of it in three cells where its batches of 4 ran at 0.92-1.16x of their row; of 5-7 at 0.94-1.08x
+    of the line, 0.65-0.92x of the row of 8)."""
     hi = next((i for i, p in enumerate(rows) if p.batch >= size), None)
     if hi is None:
         return None
