@@ -171,10 +171,9 @@ def test_servings_own_latency_is_what_an_answer_spent_neither_in_a_model_nor_que
 def test_the_twins_pace_is_each_measured_batch_over_its_row_in_time_order(tiny):
     from ipa.experiment.fidelity import pace
     from ipa.profiles.calibration import BatchTiming
-
-    _, table = tiny
     from ipa.profiles.table import row_at
 
+    _, table = tiny
     p50 = {b: row_at(table.batches("detect", "small", 1), b).p50 for b in (1, 3)}
     batches = [BatchTiming("detect", "small", 1, 3, 2 * p50[3], None, 7.0),  # a batch of 3: between its neighbours
                BatchTiming("detect", "small", 1, 1, 1.5 * p50[1], None, 2.0),

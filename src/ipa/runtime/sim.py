@@ -202,8 +202,7 @@ class Simulator:
             self._admit(st, config[s.name], expected[s.name])
 
     def _configure(self, st: _Stage, cfg: StageConfig) -> None:
-        rows = sorted((p for p in self.profiles.for_stage(st.name) if p.variant == cfg.variant and p.cores == cfg.cores),
-                      key=lambda p: p.batch)
+        rows = self.profiles.batches(st.name, cfg.variant, cfg.cores)
         if not any(p.batch == cfg.batch for p in rows):
             raise ValueError(f"no profile for {st.name}/{cfg.variant} batch {cfg.batch} cores {cfg.cores}")
         st.cfg, st.rows = cfg, [row_at(rows, size) for size in range(1, cfg.batch + 1)]
