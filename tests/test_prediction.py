@@ -279,15 +279,19 @@ def test_the_next_real_cell_starts_from_the_median_pace_of_the_last_ones_served(
     assert cluster.setup.serving.pace == pytest.approx(1.9)
 
 
-def _bench_prediction():
+def _bench(name: str):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "prediction.py"
-    spec = importlib.util.spec_from_file_location("bench_prediction", path)
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _bench_prediction():
+    return _bench("prediction")
 
 
 def test_at_cell_pace_a_served_variant_runs_at_its_own_pace_and_its_stages_others_move_with_it():
@@ -608,3 +612,54 @@ def test_a_served_cells_10_s_join_the_speed_the_next_prediction_replays(tiny):
     cluster._follow(_timed(profiles, 0.75, 0.0, 10) + _timed(profiles, 1.5, 10.0, 10))
     assert cluster.setup.serving.pace_windows == pytest.approx((2.0, 2.2, 1.5, 3.0))  # in the order served
     assert cluster.setup.serving.window_spread == 1.0  # measured from the cell where the refresh had not
+
+
+def test_the_drift_summary_counts_how_often_the_pace_a_minute_later_is_within_5_percent():
+    drift = _bench("drift")
+    paces = [1.0, 1.0, 1.2, 1.02, 1.2]  # every 30 s: a minute later is two samples on
+    text = drift.summary([{"pace": p} for p in paces], every=30)
+    assert "pace mean 1.08, min 1.00, max 1.20 (max/min 1.20)" in text
+    assert "moved 7.3% on average, 20.0% at most; within 5% in 2 of 3 (67%)" in text  # 1.0->1.2, 1.0->1.02, 1.2->1.2
+    assert "a minute later" not in drift.summary([{"pace": 1.0}], every=30)  # too short to say
+
+
+def test_the_drift_bench_times_the_served_variants_alone_against_their_rows(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    profiles = tmp_path / "hist.csv"
+    header = "stage,variant,batch,cores,latency_p99_s,throughput_rps,energy_j_per_batch,latency_p50_s,energy_method"
+    rows = [f"{s},{v},1,1,0.002,1000,0.01,0.001,estimate" for s, v in
+            (("detect", "quadrant"), ("classify", "hist-s"), ("classify", "hist-l"))]
+    profiles.write_text("\n".join([header, *rows]) + "\n")
+    out = tmp_path / "drift.csv"
+    run = [sys.executable, str(root / "bench/drift.py"), "--pipeline", str(root / "tests/custom_models/pipeline.yaml"),
+           "--profiles", str(profiles), "--minutes", "0.05", "--every", "1", "--out", str(out)]
+    r = subprocess.run([*run, "--variants", "detect/quadrant,classify/hist-l"], capture_output=True, text=True,
+                       cwd=root / "tests/custom_models")
+    assert r.returncode == 0, r.stderr
+    with out.open() as f:
+        samples = list(csv.DictReader(f))
+    assert len(samples) >= 2 and set(samples[0]) == {"t_s", "clock", "detect/quadrant", "classify/hist-l", "pace"}
+    for s in samples:  # each pace its variant's CPU per call over the row's 1 ms, their mean the machine's
+        assert float(s["pace"]) == pytest.approx((float(s["detect/quadrant"]) + float(s["classify/hist-l"])) / 2,
+                                                 abs=0.002)
+    assert f"{len(samples)} samples: pace mean" in r.stdout
+    r = subprocess.run([*run, "--variants", "classify/hist-xl"], capture_output=True, text=True,
+                       cwd=root / "tests/custom_models")
+    assert r.returncode != 0 and "classify/hist-xl is not one of the pipeline's" in r.stderr
+    assert "detect/quadrant, classify/hist-s, classify/hist-l" in r.stderr  # the allowed values
+    profiles.write_text("\n".join([header, *rows[:2]]) + "\n")  # hist-l unprofiled
+    r = subprocess.run([*run, "--variants", "classify/hist-l"], capture_output=True, text=True,
+                       cwd=root / "tests/custom_models")
+    assert r.returncode != 0 and "classify/hist-l has no batch-1, 1-core row" in r.stderr
+
+
+def test_the_serving_refresh_warns_when_the_machines_speed_moved_more_than_10_percent_within_it():
+    from ipa.cli import unsteady
+
+    assert unsteady((1.0, 1.08)) == "" and unsteady(()) == ""  # steady enough, or no range measured
+    text = unsteady((1.42, 2.0))
+    assert "moved 41% between the fastest and the slowest 10 s" in text and "bench/drift.py" in text

@@ -449,6 +449,18 @@ def _profile_serving(spec, out, n_requests: int) -> None:
                   + (f" (the VM's host took {meta['steal']:.0%} of its CPU meanwhile: figures measured on a busy host "
                      "run high; measure again when it is quieter)" if meta.get("steal", 0) >= 0.02 else ""),
                   markup=False, highlight=False)
+    note(unsteady(cost.pace_range))
+
+
+def unsteady(pace_range: tuple[float, ...], moved: float = 0.10) -> str:
+    """A warning when the machine's speed moved more than `moved` between the measurement's fastest and slowest
+    10 s: served figures move as much from run to run, and no prediction made before a run is closer than that."""
+    if len(pace_range) != 2 or pace_range[1] <= pace_range[0] * (1 + moved):
+        return ""
+    return (f"this machine's speed moved {pace_range[1] / pace_range[0] - 1:.0%} between the fastest and the slowest "
+            "10 s of the measurement, with the same work: served latency and throughput will move as much from one "
+            "run to the next, and predictions (ipa experiment --profiles) cannot be closer; python bench/drift.py "
+            "measures how the machine's speed moves with nothing else running")
 
 
 def _serving_rate(spec, table) -> float:
