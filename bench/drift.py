@@ -27,7 +27,7 @@ SERVED = "detect/ssdlite320_mobilenet_v3_large,classify/resnet18"  # fa2-low's v
 
 def main() -> None:
     from ipa.profiles import builder, load_profiles
-    from ipa.profiles.profiler import _cpu_per_call, pinned
+    from ipa.profiles.profiler import cpu_per_call, pinned
     from ipa.profiles.samples import stage_items
     from ipa.profiles.zoo import pipeline_kinds
     from ipa.spec import load_pipeline
@@ -62,7 +62,7 @@ def main() -> None:
         start = time.monotonic()
         while time.monotonic() - start < args.minutes * 60:
             t0 = time.monotonic()
-            paces = {name: _cpu_per_call(r, items, 1.0, 5) / cpu_s for name, r, items, cpu_s in timed}
+            paces = {name: cpu_per_call(r, items, 1.0, 5) / cpu_s for name, r, items, cpu_s in timed}
             sample = {"t_s": round(t0 - start, 1), "clock": time.strftime("%H:%M:%S"),
                       **{k: round(v, 3) for k, v in paces.items()},
                       "pace": round(statistics.fmean(paces.values()), 3)}

@@ -141,9 +141,9 @@ def variant_pace(spec: PipelineSpec, table: ProfileTable, reference: dict[str, s
                     runners.pop(v, None)
             if ref not in runners or len(runners) == 1:
                 continue
-            before = _cpu_per_call(runners[ref], items, min_s, calls) / rows[ref].cpu_s
-            own = {v: _cpu_per_call(r, items, min_s, calls) / rows[v].cpu_s for v, r in runners.items() if v != ref}
-            after = _cpu_per_call(runners[ref], items, min_s, calls) / rows[ref].cpu_s
+            before = cpu_per_call(runners[ref], items, min_s, calls) / rows[ref].cpu_s
+            own = {v: cpu_per_call(r, items, min_s, calls) / rows[v].cpu_s for v, r in runners.items() if v != ref}
+            after = cpu_per_call(runners[ref], items, min_s, calls) / rows[ref].cpu_s
             base = 0.5 * (before + after)
             for v, ratio in own.items():
                 out[f"{stage.name}/{v}"] = ratio / base
@@ -153,8 +153,9 @@ def variant_pace(spec: PipelineSpec, table: ProfileTable, reference: dict[str, s
     return out
 
 
-def _cpu_per_call(runner: builder.Runner, items: list, min_s: float, calls: int) -> float:
-    """The median CPU seconds of one call, over at least `calls` calls and `min_s` seconds."""
+def cpu_per_call(runner: builder.Runner, items: list, min_s: float, calls: int) -> float:
+    """The median CPU seconds of one call, over at least `calls` calls and `min_s` seconds: CPU time, so a busy
+    moment of the machine is not read as a slow model (`variant_pace`, bench/drift.py)."""
     cpu: list[float] = []
     start = time.perf_counter()
     while len(cpu) < calls or time.perf_counter() - start < min_s:
