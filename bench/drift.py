@@ -26,51 +26,82 @@ SERVED = "detect/ssdlite320_mobilenet_v3_large,classify/resnet18"  # fa2-low's v
 
 
 def main() -> None:
-    from ipa.profiles import builder, load_profiles
-    from ipa.profiles.profiler import cpu_per_call, pinned
-    from ipa.profiles.samples import stage_items
-    from ipa.profiles.zoo import pipeline_kinds
-    from ipa.spec import load_pipeline
+    from ipa._signals import stop_on_sigterm
+    from ipa.errors import IpaError
+    from ipa.profiles.profiler import pinned
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pipeline", default=str(ROOT / "configs/pipelines/video.yaml"))
     ap.add_argument("--profiles", default=str(ROOT / "profiles/video-cpu-2core.csv"))
     ap.add_argument("--variants", default=SERVED, help="comma-separated stage/variant (default: %(default)s)")
-    ap.add_argument("--minutes", type=float, default=15.0)
-    ap.add_argument("--every", type=float, default=30.0, help="seconds from one sample's start to the next's")
+    ap.add_argument("--minutes", type=positive, default=15.0)
+    ap.add_argument("--every", type=positive, default=30.0, help="seconds from one sample's start to the next's")
     ap.add_argument("--out", default="drift.csv")
     args = ap.parse_args()
-    spec = load_pipeline(args.pipeline)
-    table = load_profiles(args.profiles, spec)
+    if not Path(args.out).resolve().parent.is_dir():
+        raise SystemExit(f"error: --out {args.out}: its folder does not exist")
+    stop_on_sigterm()  # kill stops it as Ctrl-C does: the samples so far kept, their summary printed
+    samples: list[dict] = []
+    with pinned(1, "cpu"):  # every model on the same one core, as the profile rows were
+        try:
+            timed = models(args.pipeline, args.profiles, args.variants.split(","))
+        except IpaError as e:
+            raise SystemExit(f"error: {e}") from None
+        start = time.monotonic()
+        try:
+            while time.monotonic() - start < args.minutes * 60:
+                t0 = time.monotonic()
+                samples.append(sample(timed, t0 - start))
+                print(" ".join(f"{k} {v}" for k, v in samples[-1].items()), flush=True)
+                write(samples, Path(args.out))  # every sample: an interrupted run keeps what it measured
+                time.sleep(max(0.0, args.every - (time.monotonic() - t0)))
+        except KeyboardInterrupt:
+            print(f"interrupted: {len(samples)} samples kept in {args.out}")
+    if samples:
+        print(summary(samples, args.every))
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: must be a number > 0")
+    return value
+
+
+def models(pipeline: str, profiles: str, names: list[str]) -> list[tuple]:
+    """Each named variant built and called once, with its inputs and its row's CPU per batch."""
+    from ipa.profiles import builder, load_profiles
+    from ipa.profiles.samples import stage_items
+    from ipa.profiles.zoo import pipeline_kinds
+    from ipa.spec import load_pipeline
+
+    spec = load_pipeline(pipeline)
+    table = load_profiles(profiles, spec)
     kinds = pipeline_kinds(spec)
     known = [f"{s.name}/{v.name}" for s in spec.stages for v in s.variants]
     timed = []
-    with pinned(1, "cpu"):
-        for name in args.variants.split(","):
-            if name not in known:
-                raise SystemExit(f"--variants: {name} is not one of the pipeline's (allowed: {', '.join(known)})")
-            stage, variant = name.split("/", 1)
-            row = next((p for p in table.for_stage(stage) if p.variant == variant and p.batch == 1 and p.cores == 1),
-                       None)
-            if row is None:
-                raise SystemExit(f"--variants: {name} has no batch-1, 1-core row in {args.profiles}")
-            runner = builder.build(spec.stage(stage), variant, search=builder.search_path(spec))
-            items = stage_items(spec, kinds, stage, 1)
-            runner(items)  # the first call allocates
-            timed.append((name, runner, items, row.cpu_s))
-        samples: list[dict] = []
-        start = time.monotonic()
-        while time.monotonic() - start < args.minutes * 60:
-            t0 = time.monotonic()
-            paces = {name: cpu_per_call(r, items, 1.0, 5) / cpu_s for name, r, items, cpu_s in timed}
-            sample = {"t_s": round(t0 - start, 1), "clock": time.strftime("%H:%M:%S"),
-                      **{k: round(v, 3) for k, v in paces.items()},
-                      "pace": round(statistics.fmean(paces.values()), 3)}
-            samples.append(sample)
-            print(" ".join(f"{k} {v}" for k, v in sample.items()), flush=True)
-            time.sleep(max(0.0, args.every - (time.monotonic() - t0)))
-    write(samples, Path(args.out))
-    print(summary(samples, args.every))
+    for name in names:
+        if name not in known:
+            raise SystemExit(f"--variants: {name} is not one of the pipeline's (allowed: {', '.join(known)})")
+        stage, variant = name.split("/", 1)
+        row = next((p for p in table.for_stage(stage) if p.variant == variant and p.batch == 1 and p.cores == 1),
+                   None)
+        if row is None:
+            raise SystemExit(f"--variants: {name} has no batch-1, 1-core row in {profiles}")
+        runner = builder.build(spec.stage(stage), variant, search=builder.search_path(spec))
+        items = stage_items(spec, kinds, stage, 1)
+        runner(items)  # the first call allocates
+        timed.append((name, runner, items, row.cpu_s))
+    return timed
+
+
+def sample(timed: list[tuple], t_s: float) -> dict:
+    """Each model's pace now (its CPU per call over its row's, about a second of calls each) and their mean."""
+    from ipa.profiles.profiler import cpu_per_call
+
+    paces = {name: cpu_per_call(runner, items, 1.0, 5) / cpu_s for name, runner, items, cpu_s in timed}
+    return {"t_s": round(t_s, 1), "clock": time.strftime("%H:%M:%S"), **{k: round(v, 3) for k, v in paces.items()},
+            "pace": round(statistics.fmean(paces.values()), 3)}
 
 
 def write(samples: list[dict], path: Path) -> None:

@@ -623,9 +623,11 @@ def test_the_drift_summary_counts_how_often_the_pace_a_minute_later_is_within_5_
     assert "a minute later" not in drift.summary([{"pace": 1.0}], every=30)  # too short to say
 
 
+@pytest.mark.slow
 def test_the_drift_bench_times_the_served_variants_alone_against_their_rows(tmp_path):
     import subprocess
     import sys
+    import time
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -655,6 +657,23 @@ def test_the_drift_bench_times_the_served_variants_alone_against_their_rows(tmp_
     r = subprocess.run([*run, "--variants", "classify/hist-l"], capture_output=True, text=True,
                        cwd=root / "tests/custom_models")
     assert r.returncode != 0 and "classify/hist-l has no batch-1, 1-core row" in r.stderr
+    out.unlink()
+    proc = subprocess.Popen([*run[:-6], "--minutes", "5", "--every", "1", "--out", str(out), "--variants",
+                             "classify/hist-s"], stdout=subprocess.PIPE, text=True, cwd=root / "tests/custom_models")
+    for _ in range(600):  # until the first sample is on disk
+        if out.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.terminate()  # a killed run keeps what it measured and says so
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "interrupted: " in stdout and "samples: pace mean" in stdout
+    with out.open() as f:
+        assert len(list(csv.DictReader(f))) >= 1
+    for bad, says in ((["--minutes", "0"], "--minutes: 0: must be a number > 0"),
+                      (["--profiles", str(tmp_path / "none.csv")], "none.csv"),
+                      (["--out", str(tmp_path / "no/drift.csv")], "its folder does not exist")):
+        r = subprocess.run([*run, *bad], capture_output=True, text=True, cwd=root / "tests/custom_models")
+        assert r.returncode != 0 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_the_serving_refresh_warns_when_the_machines_speed_moved_more_than_10_percent_within_it():
