@@ -7,7 +7,7 @@ No Ray, no serving, no load generator: every `--every` seconds each variant runs
 for about a second and its median CPU per call is set against its row (the pace, as `ipa profile --serving`
 measures it served; 1 = as profiled). It prints each sample, then how far the pace moved from one sample to the
 one a minute later, the gap a prediction made a minute before a cell has to cross, and writes every sample to
-`--out` (CSV). A machine whose pace a minute ahead is often more than 5% off cannot have its served figures
+`--out` (CSV) as it is taken: Ctrl-C or kill keeps them and prints their summary. A machine whose pace a minute ahead is often more than 5% off cannot have its served figures
 predicted within the prediction's targets by any model (`bench/prediction.py`'s tally splits its figures the same
 way). Run it with nothing else on the machine: it is the floor under that bench, measured with none of ipa's
 serving running.
