@@ -16,7 +16,6 @@ serving running.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ SERVED = "detect/ssdlite320_mobilenet_v3_large,classify/resnet18"  # fa2-low's v
 
 
 def main() -> None:
+    from ipa._io import write_csv
     from ipa._signals import stop_on_sigterm
     from ipa.errors import IpaError
     from ipa.profiles.profiler import pinned
@@ -53,7 +53,7 @@ def main() -> None:
                 t0 = time.monotonic()
                 samples.append(sample(timed, t0 - start))
                 print(" ".join(f"{k} {v}" for k, v in samples[-1].items()), flush=True)
-                write(samples, Path(args.out))  # every sample: an interrupted run keeps what it measured
+                write_csv(args.out, samples)  # every sample, atomically: an interrupted run keeps what it measured
                 time.sleep(max(0.0, args.every - (time.monotonic() - t0)))
         except KeyboardInterrupt:
             print(f"interrupted: {len(samples)} samples kept in {args.out}")
@@ -84,8 +84,7 @@ def models(pipeline: str, profiles: str, names: list[str]) -> list[tuple]:
         if name not in known:
             raise SystemExit(f"--variants: {name} is not one of the pipeline's (allowed: {', '.join(known)})")
         stage, variant = name.split("/", 1)
-        row = next((p for p in table.for_stage(stage) if p.variant == variant and p.batch == 1 and p.cores == 1),
-                   None)
+        row = table.get(stage, variant, 1, 1)
         if row is None:
             raise SystemExit(f"--variants: {name} has no batch-1, 1-core row in {profiles}")
         runner = builder.build(spec.stage(stage), variant, search=builder.search_path(spec))
@@ -102,15 +101,6 @@ def sample(timed: list[tuple], t_s: float) -> dict:
     paces = {name: cpu_per_call(runner, items, 1.0, 5) / cpu_s for name, runner, items, cpu_s in timed}
     return {"t_s": round(t_s, 1), "clock": time.strftime("%H:%M:%S"), **{k: round(v, 3) for k, v in paces.items()},
             "pace": round(statistics.fmean(paces.values()), 3)}
-
-
-def write(samples: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(samples[0]))
-        w.writeheader()
-        w.writerows(samples)
-    tmp.replace(path)
 
 
 def summary(samples: list[dict], every: float) -> str:
