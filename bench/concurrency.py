@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from ipa.runtime.loadgen import photo_jpegs
-from ipa.runtime.ray_runtime import free_port
+from ipa.models.samples import photo_jpegs
+from ipa.runtime.ray.cluster import free_port
 
 
 def start_server(port: int, out: Path, policy: str, extra: list[str]) -> subprocess.Popen:

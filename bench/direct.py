@@ -1,4 +1,4 @@
-"""What the ingress's direct calls cost in CPU: one video request's two calls over `ipa.runtime.direct`'s socket.
+"""What the ingress's direct calls cost in CPU: one video request's two calls over `ipa.runtime.ray.direct`'s socket.
 
     python bench/direct.py [--requests 500] [--runs 5]
 
@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ipa.runtime import direct  # noqa: E402
-from ipa.runtime.overhead import _cpu_seconds  # noqa: E402
+from ipa.runtime.ray import direct  # noqa: E402
+from ipa.runtime.ray.overhead import _cpu_seconds  # noqa: E402
 
 CROP = np.zeros((427, 640, 3), np.uint8)
 JPEG = bytes(100_000)

@@ -17,8 +17,8 @@ import time
 import torch
 
 from ipa.energy import open_meter
-from ipa.profiles.builder import build
-from ipa.profiles.zoo import photos_hwc, stage_of
+from ipa.models.builder import build
+from ipa.models.zoo import photos_hwc, stage_of
 
 
 def workload(model, x, batches: int, per_batch=None) -> float:

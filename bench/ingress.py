@@ -42,9 +42,11 @@ BEFORE = "0a20d55"  # the commit before serving's fast path
 
 def one(rate: float, seconds: float, ingresses: int = 1) -> dict:
     """One cluster, one rate: what each process used (run in a child process, so each path starts fresh)."""
-    from ipa.runtime.loadgen import LoadGenerator, photo_jpegs
-    from ipa.runtime.overhead import ProcessCpu
-    from ipa.runtime.ray_runtime import APP, RayRuntime, RaySettings, connect, shutdown
+    from ipa.models.samples import photo_jpegs
+    from ipa.runtime.loadgen import LoadGenerator
+    from ipa.runtime.ray.cluster import APP, RaySettings, connect, shutdown
+    from ipa.runtime.ray.overhead import ProcessCpu
+    from ipa.runtime.ray.runtime import RayRuntime
     from ipa.spec import StageConfig, load_pipeline
 
     spec = load_pipeline("configs/pipelines/video.yaml")
@@ -129,7 +131,7 @@ def decode_cpu_s(url: str) -> float:
 def free_port() -> int:
     """Outside the ephemeral range where the current code has the helper; the old commit lacks it."""
     try:
-        from ipa.runtime.ray_runtime import free_port as pick
+        from ipa.runtime.ray.cluster import free_port as pick
     except ImportError:
         import socket
 

@@ -29,13 +29,15 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from ipa.models.samples import photo_jpegs
 from ipa.optimize import make_problem, solve
 from ipa.profiles import load_profiles
 from ipa.profiles.calibration import Calibrator
 from ipa.profiles.serving import from_meta
 from ipa.runtime.admission import stage_estimates
-from ipa.runtime.loadgen import LoadGenerator, arrival_times, photo_jpegs
-from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, shutdown
+from ipa.runtime.loadgen import LoadGenerator, arrival_times
+from ipa.runtime.ray.cluster import RaySettings, connect, shutdown
+from ipa.runtime.ray.runtime import RayRuntime
 from ipa.spec import config_as_dict, load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]

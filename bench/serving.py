@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from ipa.models.samples import photo_jpegs
 from ipa.optimize import make_problem, solve
 from ipa.profiles import load_profiles
-from ipa.runtime.loadgen import photo_jpegs
-from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, free_port, shutdown
-from ipa.runtime.serving import _load, crops, decode_image
+from ipa.runtime.ray.cluster import RaySettings, connect, free_port, shutdown
+from ipa.runtime.ray.media import decode_image
+from ipa.runtime.ray.replica import _load, crops
+from ipa.runtime.ray.runtime import RayRuntime
 from ipa.spec import StageConfig, config_as_dict, load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -53,10 +53,12 @@ def main() -> None:
 
 
 def once(k: int, rate: float, steps: list[tuple[str, int]]) -> list[dict]:
+    from ipa.models.samples import photo_jpegs
     from ipa.profiles import load_profiles
     from ipa.profiles.calibration import machine_pace
-    from ipa.runtime.loadgen import LoadGenerator, arrival_times, photo_jpegs
-    from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, free_port, shutdown
+    from ipa.runtime.loadgen import LoadGenerator, arrival_times
+    from ipa.runtime.ray.cluster import RaySettings, connect, free_port, shutdown
+    from ipa.runtime.ray.runtime import RayRuntime
     from ipa.spec import StageConfig, load_pipeline
 
     spec = load_pipeline(ROOT / "configs" / "pipelines" / "video.yaml")

@@ -151,7 +151,7 @@ def test_a_batch_run_while_its_replica_loads_another_model_does_not_claim_that_m
     import time
     from pathlib import Path
 
-    from ipa.runtime.serving import StageReplica
+    from ipa.runtime.ray.replica import StageReplica
     from ipa.spec import load_pipeline
 
     spec = load_pipeline(Path(__file__).resolve().parents[1] / "configs" / "pipelines" / "video.yaml")

@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
-from ipa.runtime.loadgen import photo_jpegs
-from ipa.runtime.ray_runtime import free_port
+from ipa.models.samples import photo_jpegs
+from ipa.runtime.ray.cluster import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

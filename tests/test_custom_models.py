@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from ipa.errors import ConfigError
-from ipa.profiles import builder
-from ipa.profiles.builder import ModelError
-from ipa.profiles.zoo import photos_hwc
+from ipa.models import builder
+from ipa.models.builder import ModelError
+from ipa.models.zoo import photos_hwc
 from ipa.spec import PipelineSpec, StageConfig, load_model, load_pipeline
 from tests.custom_models import checkpoints
 
@@ -201,7 +201,7 @@ def test_random_weights_say_their_preprocessing_is_synthetic():
 
 
 def test_a_checkpoint_question_answerer_answers_a_span_of_the_context(tmp_path):
-    from ipa.profiles.corpus import QA_CONTEXT
+    from ipa.models.corpus import QA_CONTEXT
 
     folder = checkpoints.question_answerer(tmp_path / "qa")
     spec = PipelineSpec.model_validate({"name": "qa", "sla_s": 10, "samples": "english", "stages": [
@@ -212,7 +212,11 @@ def test_a_checkpoint_question_answerer_answers_a_span_of_the_context(tmp_path):
 
 def test_a_checkpoint_speech_recognizer_uses_its_own_feature_extractor(tmp_path):
     import torch
-    from transformers import AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoTokenizer
+    from transformers import (
+        AutoFeatureExtractor,
+        AutoModelForSpeechSeq2Seq,
+        AutoTokenizer,
+    )
 
     folder = checkpoints.speech_recognizer(tmp_path / "asr")
     spec = PipelineSpec.model_validate({"name": "asr", "sla_s": 10, "stages": [
@@ -251,7 +255,7 @@ def test_a_torchvision_checkpoint_is_fed_torchvisions_own_imagenet_transform(tmp
     import torch
     import torchvision
 
-    from ipa.profiles.zoo import to_classifier_input
+    from ipa.models.zoo import to_classifier_input
 
     photo = photos_hwc()[0]
     standard = torchvision.models.ResNet18_Weights.DEFAULT.transforms()  # the transform only: nothing downloaded
@@ -328,7 +332,7 @@ def test_a_broken_factory_stops_ipa_profile_with_rc_2_naming_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ipa.runtime.ray_runtime import RaySettings, connect, free_port, shutdown
+    from ipa.runtime.ray.cluster import RaySettings, connect, free_port, shutdown
 
     settings = RaySettings(port=free_port(), cpus=4, deploy_timeout_s=240)
     started = connect(settings, load_pipeline(HIST))
@@ -355,7 +359,7 @@ def stages(classifier: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.ray
 def test_a_pipeline_of_ones_own_serves_over_http_what_its_module_answers(cluster):
-    from ipa.runtime.ray_runtime import RayRuntime
+    from ipa.runtime.ray.runtime import RayRuntime
     from tests.test_ray_serving import post
 
     module = hist_models()
@@ -384,7 +388,7 @@ def test_a_pipeline_of_ones_own_serves_over_http_what_its_module_answers(cluster
 @pytest.mark.slow
 @pytest.mark.ray
 def test_a_factory_that_raises_keeps_the_old_config_and_a_model_that_fails_answers_500(cluster):
-    from ipa.runtime.ray_runtime import RayRuntime
+    from ipa.runtime.ray.runtime import RayRuntime
     from tests.test_ray_serving import post
 
     rt = RayRuntime(load_pipeline(BROKEN), cluster.model_copy(update={"deploy_timeout_s": 120}))
@@ -417,7 +421,7 @@ def test_requests_while_the_stages_load_get_503_starting_and_get_is_not_ready(cl
 
     import requests
 
-    from ipa.runtime.ray_runtime import RayRuntime
+    from ipa.runtime.ray.runtime import RayRuntime
     from tests.test_ray_serving import post
 
     rt = RayRuntime(load_pipeline(HERE / "slow.yaml"), cluster)
@@ -450,7 +454,7 @@ def test_requests_while_the_stages_load_get_503_starting_and_get_is_not_ready(cl
 @pytest.mark.slow
 @pytest.mark.ray
 def test_a_served_checkpoint_text_classifier_answers_the_label_transformers_gives(cluster, tmp_path):
-    from ipa.runtime.ray_runtime import RayRuntime
+    from ipa.runtime.ray.runtime import RayRuntime
     from ipa.spec import StageConfig
     from tests.test_ray_serving import post
 

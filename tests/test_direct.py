@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from ipa.runtime import direct
+from ipa.runtime.ray import direct
 
 
 def run(coro):

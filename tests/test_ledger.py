@@ -7,7 +7,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from ipa.runtime.ledger import GONE_S, Merged, Tally
+from ipa.runtime.ray.ledger import GONE_S, Merged, Tally
 
 
 def registry(ok: int, in_flight: int) -> list:
@@ -66,7 +66,7 @@ def test_merging_twice_gives_the_same_figures_and_the_runtime_report_has_a_versi
 
 
 def test_a_request_counts_in_the_second_its_client_or_proxy_stamped():
-    from ipa.runtime.serving import request_start
+    from ipa.runtime.ray.ingress import request_start
 
     now = 1_750_000_000.4
     assert request_start("t=1749999999.9", now) == 1749999999.9  # sent in the second before it reached the ingress

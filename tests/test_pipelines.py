@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 
 from ipa.errors import ConfigError
-from ipa.profiles import hf
-from ipa.profiles.audio import log_mel, read_pcm, read_wav, to_wav
-from ipa.profiles.samples import find_speech
-from ipa.profiles.builder import build
-from ipa.profiles.samples import stage_items
-from ipa.profiles.zoo import pipeline_kinds, stage_of
-from ipa.runtime.serving import BadInput, decode_body
+from ipa.models import hf
+from ipa.models.audio import log_mel, read_pcm, read_wav, to_wav
+from ipa.models.builder import build
+from ipa.models.samples import find_speech, stage_items
+from ipa.models.zoo import pipeline_kinds, stage_of
+from ipa.runtime.ray.media import BadInput, decode_body
 from ipa.spec import PipelineSpec, aggregate_accuracy, load_pipeline
 
 PIPELINES = Path(__file__).resolve().parents[1] / "configs/pipelines"
@@ -150,7 +149,7 @@ def test_speech_recognition_transcribes_the_real_clip_into_capped_words():
 
 
 def test_question_answering_answers_with_a_span_of_the_context():
-    from ipa.profiles.corpus import QA_CONTEXT
+    from ipa.models.corpus import QA_CONTEXT
 
     spec = tiny_pipeline("summarization", "question-answering", samples="english", caps=(4,))
     for o in run_stage(spec, "question-answering", batch=3):
@@ -161,7 +160,7 @@ def test_question_answering_answers_with_a_span_of_the_context():
 def test_text_classification_labels_and_passes_its_input_on():
     spec = tiny_pipeline("text-classification", "translation", samples="french")
     out = run_stage(spec, "text-classification")
-    from ipa.profiles.corpus import FRENCH
+    from ipa.models.corpus import FRENCH
 
     assert out[0]["label"] in (0, 1, 2) and out[0]["text"] == FRENCH[0] and out[1]["text"] == FRENCH[1]
 
@@ -291,7 +290,7 @@ def need_ultralytics() -> None:
 def test_yolo_boxes_come_back_in_the_photos_own_pixels():
     import torch
 
-    from ipa.profiles.yolo import _detections, letterbox
+    from ipa.models.yolo import _detections, letterbox
 
     photo = torch.rand(3, 427, 640)
     x, frame = letterbox(photo)
@@ -306,12 +305,12 @@ def test_yolo_boxes_come_back_in_the_photos_own_pixels():
 
 
 def test_yolov5_variants_are_detectors_built_from_ultralytics():
-    from ipa.profiles.zoo import kind_of
+    from ipa.models.zoo import kind_of
 
     assert kind_of("yolov5x") == "detection"
     need_ultralytics()
     runner = build(stage_of("yolov5n"), "yolov5n")
-    from ipa.profiles.zoo import photos_hwc
+    from ipa.models.zoo import photos_hwc
 
     out = runner([photos_hwc()[0]])
     assert runner.kind == "detection" and set(out[0]) == {"boxes", "labels", "scores"}
@@ -323,7 +322,7 @@ def test_building_a_yolo_variant_leaves_pil_and_torch_as_they_were():
     import torch
     from PIL import Image
 
-    from ipa.runtime.serving import decode_image
+    from ipa.runtime.ray.media import decode_image
 
     before = Image.open, torch.save
     build(stage_of("yolov5n"), "yolov5n")

@@ -1,11 +1,11 @@
 import pytest
 
 from ipa.energy.estimate import EstimateMeter
+from ipa.errors import ConfigError
+from ipa.models.builder import build
+from ipa.models.zoo import kind_of, photos_hwc, stage_of
 from ipa.profiles import load_profiles
 from ipa.profiles.profiler import Plan, ProfilerSettings, run
-from ipa.profiles.builder import build
-from ipa.profiles.zoo import kind_of, photos_hwc, stage_of
-from ipa.errors import ConfigError
 from ipa.spec import load_pipeline
 
 VIDEO = load_pipeline("configs/pipelines/video.yaml")

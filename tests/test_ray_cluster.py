@@ -6,8 +6,9 @@ import pytest
 import requests
 from ray import serve
 
-from ipa.runtime.loadgen import photo_jpegs
-from ipa.runtime.ray_runtime import APP, RayRuntime, RaySettings, connect, free_port, shutdown
+from ipa.models.samples import photo_jpegs
+from ipa.runtime.ray.cluster import APP, RaySettings, connect, free_port, shutdown
+from ipa.runtime.ray.runtime import RayRuntime
 from tests.test_ray_serving import config, small_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]

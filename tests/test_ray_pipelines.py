@@ -10,9 +10,10 @@ import pytest
 import requests
 
 from ipa.errors import ConfigError
-from ipa.profiles.audio import read_wav
-from ipa.profiles.samples import find_speech
-from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, free_port, shutdown
+from ipa.models.audio import read_wav
+from ipa.models.samples import find_speech
+from ipa.runtime.ray.cluster import RaySettings, connect, free_port, shutdown
+from ipa.runtime.ray.runtime import RayRuntime
 from ipa.spec import PipelineSpec, StageConfig, load_pipeline
 from tests.test_pipelines import tiny_stage
 from tests.test_ray_serving import post

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import math
+import os
 import time
 
 import numpy as np
 import pytest
 import requests
 
-from ipa.runtime.loadgen import LoadGenerator, arrival_times, photo_jpegs
-from ipa.runtime.ray_runtime import RayRuntime, RaySettings, change_kinds, connect, free_port, shutdown
+from ipa.models.samples import photo_jpegs
+from ipa.runtime.loadgen import LoadGenerator, arrival_times
+from ipa.runtime.ray.cluster import RaySettings, connect, free_port, shutdown
+from ipa.runtime.ray.runtime import RayRuntime, change_kinds
 from ipa.spec import PipelineSpec, StageConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -101,9 +103,9 @@ def test_reconfigures_under_load_without_losing_a_request(cluster):
 
 
 def rt_replicas() -> dict[str, int]:
-    from ipa.runtime.ray_runtime import _running_replicas
+    from ipa.runtime.ray.cluster import running_replicas
 
-    return _running_replicas()
+    return running_replicas()
 
 
 def test_bad_input_gets_4xx_and_the_pipeline_keeps_serving(cluster):
@@ -255,8 +257,8 @@ def test_a_failed_model_load_keeps_the_old_config_serving(cluster, tmp_path):
     """Checkpoints for the serving variants only: switching to a variant without one fails in the replica."""
     import torch
 
-    from ipa.profiles.builder import build
-    from ipa.profiles.zoo import stage_of
+    from ipa.models.builder import build
+    from ipa.models.zoo import stage_of
 
     for name in (DET, CLS):
         torch.save(build(stage_of(name), name).serve_batch.module.state_dict(), tmp_path / f"{name}.pth")
@@ -277,7 +279,7 @@ def test_a_failed_model_load_keeps_the_old_config_serving(cluster, tmp_path):
 
 
 def test_gpu_replicas_are_refused_where_the_cluster_has_no_gpu(cluster):
-    from ipa.runtime.ray_runtime import ReconfigurationError
+    from ipa.runtime.ray.cluster import ReconfigurationError
 
     spec, settings = cluster
     rt = RayRuntime(spec, settings.model_copy(update={"device": "cuda"}))
@@ -385,13 +387,13 @@ def test_unknown_paths_get_404_and_an_oversized_body_gets_its_413_even_through_u
 
 
 def test_requests_go_through_haproxy_to_the_ingress_and_straight_to_the_replicas(cluster):
-    """The local cluster runs Serve's fast path (ray_runtime.SERVE_ENV): HAProxy in front, the ingress serving HTTP
+    """The local cluster runs Serve's fast path (cluster.SERVE_ENV): HAProxy in front, the ingress serving HTTP
     itself, gRPC handles between replicas, and the ingress calling the stage replicas on its node over their own
     sockets (`runtime.direct`). Answers are the same as on Serve's defaults."""
     import ray
 
-    from ipa.runtime.overhead import ProcessCpu
-    from ipa.runtime.ray_runtime import APP
+    from ipa.runtime.ray.cluster import APP
+    from ipa.runtime.ray.overhead import ProcessCpu
 
     spec, settings = cluster
     rt = RayRuntime(spec, settings)
@@ -405,7 +407,7 @@ def test_requests_go_through_haproxy_to_the_ingress_and_straight_to_the_replicas
 
         @ray.remote(num_cpus=0)
         def grpc_default() -> bool:
-            from ipa.runtime.serving import grpc_handles
+            from ipa.runtime.ray.replica import grpc_handles
 
             return grpc_handles()
 
@@ -424,7 +426,7 @@ def test_requests_go_through_haproxy_to_the_ingress_and_straight_to_the_replicas
 
 
 def test_the_local_cluster_gets_serve_fast_path_unless_told_otherwise(monkeypatch):
-    from ipa.runtime.ray_runtime import SERVE_ENV, serve_env
+    from ipa.runtime.ray.cluster import SERVE_ENV, serve_env
 
     monkeypatch.delenv("IPA_SERVE_FAST_PATH", raising=False)
     monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
@@ -438,7 +440,7 @@ def test_the_local_cluster_gets_serve_fast_path_unless_told_otherwise(monkeypatc
 def test_process_cpu_splits_the_tree_by_process_title():
     import time
 
-    from ipa.runtime.overhead import ProcessCpu
+    from ipa.runtime.ray.overhead import ProcessCpu
 
     t = time.process_time()
     while time.process_time() - t < 0.05:  # burn a few ticks of CPU in this process

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from ipa.experiment.ray_cell import collect, measured_delays, request_pas
-from ipa.runtime.loadgen import RequestRecord, arrival_times, photo_jpegs
-from ipa.runtime.ray_runtime import Reconfiguration, Sample
-from ipa.runtime.serving import BadInput, crops, decode_image
+from ipa.models.samples import photo_jpegs
+from ipa.runtime.loadgen import RequestRecord, arrival_times
+from ipa.runtime.ray.media import BadInput, decode_image
+from ipa.runtime.ray.replica import crops
+from ipa.runtime.ray.runtime import Reconfiguration, Sample
 from ipa.runtime.sim import SimSettings, Simulator
 from ipa.spec import StageConfig
 
@@ -35,7 +37,7 @@ def test_decode_accepts_jpeg_png_and_base64_json():
 def test_every_jpeg_decodes_to_the_pixels_pillow_gives(mode, save):
     from PIL import Image
 
-    from ipa.runtime.serving import decode
+    from ipa.runtime.ray.media import decode
 
     photo = Image.open(io.BytesIO(photo_jpegs()[0])).convert(mode)
     buf = io.BytesIO()
@@ -147,7 +149,8 @@ def test_fractional_rates_keep_their_mean_and_integer_rates_arrive_exactly():
 
 
 def test_replicas_run_where_the_profiles_were_measured_unless_told():
-    from ipa.runtime.ray_runtime import RaySettings, for_profiles
+    from ipa.runtime.ray.cluster import RaySettings
+    from ipa.runtime.ray.runtime import for_profiles
 
     assert for_profiles(RaySettings(), {"device": "cuda"}).device == "cuda"
     assert for_profiles(RaySettings(), {"device": "cpu"}).device == "cpu"
@@ -184,7 +187,7 @@ def test_the_twins_pace_is_each_measured_batch_over_its_row_in_time_order(tiny):
 
 
 def test_an_image_is_checked_by_its_header_at_the_ingress_and_decoded_where_its_pixels_are_needed():
-    from ipa.runtime.serving import EncodedImage, check_image, pixels
+    from ipa.runtime.ray.media import EncodedImage, check_image, pixels
 
     jpeg = photo_jpegs()[0]
     enc = check_image(jpeg, "image/jpeg")
@@ -205,7 +208,7 @@ def test_start_waits_until_http_reaches_the_app_not_just_until_serve_says_runnin
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from ipa.runtime.ray_runtime import _wait_routed
+    from ipa.runtime.ray.cluster import wait_routed
 
     seen = []
 
@@ -223,9 +226,9 @@ def test_start_waits_until_http_reaches_the_app_not_just_until_serve_says_runnin
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
-        assert _wait_routed(url, 10.0) and len(seen) == 4
+        assert wait_routed(url, 10.0) and len(seen) == 4
         seen.clear()
-        assert not _wait_routed(url, 0.0)  # still 404 when the time is up: False (and a warning), not a hang
+        assert not wait_routed(url, 0.0)  # still 404 when the time is up: False (and a warning), not a hang
     finally:
         server.shutdown()
 
@@ -234,10 +237,10 @@ def test_servings_port_is_free_and_outside_the_range_ray_and_the_kernel_hand_out
     # CI: a port from bind(0) (the ephemeral range) was taken by Ray's own connections before HAProxy bound it.
     import socket
 
-    from ipa.runtime import ray_runtime
+    from ipa.runtime.ray import cluster as ray_cluster
 
-    low, high = ray_runtime._ephemeral_range()
-    ports = {ray_runtime.free_port() for _ in range(20)}
+    low, high = ray_cluster._ephemeral_range()
+    ports = {ray_cluster.free_port() for _ in range(20)}
     assert all(20000 <= p < 32768 and not low <= p <= high for p in ports)
     for p in ports:
         with socket.socket() as s:
@@ -245,7 +248,7 @@ def test_servings_port_is_free_and_outside_the_range_ray_and_the_kernel_hand_out
 
 
 def test_a_replicas_overhead_counts_from_when_its_batch_could_have_started():
-    from ipa.runtime.serving import _ready_at
+    from ipa.runtime.ray.replica import _ready_at
 
     # a full batch could start at its last item's arrival, or when the batch before it ended if that was later
     assert _ready_at(10.0, [9.2, 9.5], 9.0, full=True) == 9.5
@@ -257,7 +260,7 @@ def test_a_replicas_overhead_counts_from_when_its_batch_could_have_started():
 
 def test_the_overhead_per_batch_is_each_stages_mean_of_what_its_replicas_reported():
     from ipa.profiles.calibration import BatchTiming
-    from ipa.runtime.overhead import batch_overheads
+    from ipa.runtime.ray.overhead import batch_overheads
 
     batches = [BatchTiming("detect", "small", 1, 1, 0.05, None, 1.0, o) for o in (0.002, 0.003, 0.010)]
     batches += [BatchTiming("classify", "r18", 1, 1, 0.02, None, 1.0, 0.001),
@@ -267,7 +270,7 @@ def test_the_overhead_per_batch_is_each_stages_mean_of_what_its_replicas_reporte
 
 
 def test_serving_cpu_per_request_charges_each_burst_the_idle_draw_on_either_side():
-    from ipa.runtime.overhead import Window, split_serving_cpu
+    from ipa.runtime.ray.overhead import Window, split_serving_cpu
 
     # the idle draw climbs 0.20 -> 0.32 cores over the run; 100 requests at 5 ms each in two bursts of 20 s
     drift = lambda t: 0.20 + 0.12 * t / 80  # noqa: E731
@@ -288,7 +291,7 @@ def test_serving_cpu_per_request_charges_each_burst_the_idle_draw_on_either_side
 
 
 def test_the_serving_measurement_alternates_idle_windows_and_bursts_that_hold_every_request():
-    from ipa.runtime.overhead import _schedule
+    from ipa.runtime.ray.overhead import _schedule
 
     arrivals, ends = _schedule(10, 5.0, 8.0, 3, tail_s=1.0)
     assert len(arrivals) == 10 and [load for _, load in ends] == [False, True, False, True, False, True, False]
@@ -301,7 +304,7 @@ def test_the_serving_measurement_alternates_idle_windows_and_bursts_that_hold_ev
 
 
 def test_a_process_kind_leaves_out_the_path_and_the_actors_method():
-    from ipa.runtime.overhead import ProcessCpu, _kind
+    from ipa.runtime.ray.overhead import ProcessCpu, _kind
 
     kinds = [_kind(t) for t in ("/usr/sbin/haproxy -f /tmp/x.cfg", "ray::ProxyActor.ready", "/opt/ray/raylet --x",
                                 "ray::ServeReplica:ipa:Ingress", "ray::ServeController.listen_for_change")]
@@ -315,7 +318,7 @@ def test_a_port_is_busy_while_something_listens_not_while_a_closed_connection_wa
     import socket
 
     from ipa.errors import ConfigError
-    from ipa.runtime.ray_runtime import _check_port_free
+    from ipa.runtime.ray.cluster import _check_port_free
 
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from ipa.errors import ConfigError
-from ipa.profiles import sam
-from ipa.profiles.builder import build
-from ipa.profiles.zoo import central_box, kind_of, photos_hwc, stage_of
+from ipa.models import sam
+from ipa.models.builder import build
+from ipa.models.zoo import central_box, kind_of, photos_hwc, stage_of
 from ipa.spec import load_pipeline
 
 

@@ -408,8 +408,8 @@ def _profile_serving(spec, out, n_requests: int) -> None:
     from ipa._io import write_json
     from ipa.profiles import load_profiles
     from ipa.profiles.table import meta_path
-    from ipa.runtime.overhead import measure_serving
-    from ipa.runtime.ray_runtime import RaySettings, free_port
+    from ipa.runtime.ray.overhead import measure_serving
+    from ipa.runtime.ray.cluster import RaySettings, free_port
 
     if not out.is_file():
         from ipa.errors import ConfigError
@@ -758,7 +758,8 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     from ipa.optimize.policies import follow_grid
     from ipa.predict import make_predictor
     from ipa.profiles.calibration import Calibrator
-    from ipa.runtime.ray_runtime import RayRuntime, RaySettings, connect, for_profiles, shutdown
+    from ipa.runtime.ray.cluster import RaySettings, connect, shutdown
+    from ipa.runtime.ray.runtime import RayRuntime, for_profiles
     from ipa.spec import load_model
 
     from ipa._io import check_writable
@@ -839,8 +840,8 @@ def _carbon_series(path: str | None, speedup: float | None):
 
 def _takes(spec) -> str:
     """What a client POSTs to this pipeline, in words."""
-    from ipa.profiles.zoo import pipeline_kinds
-    from ipa.runtime.serving import ACCEPTS
+    from ipa.models.zoo import pipeline_kinds
+    from ipa.runtime.ray.media import ACCEPTS
     from ipa.spec import MEDIA
 
     return ACCEPTS[MEDIA[pipeline_kinds(spec)[0]][0]][2]

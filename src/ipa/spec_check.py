@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ipa.errors import IpaError
-from ipa.profiles import builder
+from ipa.models import builder
 from ipa.profiles.table import ProfileTable
 from ipa.spec import MEDIA, PipelineSpec
 
@@ -23,8 +23,8 @@ class SpecReport:
 
 
 def check(spec: PipelineSpec, profiles: ProfileTable | None, weights_dir: str | None = None) -> SpecReport:
-    from ipa.profiles.samples import sample_set
-    from ipa.profiles.zoo import stage_kind
+    from ipa.models.samples import sample_set
+    from ipa.models.zoo import stage_kind
 
     report = SpecReport()
     search = builder.search_path(spec)

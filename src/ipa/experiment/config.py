@@ -13,7 +13,7 @@ from ipa.optimize.problem import Weights
 from ipa.predict import PREDICTORS
 from ipa.profiles.calibration import CalibrationSettings
 from ipa.runtime.admission import AdmissionSettings
-from ipa.runtime.ray_runtime import RaySettings
+from ipa.runtime.ray.cluster import RaySettings
 from ipa.runtime.sim import SimSettings
 from ipa.spec import Strict, load_model, read_yaml
 

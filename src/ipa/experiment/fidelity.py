@@ -34,7 +34,7 @@ from ipa.experiment.prediction import Prediction
 from ipa.profiles.calibration import BatchTiming, row_of
 from ipa.profiles.table import Profile, ProfileTable
 from ipa.runtime.loadgen import RequestRecord
-from ipa.runtime.overhead import batch_overheads
+from ipa.runtime.ray.overhead import batch_overheads
 from ipa.runtime.sim import Pace, SimSettings
 
 METRICS = ["throughput_rps", "completed", "goodput_rps", "p99_latency_s", "sla_violation_pct", "dropped_pct",

@@ -22,17 +22,27 @@ from ipa._io import write_csv, write_json
 from ipa.adapt import adapt
 from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.detect import open_meter
-from ipa.experiment.cells import (FOLLOW_CELLS, Served, Setup, cell_pace, control, score_decisions, true_peak,
-                                  write_cell, write_decisions)
+from ipa.experiment.cells import (
+    FOLLOW_CELLS,
+    Served,
+    Setup,
+    cell_pace,
+    control,
+    score_decisions,
+    true_peak,
+    write_cell,
+    write_decisions,
+)
 from ipa.experiment.metrics import summarize
 from ipa.experiment.prediction import Prediction
+from ipa.models.samples import request_bodies
+from ipa.models.zoo import pipeline_kinds
 from ipa.profiles.calibration import BatchTiming, measured
-from ipa.profiles.samples import request_bodies
-from ipa.profiles.zoo import pipeline_kinds
 from ipa.runtime.loadgen import LoadGenerator, RequestRecord, arrival_times
-from ipa.runtime.ledger import PUSH_S
-from ipa.runtime.ray_runtime import CHANGE_KINDS, RayRuntime, Reconfiguration, ReconfigurationError, Sample
-from ipa.runtime.sim import SimResult, _per_second_percentiles
+from ipa.runtime.ray.cluster import ReconfigurationError
+from ipa.runtime.ray.ledger import PUSH_S
+from ipa.runtime.ray.runtime import CHANGE_KINDS, RayRuntime, Reconfiguration, Sample
+from ipa.runtime.series import Recorder, SimResult
 from ipa.spec import PipelineSpec, aggregate_accuracy
 from ipa.workload import Workload
 
@@ -55,7 +65,8 @@ class RayCluster:
     def __enter__(self) -> RayCluster:
         import ray
 
-        from ipa.runtime.ray_runtime import connect, for_profiles
+        from ipa.runtime.ray.cluster import connect
+        from ipa.runtime.ray.runtime import for_profiles
 
         cfg = self.setup.cfg
         self._started = connect(cfg.ray, self.setup.spec)
@@ -69,7 +80,7 @@ class RayCluster:
         return self
 
     def __exit__(self, *exc) -> None:
-        from ipa.runtime.ray_runtime import shutdown
+        from ipa.runtime.ray.cluster import shutdown
 
         shutdown(self._started)
 
@@ -161,25 +172,16 @@ def collect(spec: PipelineSpec, seconds: int, records: list[RequestRecord], sent
             reconfigurations: list[Reconfiguration]) -> SimResult:
     """Per-second series in the simulator's form. Drops are non-200 answers and requests never answered;
     rejected, of those, the ones refused at admission."""
-    n = max(seconds, 1)
-    s = {k: np.zeros(n) for k in ("arrivals", "completions", "drops", "rejected", "violations", "pas_sum",
-                                  "core_seconds")}
-    lat, lat_sec, pas = [], [], []
+    books = Recorder(seconds, spec.sla_s)
+    n = books.n
     for r in records:
-        s["arrivals"][min(int(r.sent_s), n - 1)] += 1
+        books.arrived(min(int(r.sent_s), n - 1))
         sec = min(int(r.sent_s + r.latency_s), n - 1)
         if r.ok and r.variants:
-            p = request_pas(spec, r.variants)
-            s["completions"][sec] += 1
-            s["pas_sum"][sec] += p
-            s["violations"][sec] += r.latency_s > spec.sla_s
-            lat.append(r.latency_s)
-            lat_sec.append(sec)
-            pas.append(p)
+            books.completed(sec, r.latency_s, request_pas(spec, r.variants))
         else:
-            s["drops"][sec] += 1
-            s["rejected"][sec] += r.reason == "admission"
-            s["violations"][sec] += 1
+            books.dropped(sec, rejected=r.reason == "admission")
+    s = books.s
     energy, metered = np.zeros(n), np.zeros(n, dtype=bool)
     s["serving_cpu_s"] = np.full(n, np.nan)  # measured where the sampler could (a local cluster)
     for sample in samples:
@@ -193,14 +195,9 @@ def collect(spec: PipelineSpec, seconds: int, records: list[RequestRecord], sent
     s["energy_j"] = np.where(metered, energy, np.nan)  # a second the meter missed stays unknown, not zero
     s["energy_idle_j"] = np.full(n, np.nan)  # a meter measures the whole; no idle/dynamic split
     s["energy_dynamic_j"] = s["energy_serving_j"] = np.full(n, np.nan)
-    lat_a, sec_a = np.array(lat), np.array(lat_sec, dtype=np.int64)
-    s["p50_latency_s"], s["p99_latency_s"] = _per_second_percentiles(lat_a, sec_a, n)
-    done = s["completions"]
-    s["pas"] = np.divide(s["pas_sum"], done, out=np.full(n, np.nan), where=done > 0)
-    completed = int(done.sum())
-    dropped = int(s["drops"].sum())
-    return SimResult(seconds, s, lat_a, np.array(pas), sent, completed, dropped, sent - len(records),
-                     sum(r.ok for r in reconfigurations), int(s["rejected"].sum()))
+    series, lat, pas = books.series()
+    return SimResult(seconds, series, lat, pas, sent, len(lat), int(series["drops"].sum()), sent - len(records),
+                     sum(r.ok for r in reconfigurations), int(series["rejected"].sum()))
 
 
 def request_pas(spec: PipelineSpec, variants: dict[str, str]) -> float:

@@ -15,10 +15,10 @@ import numpy as np
 
 from ipa.energy.common import EnergyMeter
 from ipa.errors import ConfigError
-from ipa.profiles import builder
-from ipa.profiles.samples import stage_items
+from ipa.models import builder
+from ipa.models.samples import stage_items
+from ipa.models.zoo import photos_hwc
 from ipa.profiles.table import Profile, ProfileTable, load_profiles, meta_path
-from ipa.profiles.zoo import photos_hwc
 from ipa.spec import PipelineSpec
 
 
@@ -119,7 +119,7 @@ def variant_pace(spec: PipelineSpec, table: ProfileTable, reference: dict[str, s
     not one number (on the 2-core VM fasterrcnn ran 1.2-1.3x slower against its profile than ssdlite did, alone and
     served), and a plan that picks a variant the serving measurement did not run should know it. CPU time of this
     process, so a busy moment of the machine is not read as a slow model; about 15 s for the video pipeline."""
-    from ipa.profiles.zoo import pipeline_kinds
+    from ipa.models.zoo import pipeline_kinds
 
     kinds = pipeline_kinds(spec)
     search = builder.search_path(spec)
@@ -184,12 +184,12 @@ def run(
 ) -> ProfileTable:
     """Profile every plan, writing the CSV after each row so an interrupted run resumes where it stopped.
 
-    Each variant is built by its factory (`ipa.profiles.builder`: the zoo's, or the one its spec names) and runs
-    on what its stage receives in the pipeline (`ipa.profiles.samples`), made before the timed window; the
+    Each variant is built by its factory (`ipa.models.builder`: the zoo's, or the one its spec names) and runs
+    on what its stage receives in the pipeline (`ipa.models.samples`), made before the timed window; the
     variant's own pre- and post-processing (resizing, tokens, features, decoding) is inside it, as in serving."""
     import torch
 
-    from ipa.profiles.zoo import pipeline_kinds
+    from ipa.models.zoo import pipeline_kinds
 
     kinds = pipeline_kinds(spec)
     search = builder.search_path(spec)
@@ -296,8 +296,8 @@ def _meta(meter: EnergyMeter, description: str, idle_w: float, settings: Profile
 
 def describe_inputs(spec: PipelineSpec) -> str:
     """What the variants were fed, for the meta file."""
-    from ipa.profiles.samples import sample_set
-    from ipa.profiles.zoo import pipeline_kinds
+    from ipa.models.samples import sample_set
+    from ipa.models.zoo import pipeline_kinds
 
     kinds = pipeline_kinds(spec)
     source = sample_set(spec, kinds)
@@ -307,17 +307,17 @@ def describe_inputs(spec: PipelineSpec) -> str:
                   "resize to 256 and centre-crop 224; SAM: the photo resized to 1024 on its long side, its middle "
                   "half as the box prompt",
         "speech": "the LibriSpeech clip 1272-128104-0000 (5.86 s, 16 kHz, float32 samples)",
-        "english": "ipa.profiles.corpus.ENGLISH paragraphs (about 230 words)",
-        "french": "ipa.profiles.corpus.FRENCH passages (45-55 words)",
+        "english": "ipa.models.corpus.ENGLISH paragraphs (about 230 words)",
+        "french": "ipa.models.corpus.FRENCH passages (45-55 words)",
     }[source]
     if caps:
         text += f"; {caps}, and the next stage reads as many words"
     if "question-answering" in kinds:
-        text += "; question answering: that text as the question, ipa.profiles.corpus.QA_CONTEXT as the context"
+        text += "; question answering: that text as the question, ipa.models.corpus.QA_CONTEXT as the context"
     if any(k not in ("detection", "classification", "segmentation") for k in kinds):
         text += ("; zoo variants with random weights: words hashed into each variant's vocabulary, speech as "
                  "80-bin log-mel features in numpy; with a checkpoint folder: its own tokenizer and feature "
-                 "extractor (ipa.profiles.hf)")
+                 "extractor (ipa.models.hf)")
     return text
 
 

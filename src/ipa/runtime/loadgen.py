@@ -8,7 +8,6 @@ latency, HTTP status and serving variants are recorded.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import threading
 import time
@@ -31,23 +30,6 @@ def arrival_times(rps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     counts = arrival_counts(rps)
     base = np.repeat(np.arange(len(counts), dtype=float), counts)
     return np.sort(base + rng.random(len(base))) if len(base) else base
-
-
-def photo_jpegs(width: int | None = None) -> list[bytes]:
-    """The shipped photos as JPEG bodies, optionally resized to `width` pixels wide."""
-    from PIL import Image
-
-    from ipa.profiles.zoo import photos_hwc
-
-    out = []
-    for p in photos_hwc():
-        img = Image.fromarray(p)
-        if width:
-            img = img.resize((width, round(p.shape[0] * width / p.shape[1])))
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
 
 
 @dataclass

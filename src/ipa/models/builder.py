@@ -1,7 +1,7 @@
 """How a variant becomes something that serves a batch: one protocol for the model zoo and a user's own models.
 
 A variant names its *factory* by import path (`model: "package.module:factory"` in the pipeline spec; the zoo's,
-`ipa.profiles.zoo:factory`, when it names none). The factory is called once per replica, and once per profiled
+`ipa.models.zoo:factory`, when it names none). The factory is called once per replica, and once per profiled
 (variant, cores), as `factory(variant, device, weights)`: the variant's name, `"cpu"` or `"cuda"`, and the path of
 its checkpoint or None. A factory with a `stage` parameter also gets the stage's spec (its kind, its variants,
 `max_new_tokens`). It returns a callable that serves one batch: a list of inputs in, a list of JSON-serialisable
@@ -30,7 +30,7 @@ import numpy as np
 from ipa.errors import ConfigError, IpaError
 from ipa.spec import GENERATIVE, PipelineSpec, StageSpec, VariantSpec
 
-ZOO = "ipa.profiles.zoo:factory"
+ZOO = "ipa.models.zoo:factory"
 
 # What a stage's callable is given, by kind (the README's "Your own pipeline" says the same).
 INPUTS = {
@@ -204,7 +204,7 @@ def checkpoint(variant: VariantSpec, weights_dir: str | Path | None) -> str | No
 def build(stage: StageSpec, variant: str, *, weights_dir: str | Path | None = None, device: str = "cpu",
           search: Sequence[str] = ()) -> Runner:
     """The variant of `stage` ready to serve, from its factory (the zoo's unless the spec names one)."""
-    from ipa.profiles.zoo import stage_kind
+    from ipa.models.zoo import stage_kind
 
     spec = stage.variant(variant)
     kind = stage_kind(stage)

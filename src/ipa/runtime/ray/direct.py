@@ -4,7 +4,7 @@ On the 2-core machine one Serve handle call cost about 3 ms of CPU in the caller
 request of the video pipeline makes two), where the HTTP side of the ingress took 0.6 ms; the same two calls as
 length-prefixed pickles over a Unix socket took under 0.4 ms in all (`docs/benchmarks.md`, "Direct calls"). Serve still
 deploys, scales, reconfigures and restarts the replicas; each stage replica also listens on a socket of its own and
-registers it with the cluster's ledger (`ipa.runtime.ledger`), and each ingress learns the registry with every push
+registers it with the cluster's ledger (`ipa.runtime.ray.ledger`), and each ingress learns the registry with every push
 (a quarter second) and calls the replica with the fewest of its calls in flight. What is not reachable this way (no
 ledger, another node, a replica that went away mid-call) goes through the Serve handle as before: the answer is
 the same, only its cost differs. IPA_DIRECT_CALLS=0 in the cluster's environment turns the path off.

@@ -1,6 +1,6 @@
-"""Model zoo: the default factory of the builder protocol (`ipa.profiles.builder`). Vision variants are
+"""Model zoo: the default factory of the builder protocol (`ipa.models.builder`). Vision variants are
 torchvision architectures, YOLOv5 and Segment Anything; speech and text variants are `transformers`
-architectures (`ipa.profiles.hf`). The stage's kind, from the pipeline spec, says which. Every variant is built
+architectures (`ipa.models.hf`). The stage's kind, from the pipeline spec, says which. Every variant is built
 with random weights or a local checkpoint: a name that would make torchvision fetch weights (a detector in a
 classification stage, say) is refused before torch is asked.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ipa.errors import ConfigError
-from ipa.profiles import hf, sam
+from ipa.models import hf, sam
 from ipa.spec import PipelineSpec, StageSpec
 
 RESIZE, CROP = 256, 224  # torchvision's ImageNet evaluation transform: shorter side to 256, centre crop 224
@@ -70,7 +70,7 @@ def kind_of(name: str) -> str:
     """The kind of a torchvision, YOLOv5 or Segment Anything variant, from its name (specs that give no kind)."""
     import torchvision
 
-    from ipa.profiles import yolo
+    from ipa.models import yolo
 
     if sam.is_sam(name):
         return "segmentation"
@@ -127,7 +127,7 @@ def _vision_module(name: str, kind: str):
     fetch a backbone's weights for a detector it is asked to build as a classifier)."""
     import torchvision
 
-    from ipa.profiles import yolo
+    from ipa.models import yolo
 
     if kind == "segmentation":
         if not sam.is_sam(name):

@@ -10,54 +10,34 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field
 
-from ipa._signals import stop_on_sigterm
 from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.common import EnergyMeter
-from ipa.errors import ConfigError, IpaError
 from ipa.profiles.calibration import BatchTiming
 from ipa.profiles.serving import ServingCost
 from ipa.runtime.admission import AdmissionSettings, StageEstimate
-from ipa.spec import PipelineConfig, PipelineSpec, Strict, config_as_dict
+from ipa.runtime.ray.cluster import (
+    APP,
+    RaySettings,
+    ReconfigurationError,
+    running_replicas,
+    wait_routed,
+    wait_running,
+)
+from ipa.spec import PipelineConfig, PipelineSpec, config_as_dict
 
 log = logging.getLogger(__name__)
-APP = "ipa"
 CHANGE_KINDS = ("variant", "batch", "replicas", "cores")
 ROUTE_WAIT_S = 30.0  # after Serve says RUNNING, how long HTTP may take to reach the app
 BATCHES_KEPT = 200_000  # batch timings a runtime keeps (hours of a busy pipeline; an experiment cell holds fewer)
-
-
-class RaySettings(Strict):
-    address: str | None = Field(default=None, description="join this Ray cluster; default: start a local one")
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
-    cpus: int | None = Field(default=None, ge=1, description="logical CPUs of the local cluster (default: this machine's)")
-    batch_wait_s: float | None = Field(default=None, ge=0, description="default: the simulator's batch timeout")
-    drop_limit_s: float | None = Field(default=None, gt=0, description="default: 2 x SLA, as the simulator")
-    max_in_flight: int = Field(default=256, ge=1, description="requests each ingress replica holds at once (Serve's "
-                               "max_ongoing_requests); as many more wait at the proxy, beyond that Serve answers 503")
-    deploy_timeout_s: float = Field(default=180.0, gt=0)
-    weights: str | None = Field(default=None, description="folder of <variant>.pth checkpoints; default random weights")
-    meter: str = "auto"
-    device: Literal["cpu", "cuda"] = Field(default="cpu", description="where replicas run their models")
-    gpus_per_replica: float = Field(default=0.125, gt=0, le=1, description="share of a GPU each replica reserves (cuda)")
-    ingress_replicas: int | None = Field(default=None, ge=1, le=64, description="replicas of the ingress (default: "
-                                         "planned from the load and serving's CPU per request, one below saturation)")
-
-
-class ReconfigurationError(IpaError):
-    pass
 
 
 @dataclass
@@ -115,7 +95,7 @@ class RayRuntime:
     co2_g: float = 0.0  # grams of CO2 of the joules metered so far, at the intensity of each second
     serving: ServingCost | None = None  # what serving costs per request: sizes the ingress (auto)
     ingresses: int = 1  # replicas of the ingress now
-    _ledger: Any = None  # what every ingress replica saw (ipa.runtime.ledger)
+    _ledger: Any = None  # what every ingress replica saw (ipa.runtime.ray.ledger)
 
     @property
     def url(self) -> str:
@@ -151,12 +131,12 @@ class RayRuntime:
               load_rps: float | None = None) -> None:
         import ray
 
-        from ipa.runtime.ledger import ledger
+        from ipa.runtime.ray.ledger import ledger
 
         t = time.monotonic()
         self._ledger = ledger(create=True)
         self._deploy(config, expected, self.ingresses_for(load_rps))
-        _wait_routed(self.url, ROUTE_WAIT_S)
+        wait_routed(self.url, ROUTE_WAIT_S)
         log.info("pipeline deployed in %.1f s: %s, %d ingress replica%s", time.monotonic() - t,
                  config_as_dict(config), self.ingresses, "" if self.ingresses == 1 else "s")
         self.config = config
@@ -247,7 +227,7 @@ class RayRuntime:
         import ray
         from ray import serve
 
-        from ipa.runtime.serving import build_app
+        from ipa.runtime.ray.app import build_app
 
         need = sum(c.replicas * c.cores for c in config.values())
         have = ray.cluster_resources().get("CPU", 0.0)
@@ -266,7 +246,7 @@ class RayRuntime:
                         device=self.settings.device, gpus_per_replica=self.settings.gpus_per_replica,
                         ingresses=ingresses)
         serve._run(app, name=APP, route_prefix="/", _blocking=False)
-        _wait_running(self.settings.deploy_timeout_s)
+        wait_running(self.settings.deploy_timeout_s)
         self._expected, self.ingresses = expected, ingresses
 
     @property
@@ -290,7 +270,7 @@ class RayRuntime:
         """Once a second: energy, reserved CPUs, replica health. A failing meter is logged once and dropped."""
         import ray
 
-        from ipa.runtime.overhead import ProcessCpu
+        from ipa.runtime.ray.overhead import ProcessCpu
 
         last = self.meter.read() if self.meter else None
         total = ray.cluster_resources().get("CPU", 0.0)
@@ -323,7 +303,7 @@ class RayRuntime:
                     self.meter = None
             try:
                 reserved = total - ray.available_resources().get("CPU", 0.0)
-                replicas = _running_replicas()
+                replicas = running_replicas()
             except Exception as e:
                 log.warning("could not read the cluster state: %s", e)
                 continue
@@ -351,204 +331,3 @@ def for_profiles(settings: RaySettings, profiles_meta: dict[str, Any]) -> RaySet
     if "device" in settings.model_fields_set or not device.startswith("cuda"):
         return settings
     return settings.model_copy(update={"device": "cuda"})
-
-
-def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
-    """Start a local Ray cluster (or join `address`) and Serve's HTTP proxy; True if Ray was started here."""
-    import ray
-    from ray import serve
-
-    _check_models(spec)
-    if settings.weights and not os.path.isdir(settings.weights):
-        raise ConfigError(f"--weights {settings.weights}: no such folder (it holds <variant>.pth files or transformers "
-                          "folders <variant>/)")
-    if not settings.address and not ray.is_initialized():
-        _check_port_free(settings.host, settings.port)
-    started = False
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-        if settings.address:
-            ray.init(address=settings.address, **kwargs)
-        else:
-            ray.init(num_cpus=local_cpus(settings, spec), runtime_env={"env_vars": serve_env()}, **kwargs)
-        started = True
-        stop_on_sigterm()  # Ray's own handler exits on the spot; ours stops like Ctrl-C, logs and all
-    # One HTTP proxy, on the head node: the pipeline has one address however many nodes serve it.
-    serve.start(proxy_location="HeadOnly", http_options={"host": settings.host, "port": settings.port})
-    return started
-
-
-# Serve's own fast path (Ray >= 2.60), for the cluster's processes: each ingress replica serves HTTP itself behind
-# HAProxy (no Python proxy hop: one request is one uvicorn parse, in the replica that handles it), user code and
-# the router on the replica's event loop (no thread hops), request-path logs buffered, handles over gRPC. On the
-# 2-core machine this took serving's CPU per request from 37 to 10 ms (docs/benchmarks.md). The driver keeps
-# Serve's defaults: its handles are called from plain threads. A value set in the environment wins. An ingress
-# replica that stops stays open 2 s (Serve's default, 30 s, is for remote load balancers; the controller takes it
-# out of HAProxy's list within 0.1 s): otherwise every stop of `ipa serve` took 30 s longer.
-SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
-             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
-             "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",  # Serve's own metrics, batched per second (not 0.1 s)
-             "IPA_DIRECT_CALLS": "1"}  # the ingress calls the stage replicas on its node over sockets (runtime.direct)
-
-
-def serve_env() -> dict[str, str]:
-    """What the local cluster's processes get: SERVE_ENV, under any of its keys the user set themselves
-    (IPA_SERVE_FAST_PATH=0 turns the whole of it off, for side-by-side measurements)."""
-    if os.environ.get("IPA_SERVE_FAST_PATH", "1") == "0":
-        return {}
-    return {k: os.environ.get(k, v) for k, v in SERVE_ENV.items()}
-
-
-def local_cpus(settings: RaySettings, spec: PipelineSpec) -> int:
-    """The local cluster's logical CPUs: as asked, else this machine's, and at least one per stage (a 3-stage
-    pipeline cannot be placed on 2 CPUs; declared CPUs beyond the physical ones share them)."""
-    if settings.cpus:
-        return settings.cpus
-    cpus = os.cpu_count() or 1
-    if cpus < len(spec.stages):
-        log.warning("%d stages need %d CPUs: the local Ray cluster declares %d logical CPUs on this %d-CPU machine "
-                    "(they share the physical ones; --ray-cpus sets the count)", len(spec.stages), len(spec.stages),
-                    len(spec.stages), cpus)
-    return max(cpus, len(spec.stages))
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """Serve's proxy would fail deep inside Ray on a port in use: say so before starting anything. Bound as the
-    servers bind (SO_REUSEADDR): a listener is refused, the TIME_WAIT a stopped `ipa serve` leaves for a minute not."""
-    import socket
-
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise ConfigError(f"port {port} on {host} is not free ({e.strerror}): pass another with --port") from None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A free port for Serve's proxy that nothing else will take before it binds: outside the kernel's ephemeral
-    range (where port 0 lands, and where Ray's own processes and outgoing connections take ports while the cluster
-    starts: a port picked there was taken before HAProxy bound it, on CI) and above Ray's worker ports (10002-19999)."""
-    import random
-    import socket
-
-    low, high = _ephemeral_range()
-    candidates = [p for p in range(20000, 32768) if not low <= p <= high] or list(range(20000, 32768))
-    for port in random.sample(candidates, min(len(candidates), 200)):
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise ConfigError("no free port in 20000-32767 for Serve's proxy: pass one with --port")
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
-
-
-def shutdown(started_ray: bool) -> None:
-    """Delete the app and Serve; stop Ray if `connect` started it (a joined cluster keeps running)."""
-    import ray
-    from ray import serve
-
-    try:
-        if ray.is_initialized():
-            serve.shutdown()
-            _kill_ledger()
-    finally:
-        if started_ray:
-            ray.shutdown()
-
-
-def _kill_ledger() -> None:
-    import ray
-
-    from ipa.runtime.ledger import ledger
-
-    found = ledger()
-    if found is not None:
-        ray.kill(found)
-
-
-def _check_models(spec: PipelineSpec) -> None:
-    """Every stage has one kind (the ingress chains stages by kind) and every variant's own factory imports: a
-    mixed or unknown stage, or a module that is not there, is refused here, before Ray starts."""
-    from ipa.profiles.builder import check_factories
-    from ipa.profiles.zoo import pipeline_kinds
-
-    pipeline_kinds(spec)
-    check_factories(spec)
-
-
-def _wait_running(timeout_s: float) -> None:
-    """Wait until the app is RUNNING (every replica on the new config). Serve's own wait, with a timeout."""
-    from ray.serve.context import _get_global_client
-
-    try:
-        _get_global_client()._wait_for_application_running(APP, timeout_s=int(timeout_s))
-    except TimeoutError:
-        raise ReconfigurationError(f"the pipeline did not become ready within {timeout_s:.0f} s "
-                                   "(not enough CPUs in the cluster for this config?)") from None
-    except RuntimeError as e:
-        raise ReconfigurationError(f"the pipeline could not be deployed: {deploy_failure(str(e))}") from None
-
-
-def _wait_routed(url: str, timeout_s: float) -> bool:
-    """Wait until HTTP reaches the app: Serve reports it RUNNING before its route is in the proxy's table, and a
-    request in between is answered 404 "Path '/' not found" (seen in a CI rehearsal, 2026-12-03). False, and a
-    warning, if it is still not routed after `timeout_s`."""
-    import requests
-
-    end = time.monotonic() + timeout_s
-    while True:
-        try:
-            if requests.get(url, timeout=5).status_code != 404:
-                return True
-        except requests.RequestException:
-            pass
-        if time.monotonic() >= end:
-            log.warning("the app is running but %s still does not route to it after %.0f s", url, timeout_s)
-            return False
-        time.sleep(0.2)
-
-
-_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
-
-
-def deploy_failure(message: str) -> str:
-    """Why the app failed to deploy: each failed deployment's last error line (Serve keeps a replica's whole
-    traceback there: a variant's factory that raised, a checkpoint that is not there), else Serve's message."""
-    from ray import serve
-
-    details = []
-    try:
-        status = serve.status().applications.get(APP)
-        for name, d in (status.deployments.items() if status else ()):
-            if "FAIL" in str(d.status).upper() and d.message:
-                details.append(f"{name}: {last_error(d.message)}")
-    except Exception as e:  # the reason is best effort; the failure itself is reported either way
-        log.debug("no deployment status: %s", e)
-    return "; ".join(details) or message
-
-
-def last_error(text: str) -> str:
-    found = [m for m in map(_ERROR_LINE.match, (line.strip() for line in text.splitlines())) if m]
-    return f"{found[-1].group(1)}: {found[-1].group(2)}" if found else text.strip().splitlines()[-1]
-
-
-def _running_replicas() -> dict[str, int]:
-    """Serving replicas per deployment."""
-    from ray import serve
-
-    status = serve.status().applications.get(APP)
-    if status is None:
-        return {}
-    # A replica being reconfigured in place (UPDATING) is alive, not down; STARTING or RECOVERING ones are not up yet.
-    return {name: d.replica_states.get("RUNNING", 0) + d.replica_states.get("UPDATING", 0)
-            for name, d in status.deployments.items()}

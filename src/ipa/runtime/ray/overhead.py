@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ipa.profiles.calibration import (WINDOW_S, BatchTiming, machine_pace, served_paces, served_spread,
-                                      window_paces)
+from ipa.profiles.calibration import WINDOW_S, BatchTiming, machine_pace, served_paces, served_spread, window_paces
 from ipa.profiles.profiler import variant_pace
 from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import ProfileTable
@@ -233,10 +232,11 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
 
     Returns the cost and what it was measured on (for the profile's meta).
     """
-    from ipa.profiles.samples import request_bodies
-    from ipa.profiles.zoo import pipeline_kinds
+    from ipa.models.samples import request_bodies
+    from ipa.models.zoo import pipeline_kinds
     from ipa.runtime.loadgen import LoadGenerator
-    from ipa.runtime.ray_runtime import APP, RayRuntime, connect, shutdown
+    from ipa.runtime.ray.cluster import APP, connect, shutdown
+    from ipa.runtime.ray.runtime import RayRuntime
 
     if settings.address:
         raise ValueError("measure the serving cost on a local cluster (without --address): "

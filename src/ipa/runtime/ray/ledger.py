@@ -37,7 +37,7 @@ class Tally:
         self.replicas: dict[str, dict[str, Any]] = {}  # id -> at (per stage), pushed (wall time), metrics
         self.observed: dict[str, Any] = {}  # the runtime's latest config and energy, for every replica's gauges
         self.version = 0  # of `observed`: a replica updates its gauges when it changes
-        self.routes: dict[str, dict[str, str]] = {}  # stage replica id -> its direct socket (`ipa.runtime.direct`)
+        self.routes: dict[str, dict[str, str]] = {}  # stage replica id -> its direct socket (`ipa.runtime.ray.direct`)
 
     def push(self, replica: str, arrivals: dict[int, int], timings: list[dict[str, Any]], decode_cpu_s: float,
              at: list[int], metrics: list | None, pushed: float) -> tuple[int, dict[str, Any], dict[str, Any]]:

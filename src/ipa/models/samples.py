@@ -7,6 +7,7 @@ words as that stage's generation cap (with random weights every generated token 
 
 from __future__ import annotations
 
+import io
 import os
 from functools import cache
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from ipa._shared import shared_locations
 from ipa.errors import ConfigError
-from ipa.profiles import corpus
+from ipa.models import corpus
 from ipa.spec import GENERATIVE, MEDIA, PipelineSpec
 
 SPEECH_ENV = "IPA_SPEECH"
@@ -53,7 +54,7 @@ def speech_wav() -> bytes:
 
 @cache
 def speech_samples():
-    from ipa.profiles.audio import read_wav
+    from ipa.models.audio import read_wav
 
     return read_wav(speech_wav())
 
@@ -79,7 +80,7 @@ def stage_items(spec: PipelineSpec, kinds: list[str], stage: str, batch: int) ->
     if source == "speech":
         return [speech_samples()] * batch
     if source == "photos":
-        from ipa.profiles.zoo import central_box, photos_hwc
+        from ipa.models.zoo import central_box, photos_hwc
 
         photos = [photos_hwc()[k % len(photos_hwc())] for k in range(batch)]
         return [(p, central_box(p)) for p in photos] if kinds[i] == "segmentation" else photos
@@ -91,9 +92,24 @@ def request_bodies(spec: PipelineSpec, kinds: list[str]) -> tuple[list[bytes], s
     """What a client sends this pipeline: (bodies, content type)."""
     source = sample_set(spec, kinds)
     if source == "photos":
-        from ipa.runtime.loadgen import photo_jpegs
-
         return photo_jpegs(), "image/jpeg"
     if source == "speech":
         return [speech_wav()], "audio/wav"
     return [t.encode() for t in texts(source)], "text/plain; charset=utf-8"
+
+
+def photo_jpegs(width: int | None = None) -> list[bytes]:
+    """The shipped photos as JPEG bodies, optionally resized to `width` pixels wide."""
+    from PIL import Image
+
+    from ipa.models.zoo import photos_hwc
+
+    out = []
+    for p in photos_hwc():
+        img = Image.fromarray(p)
+        if width:
+            img = img.resize((width, round(p.shape[0] * width / p.shape[1])))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out

@@ -33,6 +33,7 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Literal
 
 import numpy as np
@@ -44,6 +45,8 @@ from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import Profile, ProfileTable, row_at
 from ipa.runtime.admission import Admission, AdmissionSettings, StageEstimate, stage_estimates
 from ipa.runtime.loadgen import arrival_times
+from ipa.runtime.series import SimResult
+from ipa.runtime.sim.accounting import Accounts
 from ipa.spec import PipelineConfig, PipelineSpec, StageConfig, Strict
 
 Z99 = 2.326  # standard normal 99th percentile
@@ -51,6 +54,15 @@ Pace = dict[str, tuple[np.ndarray, np.ndarray]]  # stage -> (when each batch end
 Speed = tuple[np.ndarray, np.ndarray]  # (when each span starts, the machine's slowness from then on), by time
 DEFAULT_LOAD_S = 1.0  # reconfiguration delay when a profile has no load time
 TIMINGS_KEPT = 2000  # batch timings kept between two reads
+
+
+class Event(IntEnum):
+    """What a scheduled event does; at the same instant, the lower value goes first."""
+
+    DONE = 0  # a batch's answers are out (payload: the batch)
+    TIMEOUT = 1  # a stage's batch timeout ran out (payload: the stage's index)
+    SWITCH = 2  # a stage's new config is loaded (payload: (stage index, config))
+    TICK = 3  # a second ended: serving's CPU follows its load (payload: the second)
 
 # The contention model (`shared_rate`) was fitted on each cell's mean busy cores (80 stages x cells of the 2-core
 # VM, 2026-12-03), and the plan applies it so. Applied to the batches running at each instant instead, its square
@@ -107,22 +119,6 @@ class _Stage:
         return own + (self.pending[1].replicas * self.pending[1].cores if self.pending else 0)
 
 
-@dataclass
-class SimResult:
-    """Per-second series (index = second) and run totals."""
-
-    seconds: int
-    series: dict[str, np.ndarray]
-    latencies: np.ndarray  # end-to-end latency of every completed request
-    completed_pas: np.ndarray  # PAS of every completed request
-    arrivals: int
-    completed: int
-    dropped: int  # every request not answered: refused at admission, expired in a queue, past the drop limit
-    in_flight: int
-    reconfigurations: int
-    rejected: int = 0  # of the dropped: refused at arrival (the real ingress's immediate 503)
-
-
 class Simulator:
     def __init__(self, spec: PipelineSpec, profiles: ProfileTable, idle_w_per_core: float,
                  rps: np.ndarray, settings: SimSettings | None = None, seed: int = 0,
@@ -161,16 +157,13 @@ class Simulator:
         self._next_arrival = 0
         self._events: list = []
         self._seq = 0
-        self._accrued_to = 0.0
         self.stages: list[_Stage] = []
         n = self.duration
-        self.s = {k: np.zeros(n) for k in ("arrivals", "completions", "drops", "rejected", "violations", "pas_sum",
-                                           "core_seconds", "energy_idle_j", "energy_dynamic_j")}
-        self._lat: list[float] = []
-        self._lat_sec: list[int] = []
-        self._pas: list[float] = []
+        self.books = Accounts(n, spec.sla_s, self.idle_w)  # the per-second series, beside the event loop
+        self.s = self.books.s
         self.dropped = self.completed = self.reconfigurations = self.rejected = 0
         # processor sharing (settings.cpus): every running batch advances on one virtual clock at `_rate`
+        self._handlers = (self._done, self._timeout, self._switch, self._tick)  # by `Event`, in its order
         self.cpus = settings.cpus
         self.serving = serving or ServingCost()
         self.j_per_cpu_s = self.profiles.joules_per_cpu_second
@@ -183,7 +176,7 @@ class Simulator:
         self._in_replicas_s = sum(self.serving.batch_overhead_s.get(s.name, 0.0) for s in spec.stages)
         if self.cpus is not None:
             for sec in range(1, n):
-                self._push(float(sec), 3, sec)
+                self._push(float(sec), Event.TICK, sec)
 
     # -- setup -----------------------------------------------------------------------------
     def start(self, config: PipelineConfig, expected: dict[str, StageEstimate] | None = None,
@@ -236,7 +229,7 @@ class Simulator:
                 self._dispatch(st)
             else:
                 st.pending = (self.now + delay, new)
-                self._push(self.now + delay, 2, (st.idx, new))
+                self._push(self.now + delay, Event.SWITCH, (st.idx, new))
 
     def _delay(self, st: _Stage, new: StageConfig) -> float:
         """Loading a model (other variant, other cores, new replicas) takes its load time; a batch change is instant.
@@ -266,7 +259,7 @@ class Simulator:
                 for i, row, size, took, cpu, t in raw]
 
     # -- event loop ------------------------------------------------------------------------
-    def _push(self, t: float, kind: int, payload) -> None:
+    def _push(self, t: float, kind: Event, payload) -> None:
         self._seq += 1
         heapq.heappush(self._events, (t, kind, self._seq, payload))
 
@@ -314,7 +307,7 @@ class Simulator:
             self._finish()
             return
         _, kind, _, payload = heapq.heappop(self._events)
-        (self._done, self._timeout, self._switch, self._tick)[kind](payload)
+        self._handlers[kind](payload)
 
     def _arrive(self, req: int) -> None:
         sec = int(self.now)
@@ -325,8 +318,7 @@ class Simulator:
             at[i] = len(st.queue) + st.in_service
         if not self.admission.admits(at, float(arrivals[sec - 1] if sec > 0 else arrivals[sec]), self.now):
             self.rejected += 1
-            self.s["rejected"][min(sec, self.duration - 1)] += 1
-            self._drop(req)
+            self._drop(req, rejected=True)
             return
         self._enqueue(self.stages[0], req)
 
@@ -354,7 +346,7 @@ class Simulator:
                 due = q[0][1] + self.batch_timeout
                 if st.timeout_at != due:
                     st.timeout_at = due
-                    self._push(due, 1, st.idx)
+                    self._push(due, Event.TIMEOUT, st.idx)
                 return
             batch = [q.popleft()[0] for _ in range(min(st.cfg.batch, len(q)))]
             row = st.rows[len(batch) - 1]
@@ -363,7 +355,7 @@ class Simulator:
             took = self._service_time(row)
             payload = (st.idx, batch, st.accuracy, row, took, self.now)
             if self.cpus is None:
-                self._push(self.now + took + st.overhead_s, 0, payload)
+                self._push(self.now + took + st.overhead_s, Event.DONE, payload)
             else:
                 self._share(payload, took * row.alone_s / row.p50, row.cpu_s / row.alone_s)
 
@@ -418,7 +410,7 @@ class Simulator:
         self._set_rate()
         overhead = self.stages[payload[0]].overhead_s
         if overhead > 0:
-            self._push(self.now + overhead, 0, payload)
+            self._push(self.now + overhead, Event.DONE, payload)
         else:
             self._done(payload)
 
@@ -441,7 +433,7 @@ class Simulator:
         self.admission.observe(idx, took, len(batch), self.now)
         self._timings.append((idx, row, len(batch), took, row.cpu_s * sampled / row.p50, self.now))
         sec = min(int(self.now), self.duration - 1)
-        self.s["energy_dynamic_j"][sec] += row.energy_j_per_batch
+        self.books.batch(sec, row.energy_j_per_batch)
         last = idx == len(self.stages) - 1
         for req in batch:
             self.acc[req] = self.acc[req] * accuracy if self.multiply else self.acc[req] + accuracy
@@ -463,19 +455,11 @@ class Simulator:
         latency = self.now - self._arrived[req] + max(0.0, overhead - self._in_replicas_s)
         pas = self.acc[req] / len(self.stages) if self.spec.accuracy_method == "average" else self.acc[req]
         self.completed += 1
-        self.s["completions"][sec] += 1
-        self.s["pas_sum"][sec] += pas
-        if latency > self.sla:
-            self.s["violations"][sec] += 1
-        self._lat.append(latency)
-        self._lat_sec.append(sec)
-        self._pas.append(pas)
+        self.books.requests.completed(sec, latency, pas)
 
-    def _drop(self, req: int) -> None:
-        sec = min(int(self.now), self.duration - 1)
+    def _drop(self, req: int, rejected: bool = False) -> None:
         self.dropped += 1
-        self.s["drops"][sec] += 1
-        self.s["violations"][sec] += 1
+        self.books.requests.dropped(min(int(self.now), self.duration - 1), rejected)
 
     def _timeout(self, idx: int) -> None:
         st = self.stages[idx]
@@ -493,50 +477,16 @@ class Simulator:
         self._dispatch(st)
 
     def _accrue(self, t: float) -> None:
-        """Add reserved core-seconds (and their idle energy) for [last accrual, t) into per-second buckets."""
-        t0 = self._accrued_to
-        if t <= t0:
-            return
-        cores = sum(st.reserved_cores() for st in self.stages)
-        for sec in range(int(t0), min(math.ceil(t), self.duration)):
-            overlap = min(t, sec + 1) - max(t0, sec)
-            if overlap > 0:
-                self.s["core_seconds"][sec] += cores * overlap
-                self.s["energy_idle_j"][sec] += cores * overlap * self.idle_w
-        self._accrued_to = t
+        """Reserved core-seconds (and their idle energy) up to t."""
+        self.books.accrue(t, sum(st.reserved_cores() for st in self.stages))
 
     # -- results ---------------------------------------------------------------------------
     def result(self) -> SimResult:
-        lat = np.array(self._lat)
-        secs = np.array(self._lat_sec, dtype=np.int64)
-        series = dict(self.s)
-        series["p50_latency_s"], series["p99_latency_s"] = _per_second_percentiles(lat, secs, self.duration)
-        done = series["completions"]
-        series["pas"] = np.divide(series["pas_sum"], done, out=np.full(self.duration, np.nan), where=done > 0)
-        if self.cpus is not None:  # the whole machine idles, whatever is reserved
-            series["energy_idle_j"] = np.full(self.duration, self.idle_w * self.cpus)
-        series["serving_cpu_s"] = self.serving.cpu(self.s["arrivals"] - self.s["rejected"], self.s["arrivals"])
-        series["energy_serving_j"] = series["serving_cpu_s"] * self.j_per_cpu_s
-        series["energy_j"] = series["energy_idle_j"] + series["energy_dynamic_j"] + series["energy_serving_j"]
         in_flight = len(self.arrival_t) - self.completed - self.dropped
-        return SimResult(self.duration, series, lat, np.array(self._pas), len(self.arrival_t), self.completed,
-                         self.dropped, in_flight, self.reconfigurations, self.rejected)
+        return self.books.result(self.cpus, self.serving, self.j_per_cpu_s, len(self.arrival_t), self.completed,
+                                 self.dropped, in_flight, self.reconfigurations, self.rejected)
 
 
 def scaled(profiles: ProfileTable, factor: float) -> ProfileTable:
     """The same machine `factor` times slower: every batch takes `factor` times as long."""
     return profiles if factor == 1.0 else profiles.slower(lambda p: factor, f"{profiles.source} (x{factor:g} slower)")
-
-
-def _per_second_percentiles(lat: np.ndarray, secs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    p50 = np.full(n, np.nan)
-    p99 = np.full(n, np.nan)
-    if len(lat):
-        order = np.argsort(secs, kind="stable")
-        lat, secs = lat[order], secs[order]
-        bounds = np.searchsorted(secs, np.arange(n + 1))
-        for s in range(n):
-            chunk = lat[bounds[s] : bounds[s + 1]]
-            if len(chunk):
-                p50[s], p99[s] = np.percentile(chunk, [50, 99])
-    return p50, p99

@@ -11,7 +11,7 @@ tokenizer worth the name: any vocabulary mapping is as good as the real one, and
 length. Their text is cut into words and marks, long words into pieces of at most six characters (about what a
 subword tokenizer makes of plain text), each hashed into the variant's vocabulary; generated ids decode to words
 of a fixed list, so downstream stages get real text of the capped length; speech becomes log-mel features in
-numpy (`ipa.profiles.audio`). Every answer says which it had: `"preprocessing": "checkpoint"` or `"synthetic"`.
+numpy (`ipa.models.audio`). Every answer says which it had: `"preprocessing": "checkpoint"` or `"synthetic"`.
 Nothing here reaches the network: the hub is switched off (HF_HUB_OFFLINE) unless the environment says otherwise.
 """
 
@@ -175,7 +175,7 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 
 @cache
 def _decode_words() -> tuple[str, ...]:
-    from ipa.profiles.corpus import ENGLISH
+    from ipa.models.corpus import ENGLISH
 
     return tuple(sorted({w.lower() for t in ENGLISH for w in re.findall(r"[A-Za-z]+", t)}))
 
@@ -226,7 +226,7 @@ class SyntheticPreprocessing:
     def speech(self, items: list[np.ndarray]) -> dict[str, Any]:
         import torch
 
-        from ipa.profiles.audio import log_mel
+        from ipa.models.audio import log_mel
 
         feats = [log_mel(a) for a in items]
         n = max(len(f) for f in feats)
@@ -404,7 +404,7 @@ class TextModel:
 def build(variant: VariantSpec, stage: StageSpec, weights: str | Path | None = None, device: str = "cpu") -> TextModel:
     """The variant of a speech or text stage, ready to serve: from a checkpoint folder with its own preprocessing,
     else the architecture (random weights, or a state dict) with the synthetic one."""
-    from ipa.profiles.corpus import QA_CONTEXT
+    from ipa.models.corpus import QA_CONTEXT
 
     kind = stage.kind or ""
     if weights and Path(weights).is_dir():
