@@ -817,12 +817,13 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
         err_console.print("terminated (SIGTERM): stopping" if isinstance(e, Terminated) else "stopping")
     finally:
         runtime.stop()
-        shutdown(started)
+        # the logs first: they are complete once sampling stopped, and Ray's shutdown may be cut short
         write_csv(out_dir / "decisions.csv", decisions)  # also when stopped before the first decision
         write_runtime_logs(out_dir, runtime.samples, runtime.reconfigurations, runtime.events)
         co2 = f"; {runtime.co2_g:.3g} g of CO2 in all" if series is not None else ""
         err_console.print(f"logs in {out_dir}/ (decisions.csv, energy.csv, reconfigurations.csv, events.csv){co2}",
                           highlight=False)
+        shutdown(started)
 
 
 def _carbon_series(path: str | None, speedup: float | None):

@@ -16,10 +16,13 @@ from pydantic import Field
 
 from ipa._signals import stop_on_sigterm
 from ipa.errors import ConfigError, IpaError
+from ipa.runtime.ray.guard import MARK, Guard, haproxy_env
 from ipa.spec import PipelineSpec, Strict
 
 log = logging.getLogger(__name__)
 APP = "ipa"
+_guard: Guard | None = None  # the local cluster this process started, while it runs
+SERVE_STOP_S = 15.0  # how long Serve may take to drain and stop (a few seconds on a live cluster)
 
 
 class RaySettings(Strict):
@@ -45,7 +48,9 @@ class ReconfigurationError(IpaError):
 
 
 def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
-    """Start a local Ray cluster (or join `address`) and Serve's HTTP proxy; True if Ray was started here."""
+    """Start a local Ray cluster (or join `address`) and Serve's HTTP proxy; True if Ray was started here. A local
+    cluster is guarded (`ipa.runtime.ray.guard`): nothing of it outlives this process."""
+    global _guard
     import ray
     from ray import serve
 
@@ -61,7 +66,16 @@ def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
         if settings.address:
             ray.init(address=settings.address, **kwargs)
         else:
-            ray.init(num_cpus=local_cpus(settings, spec), runtime_env={"env_vars": serve_env()}, **kwargs)
+            _guard = Guard()
+            env = serve_env() | _guard.env()
+            if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+                env |= haproxy_env(settings.host, _guard.folder, {settings.port})
+            os.environ[MARK] = _guard.cluster  # what Ray starts from here (GCS, raylet) carries it too
+            try:
+                ray.init(num_cpus=local_cpus(settings, spec), runtime_env={"env_vars": env}, **kwargs)
+            finally:
+                os.environ.pop(MARK, None)
+            _guard.started()
         started = True
         stop_on_sigterm()  # Ray's own handler exits on the spot; ours stops like Ctrl-C, logs and all
     # One HTTP proxy, on the head node: the pipeline has one address however many nodes serve it.
@@ -116,15 +130,16 @@ def _check_port_free(host: str, port: int) -> None:
             raise ConfigError(f"port {port} on {host} is not free ({e.strerror}): pass another with --port") from None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", avoid: set[int] | frozenset[int] = frozenset()) -> int:
     """A free port for Serve's proxy that nothing else will take before it binds: outside the kernel's ephemeral
     range (where port 0 lands, and where Ray's own processes and outgoing connections take ports while the cluster
-    starts: a port picked there was taken before HAProxy bound it, on CI) and above Ray's worker ports (10002-19999)."""
+    starts: a port picked there was taken before HAProxy bound it, on CI) and above Ray's worker ports (10002-19999).
+    Not one of `avoid` (picked already, not bound yet)."""
     import random
     import socket
 
     low, high = _ephemeral_range()
-    candidates = [p for p in range(20000, 32768) if not low <= p <= high] or list(range(20000, 32768))
+    candidates = [p for p in range(20000, 32768) if not low <= p <= high and p not in avoid] or list(range(20000, 32768))
     for port in random.sample(candidates, min(len(candidates), 200)):
         with socket.socket() as s:
             try:
@@ -144,17 +159,49 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 def shutdown(started_ray: bool) -> None:
-    """Delete the app and Serve; stop Ray if `connect` started it (a joined cluster keeps running)."""
+    """Delete the app and Serve; stop Ray if `connect` started it (a joined cluster keeps running), and then
+    whatever of the local cluster still runs. Serve gets `SERVE_STOP_S` to stop: a signal to the whole process
+    group (`kill -- -PGID`, `timeout`, a supervisor) reaches the local cluster's own processes too, and Serve's
+    controller then never answers (Ray would wait 30 s for it, then 60 s for GCS, and end the process)."""
+    global _guard
     import ray
-    from ray import serve
 
+    guard = _guard if started_ray else None
+    if started_ray:
+        _guard = None
     try:
-        if ray.is_initialized():
-            serve.shutdown()
-            _kill_ledger()
+        if ray.is_initialized() and (guard is None or guard.core_alive()) and not _stop_serve(SERVE_STOP_S):
+            log.warning("Serve did not stop within %.0f s (the signal reached the cluster's processes too?): "
+                        "stopping what is left of the cluster", SERVE_STOP_S)
     finally:
         if started_ray:
-            ray.shutdown()
+            try:
+                ray.shutdown()
+            finally:
+                if guard is not None:
+                    guard.close()
+
+
+def _stop_serve(timeout_s: float) -> bool:
+    """Serve's own shutdown (apps drained, its actors and HAProxy stopped) and the ledger's, waited for at most
+    `timeout_s`: whether it finished."""
+    import threading
+
+    from ray import serve
+
+    done = threading.Event()
+
+    def stop() -> None:
+        try:
+            serve.shutdown()
+            _kill_ledger()
+        except Exception as e:  # a cluster that is going down anyway: what is left is stopped after
+            log.warning("Serve's shutdown failed: %s", e)
+        finally:
+            done.set()
+
+    threading.Thread(target=stop, name="ipa-serve-shutdown", daemon=True).start()
+    return done.wait(timeout_s)
 
 
 def _kill_ledger() -> None:
