@@ -65,12 +65,13 @@ def test_merging_twice_gives_the_same_figures_and_the_runtime_report_has_a_versi
     assert 'ipa_requests_total{code="200"} 5.0' in generate_latest(Merged(t.metric_families())).decode()
 
 
-def test_a_request_counts_in_the_second_its_client_or_proxy_stamped():
+def test_a_request_counts_in_the_second_a_trusted_proxy_stamped_and_otherwise_when_it_arrived():
     from ipa.runtime.ray.ingress import request_start
 
     now = 1_750_000_000.4
-    assert request_start("t=1749999999.9", now) == 1749999999.9  # sent in the second before it reached the ingress
-    assert request_start("1749999999900", now) == pytest.approx(1749999999.9)  # milliseconds
-    assert request_start("t=1749999999900000", now) == pytest.approx(1749999999.9)  # microseconds (NGINX's t=)
+    stamps = ["t=1749999999.9", "1749999999900", "t=1749999999900000"]  # seconds, milliseconds, NGINX's microseconds
+    for stamp in stamps:  # sent in the second before it reached the ingress
+        assert request_start(stamp, now, trusted=True) == pytest.approx(1749999999.9)
+        assert request_start(stamp, now) == now  # any client can send the header: not trusted unless told
     for other in (None, "", "soon", "t=12", f"t={now + 60}", f"t={now - 3600}"):  # absent, garbled, another clock
-        assert request_start(other, now) == now
+        assert request_start(other, now, trusted=True) == now

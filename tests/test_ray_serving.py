@@ -115,6 +115,7 @@ def test_bad_input_gets_4xx_and_the_pipeline_keeps_serving(cluster):
     try:
         assert rt.batch_timings() == []  # the ingress kept the earlier test's batches: not this run's
         jpeg = photo_jpegs(width=320)[0]
+        refused = [metric(rt.url, f'ipa_refused_total{{code="{c}"}}') for c in (400, 415)]  # earlier tests' stay
         assert post(rt.url, b"not an image", "image/jpeg").status_code == 400
         r = post(rt.url, b"hello", "text/plain")
         assert r.status_code == 415 and "allowed" in r.json()["error"]
@@ -130,8 +131,66 @@ def test_bad_input_gets_4xx_and_the_pipeline_keeps_serving(cluster):
         assert sorted(t.stage for t in got) == ["classify", "detect"]  # this run's only request
         metrics = requests.get(rt.url + "metrics", timeout=30).text
         assert 'ipa_requests_total{code="400"}' in metrics and 'ipa_requests_total{code="415"}' in metrics
+        assert metric(rt.url, 'ipa_refused_total{code="400"}') - refused[0] == 5  # not load: counted apart
+        assert metric(rt.url, 'ipa_refused_total{code="415"}') - refused[1] == 1
         assert 'ipa_stage_config{knob="replicas",stage="classify",variant="resnet18"} 1.0' in metrics
         assert "ipa_request_latency_seconds_bucket" in metrics
+        time.sleep(1.5)  # observed_rates covers whole seconds every replica has reported
+        assert rt.observed_rates().sum() == 1  # bad input is refused apart: the one good request is the load
+    finally:
+        rt.stop()
+
+
+def test_refused_requests_and_a_clients_stamp_move_neither_the_load_nor_the_plan(cluster):
+    """A client that sends what no config can serve, or stamps X-Request-Start to pile its requests into one
+    second, must not steer the plan: the load is the requests that could be served, when they reached the ingress."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ipa.experiment.config import REPO
+    from ipa.optimize import Weights, make_problem, solve
+    from ipa.profiles import load_profiles
+    from ipa.spec import load_pipeline
+
+    spec, settings = cluster
+    rt = RayRuntime(spec, settings)
+    rt.start(config())
+    jpeg = photo_jpegs(width=320)[0]
+    forged = {"content-type": "image/jpeg", "x-request-start": f"t={rt._wall0 + 0.5:.3f}"}  # all in one second
+    first = math.ceil(time.time()) + 1
+    sent: list[float] = []
+
+    def good(at: float) -> int:
+        time.sleep(max(0.0, at - time.time()))
+        sent.append(time.time())
+        return requests.post(rt.url, data=jpeg, headers=forged, timeout=60).status_code
+
+    def hostile(at: float) -> list[int]:
+        time.sleep(max(0.0, at - time.time()))
+        codes = [requests.post(rt.url, data=b"x", headers={"content-type": "text/html"}, timeout=30).status_code
+                 for _ in range(80)]  # refused on their headers
+        codes += [requests.post(rt.url, data=jpeg[:len(jpeg) // 2], headers=forged, timeout=30).status_code
+                  for _ in range(5)]  # refused where the image is decoded, in the detector's replica
+        return codes
+
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            # two requests a second, away from the seconds' edges, for ten seconds; the burst in the middle
+            answers = [pool.submit(good, first + k + off) for k in range(10) for off in (0.35, 0.65)]
+            burst = pool.submit(hostile, first + 4.1)
+            assert all(a.result() in (200, 503) for a in answers), [a.result() for a in answers]
+            assert burst.result() == [415] * 80 + [400] * 5
+        time.sleep(1.5)
+        rates = rt.observed_rates()
+        window = rates[first - rt._epoch0:][:10]
+        expected = [sum(int(s) == first + k for s in sent) for k in range(10)]
+        assert list(window) == expected and max(expected) == 2, (list(window), expected)  # nothing else counted
+        assert rates.sum() == 20
+        video = load_pipeline(REPO / "configs/pipelines/video.yaml")  # what ipa plans for the video pipeline
+        problem = make_problem("ipa", video, load_profiles(REPO / "profiles/video-cpu-2core.csv", video), Weights())
+        planned = solve(problem, float(max(window))).config
+        assert planned == solve(problem, float(max(expected))).config
+        # what the old count would have planned for (every request in the forged second, the refused ones too)
+        assert solve(problem, 20.0 + 85).config != planned
     finally:
         rt.stop()
 
@@ -139,7 +198,8 @@ def test_bad_input_gets_4xx_and_the_pipeline_keeps_serving(cluster):
 def test_two_ingress_replicas_share_the_requests_and_report_as_one(cluster):
     """Each ingress replica sees a share; what the runtime, GET / and /metrics read is the whole pipeline's."""
     spec, settings = cluster
-    rt = RayRuntime(spec, settings.model_copy(update={"ingress_replicas": 2}))
+    # a front proxy stamps X-Request-Start here, and the operator says so
+    rt = RayRuntime(spec, settings.model_copy(update={"ingress_replicas": 2, "trust_request_start": True}))
     rt.start(config())
     try:
         assert wait_for(lambda: rt_replicas().get("Ingress") == 2)
@@ -182,8 +242,13 @@ def test_two_ingress_replicas_share_the_requests_and_report_as_one(cluster):
 
 
 def answered_200(url: str) -> float:
+    return metric(url, 'ipa_requests_total{code="200"}')
+
+
+def metric(url: str, sample: str) -> float:
+    """A sample's value on /metrics (0 before it was first counted)."""
     metrics = requests.get(url + "metrics", timeout=30).text
-    return sum(float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith('ipa_requests_total{code="200"}'))
+    return sum(float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith(sample))
 
 
 def test_the_ingress_is_sized_from_serving_cost_and_load():

@@ -742,11 +742,14 @@ def _log_to(con: Console) -> None:
 @click.option("--weights", type=click.Path(), default=None, help="folder of <variant>.pth checkpoints (default: random weights)")
 @click.option("--meter", default="auto", show_default=True, help="auto, rapl, perf, nvml, estimate")
 @click.option("--out", type=click.Path(), default=None, help="log folder (default results/serve-<timestamp>)")
+@click.option("--trust-request-start", is_flag=True, default=False,
+              help="count each request in the second its X-Request-Start header says: only behind a front proxy "
+                   "that sets that header and does not pass a client's on (otherwise: when it reaches the ingress)")
 @carbon_options
 @ray_options
 @problem_options
-def serve(pipeline, profiles, policy, predictor, interval, initial_load, duration, weights, meter, out, carbon,
-          carbon_speedup, address, port, ray_cpus, device, ingress_replicas, **problem_kw):
+def serve(pipeline, profiles, policy, predictor, interval, initial_load, duration, weights, meter, out,
+          trust_request_start, carbon, carbon_speedup, address, port, ray_cpus, device, ingress_replicas, **problem_kw):
     """Serve the pipeline on Ray Serve at http://127.0.0.1:PORT/ and adapt it to the traffic it sees."""
     import datetime as dt
     from pathlib import Path
@@ -771,7 +774,8 @@ def serve(pipeline, profiles, policy, predictor, interval, initial_load, duratio
     out_dir = check_writable(out or f"results/serve-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}", "--out")
     settings = load_model(RaySettings, {k: v for k, v in {"address": address, "port": port, "cpus": ray_cpus,
                                                          "weights": weights, "meter": meter, "device": device,
-                                                         "ingress_replicas": ingress_replicas}.items()
+                                                         "ingress_replicas": ingress_replicas,
+                                                         "trust_request_start": trust_request_start}.items()
                                         if v is not None}, "options")
     settings = for_profiles(settings, problem.profiles.meta)
     _log_to(err_console)

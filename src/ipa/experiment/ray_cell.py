@@ -70,7 +70,9 @@ class RayCluster:
 
         cfg = self.setup.cfg
         self._started = connect(cfg.ray, self.setup.spec)
-        update: dict[str, Any] = {"ray": for_profiles(cfg.ray, self.setup.profiles.meta)}
+        # the cells' only client is the experiment's own load generator, which stamps each request as it sends it
+        ray_settings = for_profiles(cfg.ray, self.setup.profiles.meta).model_copy(update={"trust_request_start": True})
+        update: dict[str, Any] = {"ray": ray_settings}
         cluster = int(ray.cluster_resources().get("CPU", 1))
         if cfg.max_cores is None:  # the optimizer plans within the cluster it serves on
             update["max_cores"] = cluster

@@ -15,11 +15,12 @@ from ipa.spec import PipelineConfig, PipelineSpec
 def build_app(spec: PipelineSpec, config: PipelineConfig, expected: dict[str, StageEstimate] | None, *,
               batch_wait_s: float, drop_limit_s: float, admission: AdmissionSettings, overhead_s: float,
               max_in_flight: int = 256, weights: str | None = None, device: str = "cpu",
-              gpus_per_replica: float = 0.0, ingresses: int = 1):
+              gpus_per_replica: float = 0.0, ingresses: int = 1, trust_request_start: bool = False):
     """The bound application for one pipeline config (deploying it again with another config reconfigures).
 
     On `cuda` each replica asks Ray for `gpus_per_replica` of a GPU, so several replicas share one. The ingress
-    runs `ingresses` replicas, each holding at most `max_in_flight` requests.
+    runs `ingresses` replicas, each holding at most `max_in_flight` requests; `trust_request_start` counts each
+    arrival in the second its `X-Request-Start` says (`ingress.request_start`).
     """
     from ray.serve.config import BackpressureConfig
 
@@ -48,7 +49,7 @@ def build_app(spec: PipelineSpec, config: PipelineConfig, expected: dict[str, St
                      "tail_s": e.tail_s if known and not math.isnan(e.tail_s) else None})
     ingress_args = (kinds, spec.sla_s, drop_limit_s)
     ingress_config = {"stages": plan, "overhead_s": overhead_s, "admission": admission.model_dump(),
-                      "ingresses": ingresses}
+                      "ingresses": ingresses, "trust_request_start": trust_request_start}
     return Ingress.options(user_config=ingress_config, num_replicas=ingresses, max_ongoing_requests=max_in_flight,
                            max_queued_requests=max_in_flight,
                            backpressure_config=BackpressureConfig(retry_after_s=1),

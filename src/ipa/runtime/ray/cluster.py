@@ -41,6 +41,9 @@ class RaySettings(Strict):
     gpus_per_replica: float = Field(default=0.125, gt=0, le=1, description="share of a GPU each replica reserves (cuda)")
     ingress_replicas: int | None = Field(default=None, ge=1, le=64, description="replicas of the ingress (default: "
                                          "planned from the load and serving's CPU per request, one below saturation)")
+    trust_request_start: bool = Field(default=False, description="count each request in the second its "
+                                      "X-Request-Start header says (set it only where a front proxy or ipa's own "
+                                      "load generator sets that header and clients cannot)")
 
 
 class ReconfigurationError(IpaError):

@@ -79,11 +79,14 @@ REQUEST_START = "x-request-start"  # when the request left the client or a front
 START_SKEW_S = (10.0, 1.0)  # a stamp older or further ahead than this is another clock's: the ingress's own time
 
 
-def request_start(stamp: str | None, now: float) -> float:
+def request_start(stamp: str | None, now: float, trusted: bool = False) -> float:
     """The second a request joined the load: its `X-Request-Start` (`t=` epoch seconds, or milli- or microseconds)
-    where a client or proxy stamped it, else `now`. Counted at the ingress, arrivals moved by the wait in
-    HAProxy and the event loop into the next second; the load the plan is for is what was offered, when."""
-    if not stamp:
+    where the header is `trusted`, else `now`. Counted at the ingress, arrivals move by the wait in HAProxy and the
+    event loop into the next second; a stamp moves them back. Behind HAProxy the ingress cannot tell a front
+    proxy's stamp from a client's, and any client could pile a minute's requests into one second: so the header
+    counts only where the operator says it comes from a hop they trust (`ipa serve --trust-request-start`, or the
+    experiment's own load generator)."""
+    if not stamp or not trusted:
         return now
     try:
         t = float(stamp.strip().removeprefix("t="))
@@ -130,6 +133,7 @@ class Ingress:
         self.plan: list[dict[str, Any]] = []
         self.at = [0] * len(stages)  # admitted requests now at each stage (decode counts as the first)
         self.ingresses = 1  # replicas of the ingress (each sees about this share of the requests)
+        self.trust_start = False  # whether X-Request-Start comes from a trusted hop (`request_start`)
         self.arrivals: Counter[int] = Counter()  # epoch second -> requests that arrived (the last few seconds)
         self._news = News()  # what this replica saw since its last push to the ledger
         self._seen: dict[str, None] = {}  # batch ids already counted (a batch answers several requests)
@@ -147,6 +151,8 @@ class Ingress:
                                    buckets=sorted(set(buckets)), registry=reg)
         self.m_in_flight = Gauge("ipa_in_flight_requests", "Requests in the pipeline", registry=reg)
         self.m_rejected = PCounter("ipa_shed", "Requests shed, by reason", ["reason"], registry=reg)
+        self.m_refused = PCounter("ipa_refused", "Requests refused as bad input (not load), by status", ["code"],
+                                  registry=reg)
         self.m_stage = Gauge("ipa_stage_config", "Active config per stage (value: the knob)",
                              ["stage", "variant", "knob"], registry=reg)
         self.m_energy = Gauge("ipa_energy_joules", "Energy since the run started, by domain",
@@ -162,6 +168,7 @@ class Ingress:
             self._pusher = asyncio.get_running_loop().create_task(self._push_forever())
             self._warming = asyncio.get_running_loop().create_task(self._warm())
         self.ingresses = max(1, int(cfg.get("ingresses", 1)))
+        self.trust_start = bool(cfg.get("trust_request_start", False))
         settings = AdmissionSettings(**cfg["admission"])
         if (settings, cfg["overhead_s"]) != (self.admission.settings, self.admission.overhead_s):
             self.admission = Admission(self.deadline_s, cfg["overhead_s"], settings)
@@ -191,25 +198,25 @@ class Ingress:
             status = await self.status()
             return JSONResponse(status, 200 if self.ready.is_set() else 503)
         t0 = time.time()
-        second = int(request_start(request.headers.get(REQUEST_START), t0))
-        self.arrivals[second] += 1
-        self._news.arrivals[second] += 1
+        second = int(request_start(request.headers.get(REQUEST_START), t0, self.trust_start))
         if request.method != "POST":
-            return self._answer(JSONResponse({"error": f"POST {ACCEPTS[self.media][2]}"}, 405), t0)
+            return self._refuse(JSONResponse({"error": f"POST {ACCEPTS[self.media][2]}"}, 405), t0)
         ctype = request.headers.get("content-type", "")
         try:
             check_headers(ctype, request.headers.get("content-length"), self.media)
         except BadInput as e:
             if e.status == 413:
                 await _drain(request, DRAIN_LIMIT)
-            return self._answer(JSONResponse({"error": str(e)}, e.status), t0)
+            return self._refuse(JSONResponse({"error": str(e)}, e.status), t0)
         if not self.ready.is_set() and not await self._ready_within(STARTING_WAIT_S):
+            self._arrived(second)
             self.m_rejected.labels("starting").inc()
             return self._answer(JSONResponse({"error": "starting: the pipeline's stages are still loading their models; "
                                               "retry in 2 s", "reason": "starting"}, 503, headers={"Retry-After": "2"}),
                                 t0)
         verdict = self.admission.decide(*self._whole(int(t0) - 1), t0)
         if not verdict.admit:
+            self._arrived(second)
             self.m_rejected.labels("admission").inc()
             return self._answer(JSONResponse(
                 {"error": f"overloaded: an answer would take about {verdict.estimate_s:.1f} s, "
@@ -219,11 +226,16 @@ class Ingress:
         self.at[0] += 1
         self.m_in_flight.set(sum(self.at))
         try:  # the body is read only now: Serve's proxy streams it on demand, a refused request never moves it
-            payload = decode_body(await request.body(), ctype, self.media)
+            try:
+                payload = decode_body(await request.body(), ctype, self.media)
+            except BadInput as e:
+                return self._refuse(JSONResponse({"error": str(e)}, e.status), t0)
+            self._arrived(second)
             chain = self.pipeline if self.media == "image" else self.chain
             result = await asyncio.wait_for(chain(payload, t0, where), self.drop_limit_s)
-        except BadInput as e:
-            return self._answer(JSONResponse({"error": str(e)}, e.status), t0)
+        except BadInput as e:  # a stage found the input broken further in (an image that does not decode)
+            self._arrived(second, -1)
+            return self._refuse(JSONResponse({"error": str(e)}, e.status), t0)
         except Expired:
             self.m_rejected.labels("expired").inc()
             return self._answer(JSONResponse({"error": f"dropped: could no longer be answered within the SLA "
@@ -274,6 +286,19 @@ class Ingress:
                          "sla_s": self.sla_s, "decode_cpu_s": totals["decode_cpu_s"],
                          "batch_s": [st.batch_s for st in self.admission.stages],
                          "per_request_s": [st.per_request_s for st in self.admission.stages]})
+
+    def _arrived(self, second: int, n: int = 1) -> None:
+        """A request the pipeline could serve joins the load, in the second it started: what the predictor learns
+        from and admission reads. Served, shed or expired, it was offered; a refused one (`_refuse`) was not, and
+        one found broken only in a stage leaves it again (n = -1; the ledger adds what each replica pushes)."""
+        self.arrivals[second] += n
+        self._news.arrivals[second] += n
+
+    def _refuse(self, response, t0: float):
+        """A request no config could serve (wrong method, type, size or body): answered, counted apart by its
+        status, and never load: a client sending such requests must not move the plan."""
+        self.m_refused.labels(str(response.status_code)).inc()
+        return self._answer(response, t0)
 
     def _answer(self, response, t0: float):
         self.m_requests.labels(str(response.status_code)).inc()

@@ -199,9 +199,10 @@ class RayRuntime:
         return timings
 
     def observed_rates(self) -> np.ndarray:
-        """Requests per second, for every whole second since start that every ingress replica has reported, each
-        counted in the second its client or proxy stamped (`X-Request-Start`; else when it reached the ingress):
-        a request still on its way is counted when it arrives, so the last second may be a request or two short."""
+        """Requests per second that the pipeline could serve (bad input is refused apart, `Ingress._refuse`), for
+        every whole second since start that every ingress replica has reported, each counted when it reached the
+        ingress (or, with `trust_request_start`, in the second its `X-Request-Start` says): a request still on its
+        way is counted when it arrives, so the last second may be a request or two short."""
         if not self._started:
             return np.zeros(0)
         import ray
@@ -244,7 +245,7 @@ class RayRuntime:
                         admission=self.admission, overhead_s=self.serving_latency_s,
                         max_in_flight=self.settings.max_in_flight, weights=self.settings.weights,
                         device=self.settings.device, gpus_per_replica=self.settings.gpus_per_replica,
-                        ingresses=ingresses)
+                        ingresses=ingresses, trust_request_start=self.settings.trust_request_start)
         serve._run(app, name=APP, route_prefix="/", _blocking=False)
         wait_running(self.settings.deploy_timeout_s)
         self._expected, self.ingresses = expected, ingresses
