@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ipa.profiles.calibration import BatchTiming
     from ipa.profiles.table import ProfileTable
-    from ipa.runtime.sim import Speed
+    from ipa.machine.replay import Speed
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "profiles/video-cpu-2core.csv"
@@ -215,10 +215,12 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     import json
     from dataclasses import replace
 
-    from ipa.experiment.cells import Served, Setup, cell_dir, cell_pace, own_paces, shape
+    from ipa.experiment.cells import Setup, cell_dir, shape
     from ipa.experiment.config import load_experiment
     from ipa.experiment.prediction import predict
-    from ipa.profiles.calibration import WINDOW_S, BatchTiming, served_paces, served_spread
+    from ipa.machine.measure import WINDOW_S, served_paces, served_spread
+    from ipa.machine.tracker import SpeedTracker, cell_pace, own_paces
+    from ipa.profiles.calibration import BatchTiming
     from ipa.workload import load_workload
 
     run, out, prefix = served(out)
@@ -228,8 +230,8 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
     twins = {(r["workload"], r["policy"], r["metric"]): r["twin"] for r in fidelity}
     started = {(r["workload"], r["policy"]): float(r["predicted"]) for r in fidelity if r["metric"] == "machine_pace"}
     # the machine's speed as served before each cell, as the run gathered it (`RayCluster._follow`)
-    seen = setup.serving or None
-    served_so_far = Served.refreshed(seen)
+    seen = setup.speed or None
+    served_so_far = SpeedTracker.refreshed(seen)
     rows = []
     for name in cfg.workloads:
         w = shape(load_workload(name, cfg.trace), cfg.duration_s, cfg.load_scale)
@@ -243,23 +245,24 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
                                        float(r["cpu_s"]) if r["cpu_s"] else None,
                                        float(r["t_s"]) if r.get("t_s") else None) for r in csv.DictReader(f)]
             # against the variants' paces as followed so far, as the run measured it
-            planned, measured = cell_pace(setup.at_serving(seen) if seen else setup, batches)
+            before = setup.at_speed(seen) if seen else setup
+            planned, measured = cell_pace(before.speed, before.profiles, batches)
             cell_setup = setup
             if seen and started.get((w.name, policy)):  # the pace the run's prediction had
                 seen = replace(seen, pace=started[(w.name, policy)])
-                cell_setup = setup.at_serving(seen)
+                cell_setup = setup.at_speed(seen)
             known = None
             if seen and at_cell_pace and measured:  # the variants the cell served at their own paces and spread
                 own = own_paces(seen.variant_pace, served_paces(setup.profiled, batches))
                 spread = served_spread(setup.profiles, batches, window_s=WINDOW_S)
-                cell_setup = setup.at_serving(replace(seen, pace=measured, variant_pace=own,
+                cell_setup = setup.at_speed(replace(seen, pace=measured, variant_pace=own,
                                                       window_spread=spread or seen.window_spread))
                 known = cell_speed(cell_setup.profiles, batches, w.seconds)
             predicted = predict(cell_setup, w, policy, known)
             apart = {}
-            if cell_setup.serving and at_cell_pace:
-                pace = cell_setup.serving.pace
-                apart = {f: predict(cell_setup.at_serving(replace(cell_setup.serving, pace=pace * f)), w,
+            if cell_setup.speed and at_cell_pace:
+                pace = cell_setup.speed.pace
+                apart = {f: predict(cell_setup.at_speed(replace(cell_setup.speed, pace=pace * f)), w,
                                     policy, known).summary for f in PACE_APART}
             band = {"predicted_low": predicted.low, "predicted_high": predicted.high} if not at_cell_pace else {}
             rows += [{"workload": w.name, "policy": policy, "metric": m, "predicted": predicted.summary[m],
@@ -267,10 +270,10 @@ def repredict(out: Path, at_cell_pace: bool = False) -> None:
                       "twin": twins.get((w.name, policy, m), "nan"), "real": real[m],
                       **{f"at_x{f:g}": s[m] for f, s in apart.items()}} for m in TARGETS]
             rows.append({"workload": w.name, "policy": policy, "metric": "machine_pace",
-                         "predicted": cell_setup.serving.pace if cell_setup.serving else planned,
+                         "predicted": cell_setup.speed.pace if cell_setup.speed else planned,
                          "twin": "nan", "real": measured if measured else "nan"})
             if seen and measured:  # what this cell served joins what the next one starts from (as the run does)
-                seen = served_so_far.follow(seen, setup.at_serving(seen).profiles, setup.profiled, batches, seen.pace,
+                seen = served_so_far.follow(seen, setup.at_speed(seen).profiles, setup.profiled, batches, seen.pace,
                                             measured)
     how = (" at each cell's own measured pace, pooled and each served variant's, its own 10 s and their spread (not a "
            "prediction)"
@@ -360,7 +363,7 @@ def cell_speed(profiles: ProfileTable, batches: list[BatchTiming], seconds: int)
     --at-cell-pace replays."""
     import numpy as np
 
-    from ipa.profiles.calibration import WINDOW_LEAST, WINDOW_S, by_window, machine_pace
+    from ipa.machine.measure import WINDOW_LEAST, WINDOW_S, by_window, machine_pace
 
     whole = machine_pace(profiles, batches)
     groups = by_window(batches)

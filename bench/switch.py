@@ -53,9 +53,9 @@ def main() -> None:
 
 
 def once(k: int, rate: float, steps: list[tuple[str, int]]) -> list[dict]:
+    from ipa.machine.measure import machine_pace
     from ipa.models.samples import photo_jpegs
     from ipa.profiles import load_profiles
-    from ipa.profiles.calibration import machine_pace
     from ipa.runtime.loadgen import LoadGenerator, arrival_times
     from ipa.runtime.ray.cluster import RaySettings, connect, free_port, shutdown
     from ipa.runtime.ray.runtime import RayRuntime

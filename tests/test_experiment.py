@@ -247,7 +247,7 @@ def test_a_real_cells_prediction_is_the_median_over_seeds_and_its_band_their_ran
     from ipa.experiment.cells import Setup, shape
     from ipa.experiment.prediction import predict
     from ipa.experiment.sim_cell import run_sim_cell
-    from ipa.profiles.serving import ServingCost
+    from ipa.machine.speed import MachineSpeed
     from ipa.workload import load_workload
 
     w = shape(load_workload("step:2:30:120:60", None), None, 1.0)
@@ -262,7 +262,7 @@ def test_a_real_cells_prediction_is_the_median_over_seeds_and_its_band_their_ran
     assert got.summary["energy_method"] == alone[0]["energy_method"] and got.paces is None
     assert {d["seed"] for d in got.decisions} == {0, 1, 2} and all("config" in d for d in got.decisions)
     # with the range of paces the machine was seen at, the band also runs the simulated machine at both ends
-    paced = setup.at_serving(ServingCost(pace=1.0, pace_range=(0.8, 1.6)))
+    paced = setup.at_speed(MachineSpeed(pace=1.0, pace_range=(0.8, 1.6)))
     wide = predict(paced, w, "ipa")
     assert wide.paces == (0.8, 1.6)
     ends = {p: [run_sim_cell(s.updated(seed=seed), w, "ipa", client=True)["summary"]["completed"] for seed in (0, 1, 2)]

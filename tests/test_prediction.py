@@ -8,8 +8,11 @@ import pytest
 
 from ipa.errors import ProfileError
 from ipa.experiment import fidelity
+from ipa.machine.measure import machine_pace, served_spread
+from ipa.machine.speed import MachineSpeed
+from ipa.machine.speed import from_meta as speed_from_meta
 from ipa.optimize import make_problem
-from ipa.profiles.calibration import BatchTiming, machine_pace, served_spread
+from ipa.profiles.calibration import BatchTiming
 from ipa.profiles.serving import ServingCost, from_meta
 from ipa.runtime.sim import SimSettings, Simulator
 from ipa.spec import StageConfig
@@ -78,17 +81,17 @@ def test_machine_pace_is_the_median_cpu_ratio_and_falls_back_to_wall_time(tiny):
 
 def test_a_paced_table_does_every_rows_work_slower_and_pays_for_it(tiny):
     _, table = tiny
-    paced = ServingCost(pace=2.0, source="today").machine(table)
+    paced = MachineSpeed(pace=2.0, source="today").table(table)
     for old, new in zip(table.rows, paced.rows):
         assert new.p50 == pytest.approx(2 * old.p50) and new.latency_p99_s == pytest.approx(2 * old.latency_p99_s)
         assert new.throughput_rps == pytest.approx(old.throughput_rps / 2)
         assert new.cpu_s == pytest.approx(2 * old.cpu_s)  # not 4x: a row without measured CPU counts once
         assert new.energy_j_per_batch == pytest.approx(2 * old.energy_j_per_batch)
-    assert "x2.00" in paced.source and ServingCost().machine(table) is table
+    assert "x2.00" in paced.source and MachineSpeed().table(table) is table
 
 
 def test_each_served_variants_pace_is_its_own_batches_over_all_of_theirs(tiny):
-    from ipa.profiles.calibration import served_paces
+    from ipa.machine.measure import served_paces
 
     _, table = tiny
     det, cls = table.lookup("detect", "small", 1, 1), table.lookup("classify", "r18", 1, 1)
@@ -114,7 +117,7 @@ def test_served_spread_is_each_stages_tail_over_its_own_median(tiny):
 
 def test_a_served_table_has_at_least_the_served_tail(tiny):
     _, table = tiny
-    served = ServingCost(pace=2.0, spread=1.8).machine(table)
+    served = MachineSpeed(pace=2.0, spread=1.8).table(table)
     for old, new in zip(table.rows, served.rows):
         assert new.p50 == pytest.approx(2 * old.p50) and new.cpu_s == pytest.approx(2 * old.cpu_s)
         assert new.latency_p99_s == pytest.approx(max(2 * old.latency_p99_s, 1.8 * new.p50))
@@ -123,11 +126,11 @@ def test_a_served_table_has_at_least_the_served_tail(tiny):
 
 @pytest.mark.parametrize("name", ["pace", "spread"])
 def test_the_machine_factors_are_read_from_the_meta_and_a_bad_one_is_refused_by_name(name):
-    assert getattr(from_meta({"serving": {name: 1.9}}), name) == 1.9
-    assert getattr(from_meta({"serving": {}}), name) == 1.0
+    assert getattr(speed_from_meta({"serving": {name: 1.9}}), name) == 1.9
+    assert getattr(speed_from_meta({"serving": {}}), name) == 1.0
     for bad in (0, -1, "fast", float("inf")):
         with pytest.raises(ProfileError, match=f"serving.{name}"):
-            from_meta({"serving": {name: bad}}, "p.csv")
+            speed_from_meta({"serving": {name: bad}}, "p.csv")
 
 
 def test_the_replicas_overheads_are_read_from_the_meta_and_a_bad_one_is_refused_by_name():
@@ -161,15 +164,15 @@ def test_fidelity_rows_hold_predicted_twin_and_real(tmp_path):
 def test_a_cells_pace_is_the_refreshed_pace_times_how_its_batches_ran_against_it(tiny):
     from types import SimpleNamespace
 
-    from ipa.experiment.cells import cell_pace
+    from ipa.machine.tracker import cell_pace
 
     _, table = tiny
-    serving = ServingCost(pace=2.0)
-    setup = SimpleNamespace(serving=serving, profiles=serving.machine(table))
+    speed = MachineSpeed(pace=2.0)
+    setup = SimpleNamespace(speed=speed, profiles=speed.table(table))
     row = table.lookup("detect", "small", 1, 1)
     batches = [BatchTiming("detect", "small", 1, 1, row.p50 * 2.2, row.cpu_s * 2.2)] * 3  # 10% slower than refreshed
-    assert cell_pace(setup, batches) == (2.0, pytest.approx(2.2))
-    assert cell_pace(setup, []) == (2.0, None)
+    assert cell_pace(setup.speed, setup.profiles, batches) == (2.0, pytest.approx(2.2))
+    assert cell_pace(setup.speed, setup.profiles, []) == (2.0, None)
     rows = fidelity.compare("w", "ipa", _prediction({"energy_method": "estimate"}), {}, {"energy_method": "estimate"},
                             (2.0, 2.2))
     pace = next(r for r in rows if r["metric"] == "machine_pace")
@@ -179,8 +182,8 @@ def test_a_cells_pace_is_the_refreshed_pace_times_how_its_batches_ran_against_it
 def test_a_known_machines_plan_holds_the_contention_its_own_choice_makes(tiny):
     from dataclasses import replace
 
+    from ipa.machine.contention import shared_rate
     from ipa.optimize.solvers import exact, solve
-    from ipa.profiles.machine import shared_rate
 
     spec, table = tiny
     assert make_problem("ipa", spec, table).contention(exact(make_problem("ipa", spec, table), 10), 10) == {}
@@ -224,19 +227,19 @@ def test_the_loop_admits_with_the_rows_the_plan_stretched(tiny):
 
 def test_a_variants_own_pace_multiplies_the_machines_and_a_bad_one_is_refused_by_name(tiny):
     _, table = tiny
-    served = ServingCost(pace=2.0, variant_pace={"detect/small": 1.5}).machine(table)
+    served = MachineSpeed(pace=2.0, variant_pace={"detect/small": 1.5}).table(table)
     for old, new in zip(table.rows, served.rows):
         f = 3.0 if (old.stage, old.variant) == ("detect", "small") else 2.0
         assert new.p50 == pytest.approx(f * old.p50) and new.cpu_s == pytest.approx(f * old.cpu_s)
-    assert from_meta({"serving": {"variant_pace": {"detect/small": 1.3}}}).variant_pace == {"detect/small": 1.3}
+    assert speed_from_meta({"serving": {"variant_pace": {"detect/small": 1.3}}}).variant_pace == {"detect/small": 1.3}
     for bad in ({"detect/small": 0}, {"detect/small": "x"}, [1.3], {"detect/small": float("nan")}):
         with pytest.raises(ProfileError, match="serving.variant_pace"):
-            from_meta({"serving": {"variant_pace": bad}}, "p.csv")
+            speed_from_meta({"serving": {"variant_pace": bad}}, "p.csv")
 
 
 def test_the_variants_paces_read_as_one_figure_or_a_range():
-    assert ServingCost(variant_pace={"a/x": 1.011, "a/y": 1.012}).variant_range() == "1.01"
-    assert ServingCost(variant_pace={"a/x": 1.0, "a/y": 1.33}).variant_range() == "1.00-1.33"
+    assert MachineSpeed(variant_pace={"a/x": 1.011, "a/y": 1.012}).variant_range() == "1.01"
+    assert MachineSpeed(variant_pace={"a/x": 1.0, "a/y": 1.33}).variant_range() == "1.00-1.33"
 
 
 def test_a_setup_at_another_serving_cost_paces_the_profiles_as_measured_not_the_paced_ones(tiny):
@@ -246,11 +249,11 @@ def test_a_setup_at_another_serving_cost_paces_the_profiles_as_measured_not_the_
     from ipa.experiment.config import ExperimentConfig
 
     spec, table = tiny
-    first = Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_serving(ServingCost(pace=2.0))
-    again = first.at_serving(replace(first.serving, pace=3.0))
+    first = Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_speed(MachineSpeed(pace=2.0))
+    again = first.at_speed(replace(first.speed, pace=3.0))
     for old, new in zip(table.rows, again.profiles.rows):
         assert new.p50 == pytest.approx(3.0 * old.p50) and new.cpu_s == pytest.approx(3.0 * old.cpu_s)
-    assert again.machine is again.profiles and again.serving.pace == 3.0 and again.profiled is table
+    assert again.machine is again.profiles and again.speed.pace == 3.0 and again.profiled is table
 
 
 def test_the_next_real_cell_starts_from_the_median_pace_of_the_last_ones_served(tiny):
@@ -261,22 +264,22 @@ def test_the_next_real_cell_starts_from_the_median_pace_of_the_last_ones_served(
     from ipa.experiment.ray_cell import RayCluster
 
     spec, table = tiny
-    cluster = RayCluster(Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_serving(
-        ServingCost(pace=2.0, variant_pace={"detect/small": 1.5})))
+    cluster = RayCluster(Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_speed(
+        MachineSpeed(pace=2.0, variant_pace={"detect/small": 1.5})))
 
     def served_at(ratio):  # a cell whose batches burned `ratio` times what the cell started from
         row = cluster.setup.profiles.lookup("detect", "small", 1, 1)
         cluster._follow([BatchTiming("detect", "small", 1, 1, row.p50 * ratio, row.cpu_s * ratio)] * 3)
-        return cluster.setup.serving.pace
+        return cluster.setup.speed.pace
 
     assert served_at(0.9) == pytest.approx(1.9)  # the median of the refresh's 2.0 and this cell's 1.8
-    assert cluster.setup.serving.variant_pace == {"detect/small": 1.5}  # a variant's own pace stays
+    assert cluster.setup.speed.variant_pace == {"detect/small": 1.5}  # a variant's own pace stays
     now = cluster.setup.profiles.lookup("detect", "small", 1, 1)
     assert now.cpu_s == pytest.approx(table.lookup("detect", "small", 1, 1).cpu_s * 1.9 * 1.5)
     assert served_at(1.0) == pytest.approx(1.9)  # 2.0, 1.8, 1.9: the median of three
     assert served_at(1.5) == pytest.approx(1.9)  # one slow minute (2.85) does not move it: 1.8, 1.9, 2.85
     cluster._follow([])  # a cell with no batch timed leaves the pace as it was
-    assert cluster.setup.serving.pace == pytest.approx(1.9)
+    assert cluster.setup.speed.pace == pytest.approx(1.9)
 
 
 def _bench(name: str):
@@ -295,7 +298,7 @@ def _bench_prediction():
 
 
 def test_at_cell_pace_a_served_variant_runs_at_its_own_pace_and_its_stages_others_move_with_it():
-    from ipa.experiment.cells import own_paces
+    from ipa.machine.tracker import own_paces
 
     own = own_paces({"detect/small": 1.2, "detect/big": 1.5, "classify/r18": 0.8},
                     {"detect/small": 1.0, "classify/r50": 0.9})
@@ -423,7 +426,7 @@ def _timed(table, ratio, t_s, n):
 
 
 def test_the_pace_of_each_10_s_is_the_median_of_its_own_batches_and_a_thin_window_says_nothing(tiny):
-    from ipa.profiles.calibration import window_paces
+    from ipa.machine.measure import window_paces
 
     _, table = tiny
     batches = _timed(table, 1.0, 1.0, 10) + _timed(table, 1.3, 12.0, 10) + _timed(table, 2.0, 25.0, 3)
@@ -433,12 +436,12 @@ def test_the_pace_of_each_10_s_is_the_median_of_its_own_batches_and_a_thin_windo
 
 
 def test_the_pace_range_is_read_from_the_meta_and_a_bad_one_is_refused_by_name():
-    assert from_meta({"serving": {"pace_range": [0.8, 1.3]}}).pace_range == (0.8, 1.3)
-    assert from_meta({"serving": ServingCost(pace_range=(0.9, 1.1)).to_meta()}).pace_range == (0.9, 1.1)
-    assert from_meta({"serving": {}}).pace_range == ()  # a meta from before the range: no band
+    assert speed_from_meta({"serving": {"pace_range": [0.8, 1.3]}}).pace_range == (0.8, 1.3)
+    assert speed_from_meta({"serving": MachineSpeed(pace_range=(0.9, 1.1)).to_meta()}).pace_range == (0.9, 1.1)
+    assert speed_from_meta({"serving": {}}).pace_range == ()  # a meta from before the range: no band
     for bad in ([1.3, 0.8], [1.0], [0, 1.0], "0.8-1.3"):
         with pytest.raises(ProfileError, match="serving.pace_range"):
-            from_meta({"serving": {"pace_range": bad}}, "p.csv")
+            speed_from_meta({"serving": {"pace_range": bad}}, "p.csv")
 
 
 def test_the_band_runs_the_simulated_machine_at_the_fastest_and_slowest_pace_seen_and_the_plans_as_they_are(tiny):
@@ -448,8 +451,8 @@ def test_the_band_runs_the_simulated_machine_at_the_fastest_and_slowest_pace_see
 
     spec, table = tiny
     base = Setup(ExperimentConfig(), spec, table, table, None, profiled=table)
-    assert base.at_serving(ServingCost(pace=2.0)).paced() == []  # no range measured: no band
-    setup = base.at_serving(ServingCost(pace=2.0, pace_range=(1.6, 2.6)))
+    assert base.at_speed(MachineSpeed(pace=2.0)).paced() == []  # no range measured: no band
+    setup = base.at_speed(MachineSpeed(pace=2.0, pace_range=(1.6, 2.6)))
     row = table.lookup("detect", "small", 1, 1)
     band = setup.paced()
     assert [p for p, _ in band] == [1.6, 2.6]
@@ -459,7 +462,7 @@ def test_the_band_runs_the_simulated_machine_at_the_fastest_and_slowest_pace_see
     cluster = RayCluster(setup)
     # a cell with a fast and a very slow 10 s against the pace it started from (2.0): 1.5 and 3.0
     cluster._follow(_timed(cluster.setup.profiles, 0.75, 0.0, 10) + _timed(cluster.setup.profiles, 1.5, 10.0, 10))
-    assert cluster.setup.serving.pace_range == pytest.approx((1.5, 3.0))  # widened both ways
+    assert cluster.setup.speed.pace_range == pytest.approx((1.5, 3.0))  # widened both ways
 
 
 def test_the_spread_within_10_s_follows_the_cells_served_as_the_pace_does(tiny):
@@ -472,22 +475,22 @@ def test_the_spread_within_10_s_follows_the_cells_served_as_the_pace_does(tiny):
     from ipa.experiment.ray_cell import RayCluster
 
     spec, table = tiny
-    setup = Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_serving(
-        ServingCost(pace=2.0, spread=3.0, pace_windows=(2.0, 2.0), window_spread=1.2))
+    setup = Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_speed(
+        MachineSpeed(pace=2.0, spread=3.0, pace_windows=(2.0, 2.0), window_spread=1.2))
     cluster = RayCluster(setup)
 
     def served_spread_of(tail):  # one 10 s at the cell's pace: 80 batches at it, 20 `tail` times slower
         batches = _timed(cluster.setup.profiles, 1.0, 0.0, 80) + _timed(cluster.setup.profiles, tail, 5.0, 20)
         cluster._follow(batches)
-        return cluster.setup.serving.window_spread
+        return cluster.setup.speed.window_spread
 
     assert served_spread_of(2.0) == pytest.approx(1.6)  # the median of the refresh's 1.2 and this cell's 2.0
     assert served_spread_of(2.0) == pytest.approx(2.0)  # 1.2, 2.0, 2.0
     assert within_windows(cluster.setup).machine.lookup("detect", "small", 1, 1).latency_p99_s == pytest.approx(
-        cluster.setup.serving.window_spread * cluster.setup.machine.lookup("detect", "small", 1, 1).p50, rel=0.05)
-    before = cluster.setup.serving.window_spread
+        cluster.setup.speed.window_spread * cluster.setup.machine.lookup("detect", "small", 1, 1).p50, rel=0.05)
+    before = cluster.setup.speed.window_spread
     cluster._follow([])  # a cell with no batch timed leaves it as it was
-    assert cluster.setup.serving.window_spread == before
+    assert cluster.setup.speed.window_spread == before
 
 
 def test_each_variants_pace_follows_the_cells_served_and_the_ones_not_served_move_with_their_stage(tiny):
@@ -499,14 +502,14 @@ def test_each_variants_pace_follows_the_cells_served_and_the_ones_not_served_mov
 
     spec, table = tiny
     refresh = {"detect/small": 1.2, "detect/big": 1.5, "classify/r18": 0.8}
-    cluster = RayCluster(Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_serving(
-        ServingCost(pace=2.0, variant_pace=refresh)))
+    cluster = RayCluster(Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_speed(
+        MachineSpeed(pace=2.0, variant_pace=refresh)))
 
     def serve(detect, classify):  # a cell whose detector and classifier burned these times their profiled CPU
         rows = [table.lookup("detect", "small", 1, 1), table.lookup("classify", "r18", 1, 1)]
         cluster._follow([BatchTiming(row.stage, row.variant, 1, 1, row.p50 * f, row.cpu_s * f, 0.1 * i)
                          for i in range(20) for row, f in zip(rows, (detect, classify))])
-        return cluster.setup.serving.variant_pace
+        return cluster.setup.speed.variant_pace
 
     # both at 2.0x: each at 1.0x the pooled pace, where the refresh said small 1.2x and r18 0.8x
     assert serve(2.0, 2.0) == pytest.approx({"detect/small": 1.1, "detect/big": 1.375, "classify/r18": 0.9})
@@ -558,17 +561,17 @@ def test_the_spread_within_10_s_leaves_out_the_machines_moves_from_one_10_s_to_t
 
 
 def test_the_speed_over_time_is_read_from_the_meta_and_a_bad_one_is_refused_by_name():
-    cost = ServingCost(pace_windows=(1.0, 1.2, 0.9), window_spread=1.3)
-    assert from_meta({"serving": cost.to_meta()}).pace_windows == (1.0, 1.2, 0.9)
-    assert from_meta({"serving": cost.to_meta()}).window_spread == 1.3
-    older = from_meta({"serving": {}})  # a meta from before them: nothing to replay
+    cost = MachineSpeed(pace_windows=(1.0, 1.2, 0.9), window_spread=1.3)
+    assert speed_from_meta({"serving": cost.to_meta()}).pace_windows == (1.0, 1.2, 0.9)
+    assert speed_from_meta({"serving": cost.to_meta()}).window_spread == 1.3
+    older = speed_from_meta({"serving": {}})  # a meta from before them: nothing to replay
     assert older.pace_windows == () and older.window_spread is None
     for bad in ([0, 1.0], "1.0 1.2", [1.0, "slow"]):
         with pytest.raises(ProfileError, match="serving.pace_windows"):
-            from_meta({"serving": {"pace_windows": bad}}, "p.csv")
+            speed_from_meta({"serving": {"pace_windows": bad}}, "p.csv")
     for bad in (0.5, "wide", float("inf")):
         with pytest.raises(ProfileError, match="serving.window_spread"):
-            from_meta({"serving": {"window_spread": bad}}, "p.csv")
+            speed_from_meta({"serving": {"window_spread": bad}}, "p.csv")
 
 
 def test_each_seed_replays_a_stretch_of_the_speed_as_served_around_the_pace_it_starts_from(tiny):
@@ -578,9 +581,9 @@ def test_each_seed_replays_a_stretch_of_the_speed_as_served_around_the_pace_it_s
 
     spec, table = tiny
     base = Setup(ExperimentConfig(), spec, table, table, None, profiled=table)
-    assert speed(base.at_serving(ServingCost(pace=2.0, pace_windows=(1.0,))), 60, 0) is None  # one 10 s: no moves
+    assert speed(base.at_speed(MachineSpeed(pace=2.0, pace_windows=(1.0,))), 60, 0) is None  # one 10 s: no moves
     windows = (1.0, 1.0, 2.0, 2.0, 1.0)  # a slow spell of 20 s
-    setup = base.at_serving(ServingCost(pace=2.0, spread=3.0, pace_windows=windows, window_spread=1.2))
+    setup = base.at_speed(MachineSpeed(pace=2.0, spread=3.0, pace_windows=windows, window_spread=1.2))
     starts = set()
     for seed in range(8):
         at, slowness = speed(setup, 35, seed)
@@ -596,7 +599,7 @@ def test_each_seed_replays_a_stretch_of_the_speed_as_served_around_the_pace_it_s
         max(2 * row.latency_p99_s, 1.2 * 2 * row.p50))
     assert moving.profiles.lookup("detect", "small", 1, 1).latency_p99_s == pytest.approx(
         max(2 * row.latency_p99_s, 3.0 * 2 * row.p50))
-    plain = base.at_serving(ServingCost(pace=2.0))
+    plain = base.at_speed(MachineSpeed(pace=2.0))
     assert within_windows(plain) is plain and speed(plain, 60, 0) is None  # nothing measured: draws as before
 
 
@@ -606,12 +609,12 @@ def test_a_served_cells_10_s_join_the_speed_the_next_prediction_replays(tiny):
     from ipa.experiment.ray_cell import RayCluster
 
     spec, table = tiny
-    cluster = RayCluster(Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_serving(
-        ServingCost(pace=2.0, pace_windows=(2.0, 2.2))))
+    cluster = RayCluster(Setup(ExperimentConfig(), spec, table, table, None, profiled=table).at_speed(
+        MachineSpeed(pace=2.0, pace_windows=(2.0, 2.2))))
     profiles = cluster.setup.profiles
     cluster._follow(_timed(profiles, 0.75, 0.0, 10) + _timed(profiles, 1.5, 10.0, 10))
-    assert cluster.setup.serving.pace_windows == pytest.approx((2.0, 2.2, 1.5, 3.0))  # in the order served
-    assert cluster.setup.serving.window_spread == 1.0  # measured from the cell where the refresh had not
+    assert cluster.setup.speed.pace_windows == pytest.approx((2.0, 2.2, 1.5, 3.0))  # in the order served
+    assert cluster.setup.speed.window_spread == 1.0  # measured from the cell where the refresh had not
 
 
 def test_the_drift_summary_counts_how_often_the_pace_a_minute_later_is_within_5_percent():
@@ -677,7 +680,8 @@ def test_the_drift_bench_times_the_served_variants_alone_against_their_rows(tmp_
 
 
 def test_the_serving_refresh_warns_when_the_machines_speed_moved_more_than_10_percent_within_it():
-    from ipa.cli import unsteady
+    def unsteady(span):
+        return MachineSpeed(pace_range=span).unsteady()
 
     assert unsteady((1.0, 1.08)) == "" and unsteady(()) == ""  # steady enough, or no range measured
     text = unsteady((1.42, 2.0))

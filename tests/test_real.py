@@ -172,7 +172,7 @@ def test_servings_own_latency_is_what_an_answer_spent_neither_in_a_model_nor_que
 
 
 def test_the_twins_pace_is_each_measured_batch_over_its_row_in_time_order(tiny):
-    from ipa.experiment.fidelity import pace
+    from ipa.machine.replay import batch_paces as pace
     from ipa.profiles.calibration import BatchTiming
     from ipa.profiles.table import row_at
 

@@ -185,7 +185,7 @@ def test_serving_that_takes_cpu_slows_every_batch_by_the_share_left(tiny):
 
 
 def test_the_shared_rate_slows_a_batch_below_saturation_and_shares_fairly_past_it():
-    from ipa.profiles.machine import shared_rate
+    from ipa.machine.contention import shared_rate
 
     assert shared_rate(1.0, 1.0, 2) == 1.0  # alone on the machine
     # the 2-core VM's cells (2026-12-03): a detector at 0.8 busy cores beside 1.0 of the rest took 1.13-1.18x
@@ -310,7 +310,7 @@ def test_a_batch_waits_on_the_others_mean_demand_as_the_contention_model_was_fit
     as much as the model says at the mean demand, plus the instants both batches and serving ask for more CPUs than
     there are (shared fairly then); not by the model's square at every instant two batches overlap."""
     import ipa.runtime.sim.core as sim_module
-    from ipa.profiles.machine import shared_rate
+    from ipa.machine.contention import shared_rate
     from ipa.profiles.serving import ServingCost
 
     spec, table = tiny

@@ -112,6 +112,7 @@ def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_po
     from ipa.experiment.config import resolve, resolve_profiles
     from ipa.optimize import Weights, make_problem
     from ipa.profiles import load_profiles
+    from ipa.machine.speed import from_meta as speed_from_meta
     from ipa.profiles.serving import from_meta
     from ipa.spec import load_model, load_pipeline
 
@@ -120,8 +121,9 @@ def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_po
     note(table.describe_unprofiled(spec))
     weights = load_model(Weights, {"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta or 0.0}, "options")
     serving = from_meta(table.meta, table.source) if with_serving else None
+    speed = speed_from_meta(table.meta, table.source) if with_serving else None
     return make_problem(
-        policy, spec, serving.machine(table) if serving else table, weights, idle_power_w_per_core=idle_power_w,
+        policy, spec, speed.table(table) if speed else table, weights, idle_power_w_per_core=idle_power_w,
         scaling_cap=scaling_cap, batching_cap=batching_cap, freeze=parse_freeze(freeze), replicas=replicas,
         max_cores=max_cores, serving=serving, cpus=cpus,
     )
@@ -427,40 +429,29 @@ def _profile_serving(spec, out, n_requests: int) -> None:
     err_console.print(f"measuring the serving cost: {n_requests} requests at {rate:.2g} rps on a local Ray cluster "
                       f"in bursts between idle windows (about {(n_requests / rate + 35) / 60 + 1:.0f} min)",
                       highlight=False)
-    cost, meta = measure_serving(spec, RaySettings(port=free_port()), requests=n_requests, rate_rps=rate,
-                                 profiles=table)
-    write_json(meta_path(out), table.meta | {"serving": cost.to_meta() | meta})
-    served = [name for name in (f"{s}/{c['variant']}" for s, c in meta["config"].items()) if name in cost.variant_pace]
+    cost, speed, meta = measure_serving(spec, RaySettings(port=free_port()), requests=n_requests, rate_rps=rate,
+                                        profiles=table)
+    write_json(meta_path(out), table.meta | {"serving": cost.to_meta() | speed.to_meta() | meta})
+    served = [name for name in (f"{s}/{c['variant']}" for s, c in meta["config"].items()) if name in speed.variant_pace]
     console.print(f"serving on this machine: {cost.latency_s * 1000:.0f} ms per request outside the models, "
                   f"{cost.cpu_fixed_cores:.2f} cores with no traffic + {cost.cpu_per_request_s * 1000:.1f} ms CPU per "
                   f"request (+ {cost.client_cpu_per_request_s * 1000:.1f} ms for a local load generator); the models "
-                  f"ran at {cost.pace:.2f}x their profiled CPU"
-                  + (f" ({cost.pace_range[0]:.2f}-{cost.pace_range[1]:.2f} over 10 s)" if cost.pace_range else "")
-                  + f" with a p99 {cost.spread:.2f}x their median "
+                  f"ran at {speed.pace:.2f}x their profiled CPU"
+                  + (f" ({speed.pace_range[0]:.2f}-{speed.pace_range[1]:.2f} over 10 s)" if speed.pace_range else "")
+                  + f" with a p99 {speed.spread:.2f}x their median "
                   f"({meta['pace_batches']} batches) and each replica spent "
                   + ", ".join(f"{ms * 1000:.1f} ms ({stage})" for stage, ms in cost.batch_overhead_s.items())
                   + " per batch outside its model"
-                  + (f"; per variant x{cost.variant_range()} of that pace (served: "
-                     + ", ".join(f"{name} x{cost.variant_pace[name]:.2f}" for name in served)
+                  + (f"; per variant x{speed.variant_range()} of that pace (served: "
+                     + ", ".join(f"{name} x{speed.variant_pace[name]:.2f}" for name in served)
                      + "; the others timed alone on a core)"
-                     if cost.variant_pace else "")
+                     if speed.variant_pace else "")
                   + "; plans and "
                   f"predictions with these profiles will run them so; written to {meta_path(out)}"
                   + (f" (the VM's host took {meta['steal']:.0%} of its CPU meanwhile: figures measured on a busy host "
                      "run high; measure again when it is quieter)" if meta.get("steal", 0) >= 0.02 else ""),
                   markup=False, highlight=False)
-    note(unsteady(cost.pace_range))
-
-
-def unsteady(pace_range: tuple[float, ...], moved: float = 0.10) -> str:
-    """A warning when the machine's speed moved more than `moved` between the measurement's fastest and slowest
-    10 s: served figures move as much from run to run, and no prediction made before a run is closer than that."""
-    if len(pace_range) != 2 or pace_range[1] <= pace_range[0] * (1 + moved):
-        return ""
-    return (f"this machine's speed moved {pace_range[1] / pace_range[0] - 1:.0%} between the fastest and the slowest "
-            "10 s of the measurement, with the same work: served latency and throughput will move as much from one "
-            "run to the next, and predictions (ipa experiment --profiles) cannot be closer; python bench/drift.py "
-            "measures how the machine's speed moves with nothing else running")
+    note(speed.unsteady())
 
 
 def _serving_rate(spec, table) -> float:

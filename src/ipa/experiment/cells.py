@@ -5,9 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import re
-import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,17 @@ from ipa._io import write_csv, write_json
 from ipa.adapt import LoopSettings
 from ipa.energy.carbon import CarbonSeries, co2_g, read_carbon
 from ipa.experiment.config import ExperimentConfig, resolve, resolve_profiles
+from ipa.machine.speed import MachineSpeed
+from ipa.machine.speed import from_meta as speed_from_meta
 from ipa.optimize.policies import follow_grid, make_problem
 from ipa.optimize.problem import Problem
 from ipa.predict import Predictor, history_s, make_predictor
-from ipa.profiles.calibration import (WINDOW_S, BatchTiming, Calibrator, machine_pace, served_paces, served_spread,
-                                      window_paces)
-from ipa.profiles.serving import ServingCost, from_meta
+from ipa.profiles.calibration import Calibrator
+from ipa.profiles.serving import ServingCost
+from ipa.profiles.serving import from_meta as serving_from_meta
 from ipa.profiles.table import ProfileTable, load_profiles
 from ipa.spec import PipelineSpec, StageConfig, load_pipeline
 from ipa.workload import Workload
-
-FOLLOW_CELLS = 3  # a real cell starts from the median pace of this many cells served last (`RayCluster._follow`)
 
 SUMMARY_COLUMNS = [
     "workload", "policy", "pas", "cost_cores", "energy_j", "co2_g", "energy_method", "sla_violation_pct", "dropped_pct",
@@ -42,9 +41,9 @@ class Setup:
     """What every cell of one experiment shares, loaded and validated once.
 
     `profiles` are what plans are made with; `machine` what the simulator runs (the same table unless
-    `sim.true_profiles` names another); `serving` what serving costs beside the models, from the
-    profiles' meta (None when never measured or `serving: false`); `profiled` the profiles as measured, before
-    any machine's pace (what a pace measured later applies to).
+    `sim.true_profiles` names another); `serving` what serving costs beside the models and `speed` the machine's
+    speed, both from the profiles' meta (None when never measured or `serving: false`); `profiled` the profiles as
+    measured, before any machine's speed (what a speed measured later applies to).
     """
 
     cfg: ExperimentConfig
@@ -54,38 +53,38 @@ class Setup:
     serving: ServingCost | None
     carbon: CarbonSeries | None = None
     profiled: ProfileTable | None = None
+    speed: MachineSpeed | None = None
 
     @classmethod
     def load(cls, cfg: ExperimentConfig) -> Setup:
         spec = load_pipeline(resolve(cfg.pipeline))
         profiled = load_profiles(resolve_profiles(cfg.profiles, cfg.pipeline), spec)
-        serving = from_meta(profiled.meta, profiled.source) if cfg.serving else None
+        serving = serving_from_meta(profiled.meta, profiled.source) if cfg.serving else None
+        speed = speed_from_meta(profiled.meta, profiled.source) if cfg.serving else None
         machine = load_profiles(resolve(cfg.sim.true_profiles), spec) if cfg.sim.true_profiles else profiled
         carbon = read_carbon(cfg.carbon) if cfg.carbon else None
-        setup = cls(cfg, spec, profiled, machine, None, carbon, profiled)
-        return setup.at_serving(serving) if serving else setup
+        setup = cls(cfg, spec, profiled, machine, serving, carbon, profiled)
+        return setup.at_speed(speed) if speed else setup
 
     def updated(self, **fields) -> Setup:
         """The same setup with some config fields changed (what a runtime learns about its cluster)."""
         return replace(self, cfg=self.cfg.model_copy(update=fields))
 
-    def at_serving(self, serving: ServingCost) -> Setup:
-        """The same setup with `serving` as serving's cost (the pace a real cell was served at, say):
-        plans run the profiles at its pace, and so does the simulated machine unless `sim.true_profiles` names
-        its own."""
+    def at_speed(self, speed: MachineSpeed) -> Setup:
+        """The same setup on a machine at `speed` (the speed a real cell was served at, say): plans run the
+        profiles at it, and so does the simulated machine unless `sim.true_profiles` names its own."""
         profiled = self.profiled or self.profiles
-        profiles = serving.machine(profiled)
+        profiles = speed.table(profiled)
         machine = self.machine if self.cfg.sim.true_profiles else profiles
-        return replace(self, profiles=profiles, machine=machine, serving=serving, profiled=profiled)
+        return replace(self, profiles=profiles, machine=machine, speed=speed, profiled=profiled)
 
     def paced(self) -> list[tuple[float, Setup]]:
         """(pace, this setup with the simulated machine at that pace) for the fastest and the slowest pace serving
-        was seen at (`ServingCost.pace_range`), the plans as they are: the prediction's band; empty when no range
+        was seen at (`MachineSpeed.pace_range`), the plans as they are: the prediction's band; empty when no range
         is known."""
-        if self.serving is None or not self.serving.pace_range or self.cfg.sim.true_profiles:
+        if self.speed is None or not self.speed.pace_range or self.cfg.sim.true_profiles:
             return []
-        return [(p, replace(self, machine=self.at_serving(replace(self.serving, pace=p)).machine))
-                for p in self.serving.pace_range]
+        return [(p, replace(self, machine=self.at_speed(self.speed.at(p)).machine)) for p in self.speed.pace_range]
 
     def problem(self, policy: str, weights: dict[str, float] | None = None, client: bool = False) -> Problem:
         """The policy's problem; `weights` overrides some configured weights (the frontier's sweep);
@@ -128,76 +127,6 @@ class Setup:
     @property
     def serving_latency_s(self) -> float:
         return self.serving.latency_s if self.serving else 0.0
-
-
-def cell_pace(setup: Setup, batches: list[BatchTiming]) -> tuple[float, float | None]:
-    """The pace a cell's prediction ran the models at (its setup's `serving.pace`) and the one its batches had
-    (None when none of them was timed against a row)."""
-    planned = setup.serving.pace if setup.serving else 1.0
-    measured = machine_pace(setup.profiles, batches)  # against the profiles as planned: already at that pace
-    return planned, planned * measured[0] if measured else None
-
-
-def lately(values: list[float]) -> float | None:
-    """The median of the last FOLLOW_CELLS values (None: none yet)."""
-    return float(np.median(values[-FOLLOW_CELLS:])) if values else None
-
-
-@dataclass
-class Served:
-    """What the cells served so far say of the machine, the refresh's figures first: the pace each ran the models
-    at, the spread of its batches within 10 s and each variant's pace over the pooled one. The next cell starts from
-    the median of the last FOLLOW_CELLS of each (`follow`), not from the refresh's: this VM drifts, and the refresh
-    is one short measurement at one load. Over runs 28-31 (2026-12-06) it measured a spread within 10 s of 1.24-1.63
-    where the cells had 1.53-2.23 (1.7 typically, at every load); in run 32 (2026-12-07) ssdlite at x1.17 of the
-    pooled pace where every cell at 7 rps and above ran it at x1.01-1.06, and the simulated ipa loop, its detector
-    10-15% too slow, switched to batching classifiers the real one never chose (6.45 rps predicted at 15 rps, 7.97
-    served). A cell takes the last cells' ratios whatever their load: runs 30-32, which served half capacity first,
-    read ssdlite's over resnet18's 1.10-1.19 at half capacity and 0.95-1.05 above, but run 35, highest load first,
-    read 1.06 at half capacity and 1.11 at two capacities, and its pace followed the clock, not the load (within
-    the step, 5 and 16 rps ran at the same pace; at a fixed 11 rps it rose by half after 105 s)."""
-
-    paces: list[float] = field(default_factory=list)
-    spreads: list[float] = field(default_factory=list)
-    variant_paces: dict[str, list[float]] = field(default_factory=dict)
-
-    @classmethod
-    def refreshed(cls, serving: ServingCost | None) -> Served:
-        if serving is None:
-            return cls()
-        return cls([serving.pace], [serving.window_spread] if serving.window_spread else [],
-                   {name: [f] for name, f in serving.variant_pace.items()})
-
-    def follow(self, serving: ServingCost, profiles: ProfileTable, profiled: ProfileTable,
-               batches: list[BatchTiming], before: float, after: float) -> ServingCost:
-        """`serving` once a cell has served `batches` at the pace `after`, having started from `before` (`profiles`
-        at that pace, `profiled` as measured): pace, spread and variant paces as lately served, the range of paces
-        seen widened by this cell's 10-s windows (the next band) and those windows joining the speed the next
-        prediction replays (`ServingCost.pace_windows`) in order."""
-        self.paces.append(after)
-        spread = served_spread(profiles, batches, window_s=WINDOW_S)
-        self.spreads += [spread] if spread else []
-        for name, f in own_paces(serving.variant_pace, served_paces(profiled, batches)).items():
-            self.variant_paces.setdefault(name, []).append(f)
-        windows = (*serving.pace_windows, *(before * w for w in window_paces(profiles, batches)))
-        seen = [*serving.pace_range, *windows]
-        return replace(serving, pace=lately(self.paces) or serving.pace,
-                       pace_range=(min(seen), max(seen)) if seen else (), pace_windows=windows,
-                       window_spread=lately(self.spreads) or serving.window_spread,
-                       variant_pace={name: lately(fs) for name, fs in self.variant_paces.items()})
-
-
-def own_paces(refresh: dict[str, float], served: dict[str, float]) -> dict[str, float]:
-    """Each variant's pace over the pooled one as a cell ran it: a served variant's own (`served_paces`); another
-    moved with its stage's served ones (the refresh ties it to them: its pace alone on a core over theirs), by the
-    median of their change; a stage the cell did not serve as the refresh measured it."""
-    moved: dict[str, list[float]] = {}
-    for name, own in served.items():
-        if name in refresh:
-            moved.setdefault(name.split("/")[0], []).append(own / refresh[name])
-    out = {name: f * statistics.median(moved[name.split("/")[0]]) if name.split("/")[0] in moved else f
-           for name, f in refresh.items()}
-    return out | served
 
 
 def slug(text: str) -> str:

@@ -14,8 +14,8 @@ over the whole run, so the batch times hold the contention of that load), the re
 timed, its drop limit and batch timeout, the same admission rule, and serving's own latency per answer
 as the run measured it (each answer's time neither in a model nor queued for one: HTTP, decode, hops), and each
 replica's own overhead per batch as the run measured it.
-Each simulated batch takes its row's p50 times the pace the run's batches had at that moment (`pace`),
-so the machine's slow spells fall where they fell.
+Each simulated batch takes its row's p50 times the pace the run's batches had at that moment
+(`ipa.machine.replay.batch_paces`), so the machine's slow spells fall where they fell.
 What still differs is what the simulator does not model, which is what the table is for.
 """
 
@@ -31,11 +31,9 @@ import numpy as np
 from ipa._io import write_csv
 from ipa.experiment.cells import Setup
 from ipa.experiment.prediction import Prediction
-from ipa.profiles.calibration import BatchTiming, row_of
-from ipa.profiles.table import Profile, ProfileTable
 from ipa.runtime.loadgen import RequestRecord
 from ipa.runtime.ray.overhead import batch_overheads
-from ipa.runtime.sim import Pace, SimSettings
+from ipa.runtime.sim import SimSettings
 
 METRICS = ["throughput_rps", "completed", "goodput_rps", "p99_latency_s", "sla_violation_pct", "dropped_pct",
            "rejected_pct", "energy_j", "avg_power_w", "cost_cores", "pas"]
@@ -55,25 +53,6 @@ def twin(setup: Setup, real: dict[str, Any]) -> Setup:
     overheads = batch_overheads(real["batches"])  # the replicas' own, as this run measured them
     serving = replace(setup.serving, batch_overhead_s=overheads) if setup.serving and overheads else setup.serving
     return replace(setup, cfg=cfg, machine=real["learned"], serving=serving, carbon=None)
-
-
-def pace(batches: list[BatchTiming], machine: ProfileTable) -> Pace:
-    """Per stage, the measured batches over time as multiples of their rows' p50 on `machine` (the run's own
-    calibrated profiles): a machine has slow spells (here a slow detector batch is followed by another one
-    time in two), and queues grow in them, which independent draws of batch times do not reproduce."""
-    out: Pace = {}
-    by_stage: dict[str, list[tuple[float, float]]] = {}
-    rows: dict[tuple[str, str, int, int], Profile | None] = {}
-    for b in batches:
-        key = (b.stage, b.variant, b.cores, b.size)
-        row = rows[key] if key in rows else rows.setdefault(key, row_of(machine, b))
-        if b.t_s is None or row is None or b.seconds <= 0:
-            continue
-        by_stage.setdefault(b.stage, []).append((b.t_s, b.seconds / row.p50))
-    for stage, points in by_stage.items():
-        points.sort()
-        out[stage] = (np.array([t for t, _ in points]), np.array([r for _, r in points]))
-    return out
 
 
 def serving_latency(records: list[RequestRecord], at_least: int = 20) -> tuple[float, float] | None:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ipa._io import write_csv
+from ipa.experiment.cells import Setup, shape
 from ipa.experiment.config import ExperimentConfig
 from ipa.experiment.plots import frontier_plot
-from ipa.experiment.cells import Setup, shape
 from ipa.experiment.sim_cell import run_sim_cell
 from ipa.workload import load_workload
 

@@ -23,20 +23,14 @@ simulated machine at the pace the cell starts from and at the fastest and slowes
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
 from ipa.experiment.cells import Setup
 from ipa.experiment.sim_cell import run_sim_cell
-from ipa.profiles.calibration import WINDOW_S
-from ipa.runtime.sim import Speed
+from ipa.machine.replay import Speed, stretch
 from ipa.workload import Workload
-
-SPEED_STREAM = 23  # each seed's stretch of the machine's speed comes from its own stream, not the arrivals'
 
 
 @dataclass
@@ -66,25 +60,20 @@ def predict(setup: Setup, w: Workload, policy: str, known: Speed | None = None) 
 
 
 def speed(setup: Setup, seconds: int, seed: int) -> Speed | None:
-    """A stretch of the machine's speed as served, one 10 s after another from a point `seed` draws (round to the
-    first when it runs out), each as slowness over the median of them all; None when fewer than two 10 s are known
-    or the simulated machine is given (`sim.true_profiles`)."""
-    windows = np.asarray(setup.serving.pace_windows if setup.serving else (), dtype=float)
-    if len(windows) < 2 or setup.cfg.sim.true_profiles:
+    """A stretch of the machine's speed as served (`ipa.machine.replay.stretch`), from a point `seed` draws; None
+    when fewer than two 10 s are known or the simulated machine is given (`sim.true_profiles`)."""
+    if setup.speed is None or setup.cfg.sim.true_profiles:
         return None
-    start = int(np.random.default_rng([seed, SPEED_STREAM]).integers(len(windows)))
-    spans = max(1, math.ceil(seconds / WINDOW_S))
-    return np.arange(spans) * WINDOW_S, windows[(start + np.arange(spans)) % len(windows)] / np.median(windows)
+    return stretch(setup.speed.pace_windows, seconds, seed)
 
 
 def within_windows(setup: Setup) -> Setup:
     """The setup whose simulated machine draws each batch at the spread served batches had within 10 s (the
     speed's moves replayed by `speed` instead); the plans as they are. Itself when `speed` has nothing to replay."""
-    s = setup.serving
+    s = setup.speed
     if s is None or len(s.pace_windows) < 2 or setup.cfg.sim.true_profiles:
         return setup
-    return replace(setup, machine=replace(s, spread=s.window_spread or s.spread).machine(
-        setup.profiled or setup.profiles))
+    return replace(setup, machine=s.within_windows().table(setup.profiled or setup.profiles))
 
 
 def median(summaries: list[dict[str, Any]]) -> dict[str, Any]:

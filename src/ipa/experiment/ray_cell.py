@@ -22,19 +22,10 @@ from ipa._io import write_csv, write_json
 from ipa.adapt import adapt
 from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.detect import open_meter
-from ipa.experiment.cells import (
-    FOLLOW_CELLS,
-    Served,
-    Setup,
-    cell_pace,
-    control,
-    score_decisions,
-    true_peak,
-    write_cell,
-    write_decisions,
-)
+from ipa.experiment.cells import Setup, control, score_decisions, true_peak, write_cell, write_decisions
 from ipa.experiment.metrics import summarize
 from ipa.experiment.prediction import Prediction
+from ipa.machine.tracker import FOLLOW_CELLS, SpeedTracker, cell_pace
 from ipa.models.samples import request_bodies
 from ipa.models.zoo import pipeline_kinds
 from ipa.profiles.calibration import BatchTiming, measured
@@ -59,7 +50,7 @@ class RayCluster:
 
     def __init__(self, setup: Setup):
         self.setup = setup
-        self._served = Served.refreshed(setup.serving)  # as served: the refresh's, then each cell's
+        self._tracker = SpeedTracker.refreshed(setup.speed)  # as served: the refresh's, then each cell's
         self._started = False
 
     def __enter__(self) -> RayCluster:
@@ -103,21 +94,17 @@ class RayCluster:
         return real
 
     def _follow(self, batches: list[BatchTiming]) -> None:
-        """The next cell starts from the median of the paces the last three cells' batches ran at (the refresh's
-        counting as one before the first): the machine as lately served. This VM's speed drifts, and now and
-        then one minute runs 20-40% slower: over the 80 cells of ten runs of `bench/prediction.py` (2026-12-04)
-        the pace `ipa profile --serving` measured was 8.9% off each cell's own on average, the cell just before
-        5.7% (14% in the run with two slow minutes), this median 5.6% (10.7% there), within 5% for 49 cells
-        against 26 and 44. The spread within 10 s and each variant's pace follow the same way (`Served`)."""
+        """The next cell starts from the machine as lately served (`ipa.machine.tracker`): the median of the paces
+        the last three cells' batches ran at, the refresh's counting as one before the first."""
         s = self.setup
-        before, after = cell_pace(s, batches)
-        if s.serving is None or after is None:
+        before, after = cell_pace(s.speed, s.profiles, batches)
+        if s.speed is None or after is None:
             return
-        self.setup = s.at_serving(self._served.follow(s.serving, s.profiles, s.profiled or s.profiles, batches,
-                                                      before, after))
+        self.setup = s.at_speed(self._tracker.follow(s.speed, s.profiles, s.profiled or s.profiles, batches,
+                                                     before, after))
         log.info("this cell's models ran at x%.2f of their profiled CPU (it started from x%.2f); the next starts "
-                 "from x%.2f, the median of the last %d", after, before, self.setup.serving.pace,
-                 min(len(self._served.paces), FOLLOW_CELLS))
+                 "from x%.2f, the median of the last %d", after, before, self.setup.speed.pace,
+                 min(len(self._tracker.paces), FOLLOW_CELLS))
 
 
 def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRuntime) -> dict[str, Any]:

@@ -16,12 +16,22 @@ from typing import Any
 import yaml
 
 from ipa._io import atomic_write_text, write_csv, write_json
-from ipa.experiment import fidelity, prediction
-from ipa.experiment.cells import (SUMMARY_COLUMNS, Setup, cell_dir, cell_pace, cell_settings, differences,
-                                  read_settings, shape, write_cell)
 from ipa.errors import ConfigError
+from ipa.experiment import fidelity, prediction
+from ipa.experiment.cells import (
+    SUMMARY_COLUMNS,
+    Setup,
+    cell_dir,
+    cell_settings,
+    differences,
+    read_settings,
+    shape,
+    write_cell,
+)
 from ipa.experiment.config import ExperimentConfig
 from ipa.experiment.sim_cell import run_sim_cell
+from ipa.machine.replay import batch_paces
+from ipa.machine.tracker import cell_pace
 from ipa.workload import Workload, load_workload
 from ipa.workload.patterns import PATTERNS
 from ipa.workload.trace import find_trace
@@ -121,10 +131,10 @@ def _serve_cell(cluster, w: Workload, policy: str, folder: Path, out: Path) -> d
     if real is None:
         return None
     twin = run_sim_cell(fidelity.twin(setup, real), w, policy, replay=real["decisions"],
-                        pace=fidelity.pace(real["batches"], real["learned"]), client=True)["summary"]
+                        pace=batch_paces(real["batches"], real["learned"]), client=True)["summary"]
     save_cell(folder, real, predicted, twin)
     fidelity.merge(out / "fidelity.csv", fidelity.compare(
-        w.name, policy, predicted, twin, real["summary"], cell_pace(setup, real["batches"]),
+        w.name, policy, predicted, twin, real["summary"], cell_pace(setup.speed, setup.profiles, real["batches"]),
         prediction.same_config_pct(predicted.decisions, real["decisions"])))
     return real["summary"]
 

@@ -10,8 +10,9 @@ from typing import Any
 from ipa.adapt import adapt
 from ipa.experiment.cells import Setup, control, score_decisions, true_peak
 from ipa.experiment.metrics import summarize
+from ipa.machine.replay import Pace, Speed
 from ipa.runtime.admission import StageEstimate, stage_estimates
-from ipa.runtime.sim import Pace, Simulator, Speed
+from ipa.runtime.sim import Simulator
 from ipa.spec import StageConfig
 from ipa.workload import Workload
 

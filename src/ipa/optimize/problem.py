@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ipa.profiles.machine import shared_rate
+from ipa.machine.contention import shared_rate
 from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import Profile, ProfileTable
 from ipa.spec import PipelineConfig, PipelineSpec, StageConfig, Strict, aggregate_accuracy, config_as_dict

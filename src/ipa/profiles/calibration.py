@@ -36,9 +36,6 @@ from pydantic import Field, model_validator
 from ipa.profiles.table import Profile, ProfileTable, row_at
 from ipa.spec import Strict
 
-WINDOW_S = 10.0  # the span over which the machine's speed is taken as one (`window_paces`)
-WINDOW_LEAST = 8  # batches a window needs before its pace says anything
-
 
 class BatchTiming(NamedTuple):
     """One batch a replica ran: which model, on how many cores, how many requests, how long it took, how
@@ -213,89 +210,9 @@ def measured(profiles: ProfileTable, batches: list[BatchTiming], settings: Calib
     return calibrator.learned
 
 
-def machine_pace(profiles: ProfileTable, batches: Iterable[BatchTiming]) -> tuple[float, int] | None:
-    """How many times the profiles' CPU seconds this machine's served batches burned (the median, and how many
-    batches say; wall time over p50 where a batch's CPU was not measured), or None when no batch matches a row.
-    CPU, not wall time: the wait for a core at that moment's load is the simulator's to add."""
-    ratios = []
-    for t in batches:
-        row = row_of(profiles, t)
-        if row is None or not 0 < t.seconds < math.inf:
-            continue
-        cpu = t.cpu_s is not None and 0 < t.cpu_s < math.inf
-        ratios.append(t.cpu_s / row.cpu_s if cpu else t.seconds / row.p50)
-    return (_quantile(sorted(ratios), 0.5), len(ratios)) if ratios else None
-
-
-def window_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], window_s: float = WINDOW_S,
-                 least: int = WINDOW_LEAST) -> list[float]:
-    """`machine_pace` of each `window_s` of the batches (by when they ended) that holds at least `least` of them.
-    This VM's speed is not one number even within a minute: a fixed load of fa2-low's models burned 63-65 ms of
-    CPU per detector batch for a minute and 86-89 ms for the 45 s of the next cell (machine B, 2026-12-05), and
-    the same again alternating 4 and 11 rps every 15 s, whichever the load; so a prediction says how its figures
-    move over the range of paces the machine was seen to run at (`ipa.experiment.runner`)."""
-    groups = by_window(batches, window_s)
-    paces = [machine_pace(profiles, group) for _, group in sorted(groups.items()) if len(group) >= least]
-    return [p[0] for p in paces if p is not None]
-
-
-def by_window(batches: Iterable[BatchTiming], window_s: float = WINDOW_S) -> dict[int, list[BatchTiming]]:
-    """The batches by the `window_s` they ended in (its index from the run's start); those with no end time left out."""
-    groups: dict[int, list[BatchTiming]] = defaultdict(list)
-    for t in batches:
-        if t.t_s is not None and math.isfinite(t.t_s):
-            groups[int(t.t_s // window_s)].append(t)
-    return groups
-
-
-def served_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], least: int = 10) -> dict[str, float]:
-    """Per served 'stage/variant' with at least `least` batches: its own `machine_pace` over all of theirs. The
-    rows were profiled one model at a time on another day, and a machine's speed is not one number across models:
-    served on the 2-core VM, ssdlite burned 0.98-1.25x resnet18's pace against their shipped rows (1.04x or more in
-    44 of the 47 cells of seven bench/prediction.py runs that served both, 2026-12-04), so one pace for both put the
-    detector's batches 8-10% slower than planned and the classifier's as much faster, and a loop calibrating on
-    that chose a heavier classifier the detector could not feed."""
-    batches = list(batches)
-    pooled = machine_pace(profiles, batches)
-    if pooled is None:
-        return {}
-    groups: dict[str, list[BatchTiming]] = defaultdict(list)
-    for t in batches:
-        groups[f"{t.stage}/{t.variant}"].append(t)
-    out = {}
-    for name, group in groups.items():
-        own = machine_pace(profiles, group)
-        if own is not None and own[1] >= least:
-            out[name] = own[0] / pooled[0]
-    return out
-
-
-def served_spread(profiles: ProfileTable, batches: Iterable[BatchTiming], window_s: float | None = None,
-                  least: int = WINDOW_LEAST) -> float | None:
-    """Served batches' 99th percentile over their median, each stage's batch times against their own median (at
-    least 1), or None when no batch matches a row. On the 2-core VM it was 1.33-2.08 where the profiles say
-    1.03-1.13 (2026-12-03): this VM's speed moves by a quarter from one 10 s to the next, idle or not. With
-    `window_s`: each batch against its stage's median within its `window_s` (of those with at least `least`), the
-    spread left once the machine's speed over time (`window_paces`) is known."""
-    groups = defaultdict(list)
-    for t in batches:
-        row = row_of(profiles, t)
-        if row is not None and 0 < t.seconds < math.inf:
-            if window_s is None:
-                groups[t.stage].append(t.seconds / row.p50)
-            elif t.t_s is not None and math.isfinite(t.t_s):
-                groups[(t.stage, int(t.t_s // window_s))].append(t.seconds / row.p50)
-    relative = []
-    for ratios in groups.values():
-        if window_s is None or len(ratios) >= least:
-            mid = _quantile(sorted(ratios), 0.5)
-            relative.extend(r / mid for r in ratios)
-    return max(1.0, _quantile(sorted(relative), 0.99)) if relative else None
-
-
 def _median(values: Iterable[float], at_least: int) -> float | None:
     v = sorted(values)
-    return _quantile(v, 0.5) if len(v) >= at_least else None
+    return quantile(v, 0.5) if len(v) >= at_least else None
 
 
 def _spread(values: Iterable[float], at_least: int) -> float | None:
@@ -303,16 +220,16 @@ def _spread(values: Iterable[float], at_least: int) -> float | None:
     v = sorted(values)
     if len(v) < at_least:
         return None
-    return max(1.0, _quantile(v, 0.99) / _quantile(v, 0.5))
+    return max(1.0, quantile(v, 0.99) / quantile(v, 0.5))
 
 
 def _share(values: Iterable[float], at_least: int) -> float | None:
     """The CPU share of the batches that had their cores (nearly) to themselves: the 90th percentile."""
     v = sorted(values)
-    return _quantile(v, 0.9) if len(v) >= at_least else None
+    return quantile(v, 0.9) if len(v) >= at_least else None
 
 
-def _quantile(ordered: list[float], q: float) -> float:
+def quantile(ordered: list[float], q: float) -> float:
     """numpy's default (linear) quantile of a sorted list: small samples, no array overhead."""
     pos = q * (len(ordered) - 1)
     i = int(pos)

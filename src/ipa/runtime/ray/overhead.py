@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ipa.profiles.calibration import WINDOW_S, BatchTiming, machine_pace, served_paces, served_spread, window_paces
+from ipa.machine.measure import WINDOW_S, machine_pace, served_paces, served_spread, window_paces
+from ipa.machine.speed import MachineSpeed
+from ipa.profiles.calibration import BatchTiming
 from ipa.profiles.profiler import variant_pace
 from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import ProfileTable
@@ -212,7 +214,7 @@ def _schedule(requests: int, rate_rps: float, idle_s: float, cycles: int, tail_s
 
 def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps: float = 5.0,
                     idle_s: float = 8.0, profiles: ProfileTable | None = None,
-                    cycles: int = 3) -> tuple[ServingCost, dict[str, Any]]:
+                    cycles: int = 3) -> tuple[ServingCost, MachineSpeed, dict[str, Any]]:
     """Serve the cheapest config of `spec` on a local Ray cluster at a low open-loop rate and measure:
 
     - `cpu_fixed_cores`: the cluster's serving processes with no traffic, and
@@ -223,14 +225,14 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
     - `client_cpu_per_request_s`: the load generator's thread, per request,
     - `latency_s`: the median of each answer's latency less the time its batches took in the models and it
       waited for them at the replicas,
-    - `pace` (with `profiles`): the CPU the models' batches burned against their profiled rows (`pace_range`: the
-      lowest and highest of it over 10 s), and `spread`:
-      the p99 over the p50 of their times; `variant_pace`: each served variant's own pace over that, then, the
-      cluster stopped, each other variant's pace against its stage's served one, each alone on a core, times
-      that one's,
-    - `batch_overhead_s`: per stage, what its replica spent on a batch outside the model.
+    - `batch_overhead_s`: per stage, what its replica spent on a batch outside the model;
 
-    Returns the cost and what it was measured on (for the profile's meta).
+    and, with `profiles`, the machine's speed (`MachineSpeed`): the CPU the models' batches burned against their
+    profiled rows (`pace`; `pace_range`: the lowest and highest of it over 10 s), the p99 over the p50 of their times
+    (`spread`), each served variant's own pace over that and, the cluster stopped, each other variant's pace against
+    its stage's served one, each alone on a core, times that one's (`variant_pace`).
+
+    Returns the cost, the speed and what they were measured on (for the profile's meta).
     """
     from ipa.models.samples import request_bodies
     from ipa.models.zoo import pipeline_kinds
@@ -296,18 +298,19 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
         cpu_per_request_s=per_request,
         client_cpu_per_request_s=gen.cpu_s / max(len(gen.records), 1),
     )
+    speed = MachineSpeed()
     pace = machine_pace(profiles, batches) if profiles is not None else None
     if pace is not None:
         served = served_paces(profiles, batches)
         spans = window_paces(profiles, batches)
-        cost = replace(cost, pace=pace[0], spread=served_spread(profiles, batches) or 1.0, variant_pace=served,
-                       pace_range=(min(spans), max(spans)) if len(spans) >= 2 else (), pace_windows=tuple(spans),
-                       window_spread=served_spread(profiles, batches, window_s=WINDOW_S))
+        speed = MachineSpeed(pace=pace[0], spread=served_spread(profiles, batches) or 1.0, variant_pace=served,
+                             pace_range=(min(spans), max(spans)) if len(spans) >= 2 else (), pace_windows=tuple(spans),
+                             window_spread=served_spread(profiles, batches, window_s=WINDOW_S))
         if settings.device == "cpu":  # a GPU model's CPU per call says little of its pace
             alone = variant_pace(spec, profiles, {s: c.variant for s, c in config.items()}, progress=log.info)
             stage = {s: served.get(f"{s}/{c.variant}", 1.0) for s, c in config.items()}  # the served one's, per stage
-            cost = replace(cost, variant_pace=served | {name: f * stage[name.split("/")[0]]
-                                                        for name, f in alone.items()})
+            speed = replace(speed, variant_pace=served | {name: f * stage[name.split("/")[0]]
+                                                          for name, f in alone.items()})
     cost = replace(cost, batch_overhead_s=batch_overheads(batches))
     meta = {"measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.node() or "unknown", "cpus": len(os.sched_getaffinity(0)),
@@ -323,4 +326,4 @@ def measure_serving(spec: PipelineSpec, settings, requests: int = 150, rate_rps:
                       f"decoding in the replicas (as the ingress tallies it), in {cycles} bursts each charged the "
                       "idle draw on either side of it; latency = answer time - time in the models' batches and "
                       "queued for them"}
-    return cost, meta
+    return cost, speed, meta

@@ -5,6 +5,6 @@ keeps the per-second books beside it (requests through `ipa.runtime.series`, res
 """
 
 from ipa.runtime.series import SimResult
-from ipa.runtime.sim.core import Event, Pace, SimSettings, Simulator, Speed, scaled
+from ipa.runtime.sim.core import Event, SimSettings, Simulator, scaled
 
-__all__ = ["Event", "Pace", "SimResult", "SimSettings", "Simulator", "Speed", "scaled"]
+__all__ = ["Event", "SimResult", "SimSettings", "Simulator", "scaled"]

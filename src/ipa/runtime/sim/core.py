@@ -17,7 +17,7 @@ batch needs its row's CPU share (cores x `cpu_share`, CPU seconds per second wit
 itself) and serving needs `ServingCost.cores` at the last second's load; while the sum passes `cpus`,
 every running batch progresses at cpus / demand of its uncontended pace (processor sharing, which is
 what Linux's scheduler approximates), and below that it still loses the moments when every CPU is taken
-by the rest (`ipa.profiles.machine.shared_rate`; plans on a known machine use it too). A row calibrated on
+by the rest (`ipa.machine.contention.shared_rate`; plans on a known machine use it too). A row calibrated on
 a busy machine has a wall time that already holds that machine's contention: the batch's work is its CPU
 over its share (`Profile.alone_s`), and the simulator adds back the contention its own load makes. Without `cpus` each replica owns its cores.
 
@@ -39,8 +39,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from ipa.machine.contention import shared_rate
+from ipa.machine.replay import Pace, Speed
 from ipa.profiles.calibration import BatchTiming
-from ipa.profiles.machine import shared_rate
 from ipa.profiles.serving import ServingCost
 from ipa.profiles.table import Profile, ProfileTable, row_at
 from ipa.runtime.admission import Admission, AdmissionSettings, StageEstimate, stage_estimates
@@ -50,8 +51,6 @@ from ipa.runtime.sim.accounting import Accounts
 from ipa.spec import PipelineConfig, PipelineSpec, StageConfig, Strict
 
 Z99 = 2.326  # standard normal 99th percentile
-Pace = dict[str, tuple[np.ndarray, np.ndarray]]  # stage -> (when each batch ended, its time / its row's p50), by time
-Speed = tuple[np.ndarray, np.ndarray]  # (when each span starts, the machine's slowness from then on), by time
 DEFAULT_LOAD_S = 1.0  # reconfiguration delay when a profile has no load time
 TIMINGS_KEPT = 2000  # batch timings kept between two reads
 
