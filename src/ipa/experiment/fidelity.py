@@ -45,7 +45,7 @@ OLD_NAMES = {"sim": "twin", "real_vs_sim_pct": "real_vs_twin_pct"}  # fidelity.c
 def twin(setup: Setup, real: dict[str, Any]) -> Setup:
     """The setup that simulates the machine the real cell ran on. Each replica keeps its cores (no `sim.cpus`):
     the batch times the run measured already hold the contention of its load, and processor sharing on
-    top, even with that contention taken out first, predicted less of it than this VM showed."""
+    top, even with that contention taken out first, predicted less of it than served batches showed."""
     sim = SimSettings(drop_limit_s=real["drop_limit_s"], batch_timeout_s=real["batch_wait_s"],
                       reconfig_s=real["delays"] or None, serving_latency_s=setup.serving_latency_s,
                       serving_latency_spread_s=serving_latency(real["records"]))
@@ -69,8 +69,8 @@ def compare(workload: str, policy: str, predicted: Prediction, twin: dict[str, A
             pace: tuple[float, float | None] | None = None, same_config: float | None = None) -> list[dict[str, Any]]:
     """Each metric's predicted (the median over the prediction's seeds), its band (lowest and highest over the
     seeds at the fastest, starting and slowest pace), twin and real figure. `pace`: the models' CPU against their
-    profiled rows as the prediction ran them and as the real cell's batches burned it (this VM's speed moves from
-    cell to cell; a figure that moved with it says so). `same_config`: `prediction.same_config_pct`."""
+    profiled rows as the prediction ran them and as the real cell's batches burned it (a machine's speed moves
+    from cell to cell; a figure that moved with it says so). `same_config`: `prediction.same_config_pct`."""
     nan = float("nan")
     p_low, p_high = predicted.paces or (nan, nan)
     rows = []

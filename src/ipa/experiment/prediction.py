@@ -1,20 +1,14 @@
 """A real cell's prediction: the simulator's own control loop, run before the cell over several seeds.
 
 One simulated run is one draw: its batch times and its arrivals are random, and an adaptive loop that calibrates
-on those batches chooses its configs from them. Near a config's capacity that draw decides the choice: ipa at 7
-rps on the 2-core VM (run 24's profiles, 2026-12-06) chose ssdlite + resnet101 at batch 1, 2 or 4 or
-fasterrcnn-320-fpn + resnet101 from one seed to the next; its p99 spanned 1.05-1.57 s and, at 14 rps, its
-violations 13-29% over seeds alone. A prediction is the figure to expect, so it is the median over
-`prediction_seeds` seeds (seed, seed + 1, ...), not one of them: on run 24's cells, repredicted, 36 of 48 figures
-within target for the median of five, 33 for seed 0 alone (a median of three: 34; of nine: 36).
+on those batches chooses its configs from them. Near a config's capacity that draw decides the choice, so a
+prediction is the median over `prediction_seeds` seeds (seed, seed + 1, ...), not one of them.
 
-The machine's speed is not one number over a cell either. On the 2-core VM the 10-s paces switch between two
-levels, about 0.85-0.95 and 1.1-1.23, for tens of seconds at a time, whatever the load (runs 24 and 25, 2026-12-06;
-one model alone on a pinned core moved as much), and queues grow in the slow spells. Independent draws of batch
-times, even with the tail of every batch served (`ServingCost.spread`), spread the slow batches evenly and leave the
-spells out. So each seed's machine replays a stretch of the speed as served so far (`ServingCost.pace_windows`, the
-refresh's 10 s and every cell's since), from a point of its own, as slowness over the pace the cell starts from,
-with each batch drawn around it at the spread left within 10 s (`ServingCost.window_spread`).
+The machine's speed is not one number over a cell either: it switches between levels for tens of seconds at a time,
+whatever the load, and queues grow in the slow spells, which independent draws of batch times spread evenly. So each
+seed's machine replays a stretch of the speed as served so far (`MachineSpeed.pace_windows`, the refresh's 10 s and
+every cell's since), from a point of its own, as slowness over the pace the cell starts from, with each batch drawn
+around it at the spread left within 10 s (`MachineSpeed.window_spread`).
 
 The band is what the prediction holds possible: every figure's lowest and highest over the same seeds with the
 simulated machine at the pace the cell starts from and at the fastest and slowest pace seen before it

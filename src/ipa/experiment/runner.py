@@ -37,8 +37,8 @@ from ipa.workload.patterns import PATTERNS
 from ipa.workload.trace import find_trace
 
 Progress = Callable[[str, dict | None], None]
-# What simulating costs in memory, measured on static workloads (ipa experiment, 2026-12-03): the per-second series
-# and decisions, and the latency and accuracy kept for every request
+# What simulating costs in memory (measured on static workloads, docs/benchmarks.md): the per-second series and
+# decisions, and the latency and accuracy kept for every request
 BYTES_PER_SECOND, BYTES_PER_REQUEST = 1600, 150
 
 

@@ -31,10 +31,8 @@ def machine_pace(profiles: ProfileTable, batches: Iterable[BatchTiming]) -> tupl
 def window_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], window_s: float = WINDOW_S,
                  least: int = WINDOW_LEAST) -> list[float]:
     """`machine_pace` of each `window_s` of the batches (by when they ended) that holds at least `least` of them.
-    This VM's speed is not one number even within a minute: a fixed load of fa2-low's models burned 63-65 ms of
-    CPU per detector batch for a minute and 86-89 ms for the 45 s of the next cell (machine B, 2026-12-05), and
-    the same again alternating 4 and 11 rps every 15 s, whichever the load; so a prediction says how its figures
-    move over the range of paces the machine was seen to run at (`ipa.experiment.runner`)."""
+    A machine's speed is not one number even within a minute, whatever the load: a prediction says how its figures
+    move over the range of paces the machine was seen to run at (`Setup.paced`)."""
     groups = by_window(batches, window_s)
     paces = [machine_pace(profiles, group) for _, group in sorted(groups.items()) if len(group) >= least]
     return [p[0] for p in paces if p is not None]
@@ -52,10 +50,7 @@ def by_window(batches: Iterable[BatchTiming], window_s: float = WINDOW_S) -> dic
 def served_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], least: int = 10) -> dict[str, float]:
     """Per served 'stage/variant' with at least `least` batches: its own `machine_pace` over all of theirs. The
     rows were profiled one model at a time on another day, and a machine's speed is not one number across models:
-    served on the 2-core VM, ssdlite burned 0.98-1.25x resnet18's pace against their shipped rows (1.04x or more in
-    44 of the 47 cells of seven bench/prediction.py runs that served both, 2026-12-04), so one pace for both put the
-    detector's batches 8-10% slower than planned and the classifier's as much faster, and a loop calibrating on
-    that chose a heavier classifier the detector could not feed."""
+    one pace for all would plan one stage too fast and the next too slow."""
     batches = list(batches)
     pooled = machine_pace(profiles, batches)
     if pooled is None:
@@ -74,10 +69,10 @@ def served_paces(profiles: ProfileTable, batches: Iterable[BatchTiming], least: 
 def served_spread(profiles: ProfileTable, batches: Iterable[BatchTiming], window_s: float | None = None,
                   least: int = WINDOW_LEAST) -> float | None:
     """Served batches' 99th percentile over their median, each stage's batch times against their own median (at
-    least 1), or None when no batch matches a row. On the 2-core VM it was 1.33-2.08 where the profiles say
-    1.03-1.13 (2026-12-03): this VM's speed moves by a quarter from one 10 s to the next, idle or not. With
-    `window_s`: each batch against its stage's median within its `window_s` (of those with at least `least`), the
-    spread left once the machine's speed over time (`window_paces`) is known."""
+    least 1), or None when no batch matches a row: served, a machine's speed moves from one 10 s to the next, and
+    batch times spread far wider than profiled. With `window_s`: each batch against its stage's median within its
+    `window_s` (of those with at least `least`), the spread left once the machine's speed over time
+    (`window_paces`) is known."""
     groups = defaultdict(list)
     for t in batches:
         row = row_of(profiles, t)

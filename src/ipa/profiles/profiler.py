@@ -116,9 +116,8 @@ def variant_pace(spec: PipelineSpec, table: ProfileTable, reference: dict[str, s
     """Each profiled variant alone on one core at batch 1, against its row, over the same for its stage's
     `reference` variant (the one served while the machine's pace was measured), timed just before and just after
     the others: 'stage/variant' -> how much slower than the reference's pace it runs here. A machine's speed is
-    not one number (on the 2-core VM fasterrcnn ran 1.2-1.3x slower against its profile than ssdlite did, alone and
-    served), and a plan that picks a variant the serving measurement did not run should know it. CPU time of this
-    process, so a busy moment of the machine is not read as a slow model; about 15 s for the video pipeline."""
+    not one number across models, and a plan that picks a variant the serving measurement did not run should know
+    it. CPU time of this process, so a busy moment of the machine is not read as a slow model."""
     from ipa.models.zoo import pipeline_kinds
 
     kinds = pipeline_kinds(spec)

@@ -56,10 +56,8 @@ class Profile:
 def row_at(rows: Sequence[Profile], size: int) -> Profile | None:
     """What a batch of `size` costs, from one (stage, variant, cores)'s `rows` by batch ascending: the row profiled
     at that size, else the straight line between the profiled batches either side of it (the smallest row below
-    them all; None above the largest). Not the next larger row, as the simulator and the calibration once charged:
-    served on the 2-core VM (run 35, 2026-12-07), batches of 3, 5, 6 and 7 burned what the line says (resnet34's of
-    3 at 0.91-1.42x of it in three cells where its batches of 4 ran at 0.92-1.16x of their row; of 5-7 at 0.94-1.08x
-    of the line, 0.65-0.92x of the row of 8)."""
+    them all; None above the largest). Not the next larger row: served partial batches burn what the line says
+    (docs/results.md)."""
     hi = next((i for i, p in enumerate(rows) if p.batch >= size), None)
     if hi is None:
         return None

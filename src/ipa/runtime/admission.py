@@ -27,16 +27,13 @@ calibrated profile value at each reconfiguration, then following the measured ba
 batch takes T_s, the tail: the largest of t_s, the 90th percentile of the stage's last 32 batches (the plan's
 99th percentile before the config has run one), and t_s times the pipeline's pace. The pace is the median of the last 4 batches' times over their own stage's running median:
 about 1 while nothing changes, and on a shared machine what slows one stage slows the next, so the classifier is
-expected slow as soon as the detector's batches are, not after its own first slow batch. (A median over 8 let
-1.4-1.7% of answers be late; a 90th percentile, which ordinary spread keeps near 2, made the simulated fa2-high
-drop 58-86% of its requests.) When no batch has ended for two of the slowest stage's batch times, the pace
+expected slow as soon as the detector's batches are, not after its own first slow batch. When no batch has ended for two of the slowest stage's batch times, the pace
 lapses and every stage goes back to its plan's times: a pipeline that admits nothing measures nothing, and one
 slow batch (a model switch under load) would otherwise keep it shut for good. O is serving's own
 latency: the largest of what the profiles measured, that at the pipeline's pace (the proxy and the ingress share
 the machine too), and the 90th percentile of the time the last 64 answers spent outside the models. The start-by
 time of stage s is arrival + SLA - O - (T_s + ... + T_last): a request is started only if it can finish when its
-own batches are slow ones. With the medians alone, one in twenty answers on a saturated 2-core machine came
-later than the SLA (bench/concurrency.py: its batches ran at 4x their median, its time outside the models at 8x).
+own batches are slow ones: with the medians alone, answers on a saturated machine come later than the SLA.
 """
 
 from __future__ import annotations

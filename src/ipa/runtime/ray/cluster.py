@@ -88,8 +88,8 @@ def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
 
 # Serve's own fast path (Ray >= 2.60), for the cluster's processes: each ingress replica serves HTTP itself behind
 # HAProxy (no Python proxy hop: one request is one uvicorn parse, in the replica that handles it), user code and
-# the router on the replica's event loop (no thread hops), request-path logs buffered, handles over gRPC. On the
-# 2-core machine this took serving's CPU per request from 37 to 10 ms (docs/benchmarks.md). The driver keeps
+# the router on the replica's event loop (no thread hops), request-path logs buffered, handles over gRPC: about a
+# quarter of the CPU per request of Serve's defaults (docs/benchmarks.md). The driver keeps
 # Serve's defaults: its handles are called from plain threads. A value set in the environment wins. An ingress
 # replica that stops stays open 2 s (Serve's default, 30 s, is for remote load balancers; the controller takes it
 # out of HAProxy's list within 0.1 s): otherwise every stop of `ipa serve` took 30 s longer.
@@ -242,8 +242,8 @@ def wait_running(timeout_s: float) -> None:
 
 def wait_routed(url: str, timeout_s: float) -> bool:
     """Wait until HTTP reaches the app: Serve reports it RUNNING before its route is in the proxy's table, and a
-    request in between is answered 404 "Path '/' not found" (seen in a CI rehearsal, 2026-12-03). False, and a
-    warning, if it is still not routed after `timeout_s`."""
+    request in between is answered 404 "Path '/' not found". False, and a warning, if it is still not routed after
+    `timeout_s`."""
     import requests
 
     end = time.monotonic() + timeout_s

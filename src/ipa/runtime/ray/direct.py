@@ -1,8 +1,7 @@
 """Direct calls from an ingress replica to the stage replicas on its node: a Unix socket instead of a Serve handle.
 
-On the 2-core machine one Serve handle call cost about 3 ms of CPU in the caller and 2.5 ms in the callee (a
-request of the video pipeline makes two), where the HTTP side of the ingress took 0.6 ms; the same two calls as
-length-prefixed pickles over a Unix socket took under 0.4 ms in all (`docs/benchmarks.md`, "Direct calls"). Serve still
+A Serve handle call costs milliseconds of CPU in the caller and the callee, several times the HTTP side of the
+ingress; length-prefixed pickles over a Unix socket cost a fraction of a millisecond (`docs/benchmarks.md`). Serve still
 deploys, scales, reconfigures and restarts the replicas; each stage replica also listens on a socket of its own and
 registers it with the cluster's ledger (`ipa.runtime.ray.ledger`), and each ingress learns the registry with every push
 (a quarter second) and calls the replica with the fewest of its calls in flight. What is not reachable this way (no

@@ -179,9 +179,9 @@ class Window:
 def split_serving_cpu(windows: list[Window], requests: int, signed: bool = False) -> tuple[float, float]:
     """(cores with no traffic, CPU seconds per request) from alternating idle and load windows, idle first and last.
 
-    The cluster's idle draw drifts (on the 2-core VM 0.19-0.33 cores within a minute with no traffic, every process
-    at once), and at a few rps a request costs a few hundredths of a core: an idle draw measured once, before or
-    after, moves the per-request figure by more than it is. Each load window is charged the mean draw of the idle
+    The cluster's idle draw drifts within a minute with no traffic, every process at once, and at a few rps a
+    request costs a few hundredths of a core: an idle draw measured once, before or after, moves the per-request
+    figure by more than it is. Each load window is charged the mean draw of the idle
     windows on either side of it, so a drift that is linear over a cycle cancels. The per-request figure is never
     below 0 unless `signed` (to see the noise of processes that do no per-request work).
     """

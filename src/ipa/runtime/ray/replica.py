@@ -152,8 +152,7 @@ class StageReplica:
             return out
         self.batches += 1
         if loads[0] or (self._loading, self._loaded) != loads:
-            # the process's CPU meanwhile was the other model's build too (resnet18's batches burned 1.6-2x their
-            # CPU while resnet50 loaded beside them, 2026-12-06): the batch says only how long it took
+            # the process's CPU meanwhile was the other model's build too: the batch says only how long it took
             cpu_s = None
         ended = time.time()
         last, self._ended = self._ended, ended

@@ -63,12 +63,8 @@ class Event(IntEnum):
     SWITCH = 2  # a stage's new config is loaded (payload: (stage index, config))
     TICK = 3  # a second ended: serving's CPU follows its load (payload: the second)
 
-# The contention model (`shared_rate`) was fitted on each cell's mean busy cores (80 stages x cells of the 2-core
-# VM, 2026-12-03), and the plan applies it so. Applied to the batches running at each instant instead, its square
-# counts every moment two batches overlap at full weight: a detector beside a classifier busy 73% of the time took
-# 1.18x its CPU in the simulator where the real one took 1.11x (run 31, fa2-low at 18 rps at the cell's own pace:
-# 8.69 rps simulated, 9.1 real). So the others' demand a batch waits on is their mean over the last CONTENTION_S;
-# past saturation the share is still the instant's.
+# The others' demand a batch waits on is their mean over the last CONTENTION_S (past saturation, the instant's share):
+# the contention model was fitted on mean busy cores, and at each instant it counts every overlap at full weight.
 CONTENTION_S = 1.0
 
 
