@@ -127,8 +127,11 @@ def test_short_workloads_still_get_their_report(tmp_path, small_cfg):
 def test_smooth_keeps_length_and_skips_gaps():
     from ipa.experiment.plots import smooth
 
+    nan = float("nan")
     assert len(smooth([1.0, 2.0], 3)) == 2 and len(smooth([], 3)) == 0
-    assert smooth([1.0, float("nan"), 3.0], 3).tolist() == [1.0, 2.0, 3.0]
+    assert smooth([1.0, nan, 3.0], 3).tolist() == [1.0, 2.0, 3.0]  # a missing second between two is bridged
+    gap = smooth([1.0, nan, nan, nan, nan, 5.0], 3)  # a gap wider than the window stays one, and pulls nothing to 0
+    assert gap[:2].tolist() == [1.0, 1.0] and np.isnan(gap[2:4]).all() and gap[4:].tolist() == [5.0, 5.0]
 
 
 def test_a_resumed_cell_computed_with_other_settings_is_computed_again(tmp_path, small_cfg):
