@@ -167,6 +167,7 @@ CASES = [
 def test_bad_input_gets_one_line_naming_the_value_and_exit_2(argv, names, files, monkeypatch, capsys):
     argv = [a.format(**files) for a in argv]
     monkeypatch.setattr(sys, "argv", ["ipa", *argv])
+    before = results()
     with pytest.raises(SystemExit) as e:
         main()
     out = capsys.readouterr()
@@ -174,6 +175,14 @@ def test_bad_input_gets_one_line_naming_the_value_and_exit_2(argv, names, files,
     assert e.value.code == 2, text
     assert "Traceback" not in text
     assert names.format(**files) in text, text
+    assert results() == before, "bad input left a results/ folder behind"
+
+
+def results() -> set[str]:
+    """What the default result folder (results/ under the working directory) holds."""
+    import os
+
+    return set(os.listdir("results")) if os.path.isdir("results") else set()
 
 
 def run_cli(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
@@ -277,10 +286,12 @@ def test_a_missing_trace_in_the_environment_is_an_error(monkeypatch, capsys):
 @pytest.mark.slow
 def test_serve_on_a_port_in_use_says_so_before_starting_ray(busy_port, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["ipa", "serve", "--port", busy_port])
+    before = results()
     with pytest.raises(SystemExit) as e:
         main()
     text = capsys.readouterr().err
     assert e.value.code == 2 and f"port {busy_port}" in text and "Traceback" not in text
+    assert results() == before  # nothing written: the port is checked first
 
 
 def test_a_failing_command_passes_its_exit_code_on(monkeypatch, capsys):

@@ -127,7 +127,8 @@ def test_profile_serving_refreshes_serving_cost_and_the_machines_pace(tmp_path):
     import shutil
 
     from ipa.experiment.cells import Setup
-    from ipa.experiment.config import REPO, load_experiment
+    from ipa.experiment.config import load_experiment
+    from ipa.paths import REPO
 
     shipped = REPO / "profiles/video-cpu-2core.csv"
     profiles = tmp_path / "p.csv"

@@ -146,7 +146,7 @@ def test_refused_requests_and_a_clients_stamp_move_neither_the_load_nor_the_plan
     second, must not steer the plan: the load is the requests that could be served, when they reached the ingress."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ipa.experiment.config import REPO
+    from ipa.paths import REPO
     from ipa.optimize import Weights, make_problem, solve
     from ipa.profiles import load_profiles
     from ipa.spec import load_pipeline

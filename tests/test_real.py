@@ -318,7 +318,7 @@ def test_a_port_is_busy_while_something_listens_not_while_a_closed_connection_wa
     import socket
 
     from ipa.errors import ConfigError
-    from ipa.runtime.ray.cluster import _check_port_free
+    from ipa.runtime.ray.cluster import check_port_free
 
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -326,10 +326,10 @@ def test_a_port_is_busy_while_something_listens_not_while_a_closed_connection_wa
     server.listen()
     port = server.getsockname()[1]
     with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is not free"):
-        _check_port_free("127.0.0.1", port)
+        check_port_free("127.0.0.1", port)
     client = socket.create_connection(("127.0.0.1", port))
     conn, _ = server.accept()
     conn.close()  # the server's side closes first: its port stays in TIME_WAIT, as after `ipa serve` stops
     client.close()
     server.close()
-    _check_port_free("127.0.0.1", port)  # what a new server (SO_REUSEADDR) can bind is free
+    check_port_free("127.0.0.1", port)  # what a new server (SO_REUSEADDR) can bind is free

@@ -11,7 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ipa._signals import Terminated, stop_on_sigterm
+from ipa.energy.detect import METERS
 from ipa.errors import IpaError
+from ipa.experiment.config import DEFAULT_POLICIES, EXPERIMENT_POLICIES
+from ipa.optimize.policies import POLICIES
+from ipa.optimize.solvers import SOLVERS
+from ipa.predict import PREDICTORS
 
 # Text we print holds paths, workload names and [brackets] from users: never markup or :emoji: codes.
 console = Console(soft_wrap=True, markup=False, emoji=False, highlight=False, **({} if sys.stdout.isatty() else {"width": 200}))
@@ -109,24 +114,17 @@ def parse_freeze(items: tuple[str, ...]) -> dict[str, str]:
 
 def build_problem(policy, pipeline, profiles, alpha, beta, gamma, delta, idle_power_w, scaling_cap,
                   batching_cap, freeze, replicas, max_cores, cpus, with_serving):
-    from ipa.experiment.config import resolve, resolve_profiles
-    from ipa.optimize import Weights, make_problem
-    from ipa.profiles import load_profiles
-    from ipa.machine.speed import from_meta as speed_from_meta
-    from ipa.profiles.serving import from_meta
-    from ipa.spec import load_model, load_pipeline
+    """`load_problem` from the problem options (`problem_options`), the unprofiled variants named."""
+    from ipa.optimize import Weights
+    from ipa.optimize.policies import load_problem
+    from ipa.spec import load_model
 
-    spec = load_pipeline(resolve(pipeline))
-    table = load_profiles(resolve_profiles(profiles, pipeline), spec)
-    note(table.describe_unprofiled(spec))
     weights = load_model(Weights, {"alpha": alpha, "beta": beta, "gamma": gamma, "delta": delta or 0.0}, "options")
-    serving = from_meta(table.meta, table.source) if with_serving else None
-    speed = speed_from_meta(table.meta, table.source) if with_serving else None
-    return make_problem(
-        policy, spec, speed.table(table) if speed else table, weights, idle_power_w_per_core=idle_power_w,
-        scaling_cap=scaling_cap, batching_cap=batching_cap, freeze=parse_freeze(freeze), replicas=replicas,
-        max_cores=max_cores, serving=serving, cpus=cpus,
-    )
+    problem = load_problem(policy, pipeline, profiles, weights, with_serving, idle_power_w_per_core=idle_power_w,
+                           scaling_cap=scaling_cap, batching_cap=batching_cap, freeze=parse_freeze(freeze),
+                           replicas=replicas, max_cores=max_cores, cpus=cpus)
+    note(problem.profiles.describe_unprofiled(problem.spec))
+    return problem
 
 
 def serving_line(problem, load: float, ingresses: int | None = None) -> str:
@@ -142,8 +140,8 @@ def serving_line(problem, load: float, ingresses: int | None = None) -> str:
 @click.option("--profiles", type=click.Path(), default=None,
               help="profile CSV (default: the shipped profiles/<pipeline>-cpu-2core.csv)")
 @click.option("--load", "load", type=float, required=True, help="requests per second to sustain")
-@click.option("--policy", type=click.Choice(["ipa", "ipa-energy", "fa2-low", "fa2-high", "rim-high"]), default="ipa")
-@click.option("--solver", type=click.Choice(["exact", "brute-force", "q-learning", "milp", "gurobi"]), default="exact",
+@click.option("--policy", type=click.Choice(POLICIES), default="ipa")
+@click.option("--solver", type=click.Choice(list(SOLVERS)), default="exact",
               show_default=True, help="milp: HiGHS (pip install highspy); gurobi: IPA's formulation (pip install gurobipy)")
 @problem_options
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
@@ -194,7 +192,7 @@ def optimize(pipeline, profiles, load, policy, solver, as_json, **problem_kw):
 def sla(pipeline, profiles, sla_factor, as_json):
     """The SLA IPA derives from the profiles: per stage 5 x the mean over variants of sla_factor x the batch-1
     p99 at the fewest cores, summed over the stages."""
-    from ipa.experiment.config import resolve, resolve_profiles
+    from ipa.paths import resolve, resolve_profiles
     from ipa.profiles import load_profiles
     from ipa.profiles.sla import ipa_sla
     from ipa.spec import load_pipeline
@@ -236,7 +234,7 @@ def spec_check(file, profiles, weights, as_json):
     from dataclasses import asdict
 
     from ipa.errors import ConfigError
-    from ipa.experiment.config import resolve, resolve_profiles
+    from ipa.paths import resolve, resolve_profiles
     from ipa.profiles import load_profiles
     from ipa.spec import load_pipeline
     from ipa.spec_check import check
@@ -278,7 +276,7 @@ def energy() -> None:
               help="seconds between lines")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="stop after S seconds (default: until the command ends or Ctrl-C)")
-@click.option("--meter", type=click.Choice(["auto", "rapl", "perf", "nvml", "estimate"]), default="auto", show_default=True)
+@click.option("--meter", type=click.Choice(METERS), default="auto", show_default=True)
 @click.option("--csv", "csv_path", type=click.Path(), default=None, help="also write the lines to this CSV")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def energy_watch(interval, duration, meter, csv_path, command):
@@ -352,7 +350,7 @@ def int_list(text: str) -> list[int]:
 @click.option("--warmup", type=int, default=2, show_default=True)
 @click.option("--min-window", type=float, default=1.0, show_default=True,
               help="measure each (batch, cores) for at least this many seconds (energy counter resolution)")
-@click.option("--meter", type=click.Choice(["auto", "rapl", "perf", "nvml", "estimate"]), default="auto", show_default=True)
+@click.option("--meter", type=click.Choice(METERS), default="auto", show_default=True)
 @click.option("--device", default="cpu", show_default=True, callback=lambda c, p, v: _device(v),
               help="cpu, cuda or cuda:N (GPU energy through NVML)")
 @click.option("--weights", type=click.Path(), default=None, help="folder of <variant>.pth checkpoints")
@@ -415,7 +413,7 @@ def _profile_serving(spec, out, n_requests: int) -> None:
 
     if not out.is_file():
         from ipa.errors import ConfigError
-        from ipa.experiment.config import REPO, default_profiles
+        from ipa.paths import REPO, default_profiles
 
         shipped = default_profiles(spec.name)
         copy = (f", or copy the shipped {shipped} and its .meta.json there" if (REPO / shipped).is_file() else "")
@@ -526,7 +524,6 @@ def predictor() -> None:
 @click.option("--out", type=click.Path(), default=None, help="weights JSON (default: the packaged file)")
 def predictor_train(name, trace, epochs, seed, out):
     """Train IPA's LSTM on the first 14 days of the trace and write its weights."""
-    from pathlib import Path
 
     from ipa.predict import lstm
     from ipa.workload import find_trace, read_trace
@@ -566,11 +563,11 @@ SUITE = ("video", "audio-qa", "audio-sent", "sum-qa", "nlp")  # IPA's five pipel
 @click.option("--all-pipelines", is_flag=True,
               help=f"run IPA's five pipelines ({', '.join(SUITE)}) into one report, a section each")
 @click.option("--workload", "workloads", multiple=True, help="any workload form; repeat for several")
-@click.option("--policy", "policies", multiple=True,
-              help="ipa, ipa-energy, fa2-low, fa2-high, rim-high, oracle (the default six), ipa-q (ipa by Q-learning), "
+@click.option("--policy", "policies", multiple=True, type=click.Choice(EXPERIMENT_POLICIES),
+              help=f"{', '.join(DEFAULT_POLICIES)} (the default {len(DEFAULT_POLICIES)}), ipa-q (ipa by Q-learning), "
                    "ipa-carbon (ipa-energy following the grid; needs --carbon)")
-@click.option("--predictor", default=None, help="reactive, max, avg, arima, lstm")
-@click.option("--solver", default=None, help="exact (default), brute-force, q-learning, milp, gurobi")
+@click.option("--predictor", type=click.Choice(PREDICTORS), default=None, help="default: lstm")
+@click.option("--solver", type=click.Choice(list(SOLVERS)), default=None, help="default: exact")
 @click.option("--runtime", type=click.Choice(["sim", "ray"]), default=None)
 @click.option("--profiles", default=None, help="profile CSV (default: the shipped 2-core CPU profiles)")
 @click.option("--pipeline", default=None)
@@ -589,10 +586,11 @@ def experiment(configs, all_pipelines, workloads, policies, predictor, solver, r
 
     Several CONFIGs (or --all-pipelines) run one after the other into OUT/<config name>/, with one
     report.html and summary.csv over all of them."""
-    import datetime as dt
     from pathlib import Path
 
-    from ipa.experiment.config import load_experiment, resolve
+    from ipa.experiment.config import load_experiment
+
+    from ipa.paths import resolve, results_folder
 
     if all_pipelines:
         if configs:
@@ -606,7 +604,7 @@ def experiment(configs, all_pipelines, workloads, policies, predictor, solver, r
     from ipa._io import check_writable
 
     cfgs = [load_experiment(c, **overrides) for c in (configs or (None,))]  # every config checked before any runs
-    out_dir = check_writable(out or f"results/{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}", "--out")
+    out_dir = check_writable(out or results_folder(), "--out")
     if len(cfgs) == 1:
         summaries, report = _experiment(cfgs[0], out_dir)
         _print_summary(summaries)
@@ -684,7 +682,7 @@ def _experiment_suite(names: list[str], cfgs, out_dir) -> list[dict]:
     """Several experiments, each in its own folder, then one report and one summary over all of them."""
     from ipa._io import write_csv
     from ipa.experiment.cells import SUMMARY_COLUMNS
-    from ipa.experiment.config import resolve
+    from ipa.paths import resolve
     from ipa.experiment.report import build_suite_report
     from ipa.spec import load_pipeline
 
@@ -721,9 +719,9 @@ def _log_to(con: Console) -> None:
 @click.option("--pipeline", type=click.Path(), default="configs/pipelines/video.yaml", show_default=True)
 @click.option("--profiles", type=click.Path(), default=None,
               help="profile CSV (default: the shipped profiles/<pipeline>-cpu-2core.csv)")
-@click.option("--policy", type=click.Choice(["ipa", "ipa-energy", "fa2-low", "fa2-high", "rim-high", "ipa-carbon"]),
+@click.option("--policy", type=click.Choice([*POLICIES, "ipa-carbon"]),
               default="ipa", help="ipa-carbon: ipa-energy following the grid (needs --carbon)")
-@click.option("--predictor", default="lstm", show_default=True, help="reactive, max, avg, arima, lstm")
+@click.option("--predictor", type=click.Choice(PREDICTORS), default="lstm", show_default=True)
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="adaptation interval, seconds")
 @click.option("--load", "initial_load", type=float, default=1.0, show_default=True,
@@ -731,7 +729,7 @@ def _log_to(con: Console) -> None:
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="stop after S seconds (default: until Ctrl-C)")
 @click.option("--weights", type=click.Path(), default=None, help="folder of <variant>.pth checkpoints (default: random weights)")
-@click.option("--meter", default="auto", show_default=True, help="auto, rapl, perf, nvml, estimate")
+@click.option("--meter", type=click.Choice(METERS), default="auto", show_default=True)
 @click.option("--out", type=click.Path(), default=None, help="log folder (default results/serve-<timestamp>)")
 @click.option("--trust-request-start", is_flag=True, default=False,
               help="count each request in the second its X-Request-Start header says: only behind a front proxy "
@@ -742,83 +740,68 @@ def _log_to(con: Console) -> None:
 def serve(pipeline, profiles, policy, predictor, interval, initial_load, duration, weights, meter, out,
           trust_request_start, carbon, carbon_speedup, address, port, ray_cpus, device, ingress_replicas, **problem_kw):
     """Serve the pipeline on Ray Serve at http://127.0.0.1:PORT/ and adapt it to the traffic it sees."""
-    import datetime as dt
-    from pathlib import Path
-
-    from ipa._io import write_csv
-    from ipa.adapt import LoopSettings, adapt
-    from ipa.energy.detect import open_meter
-    from ipa.experiment.ray_cell import write_runtime_logs
-    from ipa.optimize.policies import follow_grid
-    from ipa.predict import make_predictor
-    from ipa.profiles.calibration import Calibrator
-    from ipa.runtime.ray.cluster import RaySettings, connect, shutdown
-    from ipa.runtime.ray.runtime import RayRuntime, for_profiles
-    from ipa.spec import load_model
-
     from ipa._io import check_writable
+    from ipa.adapt import LoopSettings
+    from ipa.energy.detect import open_meter
+    from ipa.paths import results_folder
+    from ipa.predict import make_predictor
+    from ipa.runtime.ray.cluster import RaySettings, check_port_free
+    from ipa.runtime.ray.runtime import for_profiles
+    from ipa.serve import ServeSession
+    from ipa.spec import load_model
 
     series = _carbon_series(carbon, carbon_speedup)
     if policy == "ipa-carbon" and series is None:
         raise click.UsageError("--policy ipa-carbon follows the grid's carbon intensity: give the series with --carbon FILE")
     problem = build_problem("ipa-energy" if policy == "ipa-carbon" else policy, pipeline, profiles, **problem_kw)
-    out_dir = check_writable(out or f"results/serve-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}", "--out")
     settings = load_model(RaySettings, {k: v for k, v in {"address": address, "port": port, "cpus": ray_cpus,
                                                          "weights": weights, "meter": meter, "device": device,
                                                          "ingress_replicas": ingress_replicas,
                                                          "trust_request_start": trust_request_start}.items()
                                         if v is not None}, "options")
     settings = for_profiles(settings, problem.profiles.meta)
+    if not settings.address:
+        check_port_free(settings.host, settings.port)  # before anything is written or started
+    out_dir = check_writable(out or results_folder("serve"), "--out")
     _log_to(err_console)
     detection = open_meter(settings.meter, gpu=True)
     err_console.print(detection.explain(), highlight=False)
-    started = connect(settings, problem.spec)
-    problem = _fit_to_cluster(problem, settings)
-    err_console.print(serving_line(problem, initial_load, settings.ingress_replicas), markup=False, highlight=False)
-    runtime = RayRuntime(problem.spec, settings, detection.meter,
-                         serving_latency_s=problem.serving.latency_s if problem.serving else 0.0, serving=problem.serving)
+    speedup = carbon_speedup or 1.0
     if series is not None:
-        speedup = carbon_speedup or 1.0
-        runtime.carbon = lambda t: float(series.at(t, speedup))
         err_console.print(f"carbon: {series.describe(speedup)}; grams of CO2 in energy.csv and /metrics "
                           f"(ipa_co2_grams), as {detection.meter.method if detection.meter else 'no meter'} as the "
                           "energy they come from", markup=False, highlight=False)
-    decisions: list[dict] = []
-
-    def show(d):
-        decisions.append({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in d.items()})
-        write_csv(out_dir / "decisions.csv", decisions)  # every decision on disk as it is made
-        if "config" not in d:
-            return
-        cfg = ", ".join(f"{s}: {c['variant']} b{c['batch']} x{c['replicas']} ({c['cores']} cores)" for s, c in d["config"].items())
-        calibrated = ", ".join(f"{k} x{v:.2f}" for k, v in d.get("calibration", {}).items())
-        ingress = runtime.ingresses_for(d["predicted_rps"])
-        err_console.print(f"t={d['t']:.0f} s  predicted {d['predicted_rps']:.1f} rps -> {cfg}; holds "
-                          f"{d['capacity_rps']:.1f} rps, serving takes {d['serving_cores']:.2f} cores "
-                          f"({ingress} ingress replica{'' if ingress == 1 else 's'})"
-                          + (f"; measured slower than profiled: {calibrated}" if calibrated else "")
-                          + ("" if d["feasible"] else f"  [infeasible: {d['reason']}]"), markup=False, highlight=False)
-
     takes = _takes(problem.spec)
-    runtime.on_start = lambda t0: err_console.print(
-        f"serving on {runtime.url} (POST {takes}; GET {runtime.url}metrics for Prometheus); Ctrl-C stops",
-        highlight=False)
-    try:
-        adapt(runtime, problem, make_predictor(predictor), duration if duration else float("inf"),
-              LoopSettings(interval_s=interval), policy, initial_rate=initial_load, on_decision=show,
-              calibrator=Calibrator(problem.profiles),
-              reweigh=follow_grid(series, interval, carbon_speedup or 1.0) if policy == "ipa-carbon" else None)
-    except KeyboardInterrupt as e:
-        err_console.print("terminated (SIGTERM): stopping" if isinstance(e, Terminated) else "stopping")
-    finally:
-        runtime.stop()
-        # the logs first: they are complete once sampling stopped, and Ray's shutdown may be cut short
-        write_csv(out_dir / "decisions.csv", decisions)  # also when stopped before the first decision
-        write_runtime_logs(out_dir, runtime.samples, runtime.reconfigurations, runtime.events)
+    with ServeSession(settings, problem.spec) as session:
+        problem = session.fit(problem, problem_kw.get("cpus"))
+        err_console.print(serving_line(problem, initial_load, settings.ingress_replicas), markup=False,
+                          highlight=False)
+        runtime, stopped = session.serve(
+            problem, detection.meter, make_predictor(predictor), LoopSettings(interval_s=interval), policy, out_dir,
+            duration_s=duration, initial_load=initial_load, carbon=series, carbon_speedup=speedup,
+            on_start=lambda rt: err_console.print(f"serving on {rt.url} (POST {takes}; GET {rt.url}metrics for "
+                                                  "Prometheus); Ctrl-C stops", highlight=False),
+            on_decision=_show_decision)
+        if stopped is not None:
+            err_console.print("terminated (SIGTERM): stopping" if isinstance(stopped, Terminated) else "stopping")
         co2 = f"; {runtime.co2_g:.3g} g of CO2 in all" if series is not None else ""
         err_console.print(f"logs in {out_dir}/ (decisions.csv, energy.csv, reconfigurations.csv, events.csv){co2}",
                           highlight=False)
-        shutdown(started)
+
+
+def _show_decision(d: dict, runtime) -> None:
+    """One line per decision of `ipa serve`: the load it planned for, the config, what it holds."""
+    if "config" not in d:
+        return
+    cfg = ", ".join(f"{s}: {c['variant']} b{c['batch']} x{c['replicas']} ({c['cores']} cores)"
+                    for s, c in d["config"].items())
+    calibrated = ", ".join(f"{k} x{v:.2f}" for k, v in d.get("calibration", {}).items())
+    ingress = runtime.ingresses_for(d["predicted_rps"])
+    err_console.print(f"t={d['t']:.0f} s  predicted {d['predicted_rps']:.1f} rps -> {cfg}; holds "
+                      f"{d['capacity_rps']:.1f} rps, serving takes {d['serving_cores']:.2f} cores "
+                      f"({ingress} ingress replica{'' if ingress == 1 else 's'})"
+                      + (f"; measured slower than profiled: {calibrated}" if calibrated else "")
+                      + ("" if d["feasible"] else f"  [infeasible: {d['reason']}]"), markup=False, highlight=False)
 
 
 def _carbon_series(path: str | None, speedup: float | None):
@@ -843,20 +826,6 @@ def _takes(spec) -> str:
     return ACCEPTS[MEDIA[pipeline_kinds(spec)[0]][0]][2]
 
 
-def _fit_to_cluster(problem, settings):
-    """Plan within the cluster that serves: its CPUs are the core budget, and (local cluster) this machine's
-    CPUs are what replicas and serving share."""
-    import dataclasses
-    import ray
-
-    cluster = int(ray.cluster_resources().get("CPU", 1))
-    max_cores = problem.max_cores if problem.max_cores is not None else cluster
-    cpus = problem.cpus
-    if cpus is None or cpus == problem.max_cores:  # not given: the machine's, not a logical count
-        cpus = float(cluster if settings.address else len(os.sched_getaffinity(0)))
-    return dataclasses.replace(problem, max_cores=max_cores, cpus=cpus)
-
-
 def float_list(text: str) -> list[float]:
     """Each value once, in the order given: a repeated weight would be simulated and plotted twice."""
     return list(dict.fromkeys(number_list(text, float, 0)))
@@ -875,20 +844,19 @@ def float_list(text: str) -> list[float]:
 @click.option("--out", type=click.Path(), default=None, help="default results/frontier-<timestamp>")
 def frontier(config, workload, deltas, betas, profiles, pipeline, load_scale, trace, carbon, carbon_speedup, out):
     """Sweep ipa-energy's energy weight: PAS vs energy vs cost, with the baselines as points."""
-    import datetime as dt
-    from pathlib import Path
 
     from ipa.experiment.config import load_experiment
     from ipa.experiment.frontier import COLUMNS
     from ipa.experiment.frontier import frontier as run_frontier
 
     from ipa._io import check_writable
+    from ipa.paths import results_folder
 
     cfg = load_experiment(config, profiles=profiles, pipeline=pipeline, load_scale=load_scale, trace=trace,
                           carbon=carbon, carbon_speedup=carbon_speedup)
-    out_dir = check_writable(out or f"results/frontier-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}", "--out")
-    points = run_frontier(cfg, workload, float_list(deltas), float_list(betas), out_dir,
-                          progress=lambda m: err_console.print(m, highlight=False))
+    sweep = float_list(deltas), float_list(betas)  # checked before the folder is made
+    out_dir = check_writable(out or results_folder("frontier"), "--out")
+    points = run_frontier(cfg, workload, *sweep, out_dir, progress=lambda m: err_console.print(m, highlight=False))
     print_table([{c: p[c] for c in COLUMNS} for p in points], f"frontier on {workload}")
     console.print(f"wrote {out_dir}/frontier.csv and frontier.png")
 

@@ -15,7 +15,8 @@ import numpy as np
 from ipa._io import write_csv, write_json
 from ipa.adapt import LoopSettings
 from ipa.energy.carbon import CarbonSeries, co2_g, read_carbon
-from ipa.experiment.config import ExperimentConfig, resolve, resolve_profiles
+from ipa.experiment.config import ExperimentConfig
+from ipa.paths import resolve, resolve_profiles
 from ipa.machine.speed import MachineSpeed
 from ipa.machine.speed import from_meta as speed_from_meta
 from ipa.optimize.policies import follow_grid, make_problem

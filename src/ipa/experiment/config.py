@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ipa.errors import ConfigError
 from ipa.optimize.policies import DEFAULT_ENERGY_DELTA, POLICIES, RIM_DEFAULT_REPLICAS
 from ipa.optimize.problem import Weights
+from ipa.paths import default_profiles
 from ipa.predict import PREDICTORS
 from ipa.profiles.calibration import CalibrationSettings
 from ipa.runtime.admission import AdmissionSettings
@@ -21,7 +21,6 @@ from ipa.spec import Strict, load_model, read_yaml
 EXPERIMENT_POLICIES = (*POLICIES, "oracle", "ipa-q", "ipa-carbon")
 DEFAULT_POLICIES = (*POLICIES, "oracle")
 PAPER_WORKLOADS = ["bursty", "steady-low", "steady-high", "fluctuating"]
-REPO = Path(__file__).resolve().parents[3]
 
 
 class ExperimentConfig(Strict):
@@ -133,33 +132,3 @@ def load_experiment(path: str | Path | None, ray: dict | None = None, **override
         data["ray"] = dict(data.get("ray") or {}) | given_ray
     flags = {f: FLAGS[f] for f in [*given, *(f"ray.{k}" for k in given_ray)] if f in FLAGS}
     return load_model(ExperimentConfig, data, str(path or "options"), flags)
-
-
-def default_profiles(pipeline: str | Path) -> str:
-    """The shipped profiles of a pipeline spec: profiles/<spec file name>-cpu-2core.csv."""
-    return f"profiles/{Path(pipeline).stem}-cpu-2core.csv"
-
-
-def resolve_profiles(profiles: str | None, pipeline: str | Path) -> Path:
-    """The profile CSV to plan with: as given, else the pipeline's shipped one, which a pipeline of one's own
-    does not have: then the error says how to measure it."""
-    default = default_profiles(pipeline)
-    try:
-        return resolve(profiles or default)
-    except ConfigError:
-        if profiles and profiles != default:
-            raise
-        raise ConfigError(f"no profiles for pipeline {pipeline}: {default} is shipped only for the project's own "
-                          f"pipelines. Measure yours (ipa profile --pipeline {pipeline} --out PROFILES.csv) and pass "
-                          "--profiles PROFILES.csv (or profiles: in an experiment config)") from None
-
-
-def resolve(path: str) -> Path:
-    """A relative path from the working directory if it exists there, else from the checkout."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p
-    alt = REPO / p
-    if alt.exists():
-        return alt
-    raise ConfigError(f"{path}: file not found (looked in {Path.cwd()} and {REPO})")

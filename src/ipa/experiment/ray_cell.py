@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,6 @@ import numpy as np
 
 from ipa._io import write_csv, write_json
 from ipa.adapt import adapt
-from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.detect import open_meter
 from ipa.experiment.cells import Setup, control, score_decisions, true_peak, write_cell, write_decisions
 from ipa.experiment.metrics import summarize
@@ -32,8 +29,9 @@ from ipa.profiles.calibration import BatchTiming, measured
 from ipa.runtime.loadgen import LoadGenerator, RequestRecord, arrival_times
 from ipa.runtime.ray.cluster import ReconfigurationError
 from ipa.runtime.ray.ledger import PUSH_S
-from ipa.runtime.ray.runtime import CHANGE_KINDS, RayRuntime, Reconfiguration, Sample
+from ipa.runtime.ray.runtime import CHANGE_KINDS, RayRuntime, Reconfiguration, Sample, write_runtime_logs
 from ipa.runtime.series import Recorder, SimResult
+from ipa.serve import ServeSession
 from ipa.spec import PipelineSpec, aggregate_accuracy
 from ipa.workload import Workload
 
@@ -51,31 +49,22 @@ class RayCluster:
     def __init__(self, setup: Setup):
         self.setup = setup
         self._tracker = SpeedTracker.refreshed(setup.speed)  # as served: the refresh's, then each cell's
-        self._started = False
+        self._session: ServeSession | None = None
 
     def __enter__(self) -> RayCluster:
-        import ray
-
-        from ipa.runtime.ray.cluster import connect
         from ipa.runtime.ray.runtime import for_profiles
 
         cfg = self.setup.cfg
-        self._started = connect(cfg.ray, self.setup.spec)
+        self._session = ServeSession(cfg.ray, self.setup.spec).__enter__()
+        max_cores, cpus = self._session.budget(cfg.max_cores, cfg.cpus)
         # the cells' only client is the experiment's own load generator, which stamps each request as it sends it
         ray_settings = for_profiles(cfg.ray, self.setup.profiles.meta).model_copy(update={"trust_request_start": True})
-        update: dict[str, Any] = {"ray": ray_settings}
-        cluster = int(ray.cluster_resources().get("CPU", 1))
-        if cfg.max_cores is None:  # the optimizer plans within the cluster it serves on
-            update["max_cores"] = cluster
-        if cfg.cpus is None:
-            update["cpus"] = float(cluster if cfg.ray.address else len(os.sched_getaffinity(0)))
-        self.setup = self.setup.updated(**update)
+        self.setup = self.setup.updated(ray=ray_settings, max_cores=max_cores, cpus=cpus)
         return self
 
     def __exit__(self, *exc) -> None:
-        from ipa.runtime.ray.cluster import shutdown
-
-        shutdown(self._started)
+        if self._session is not None:
+            self._session.__exit__(*exc)
 
     def run(self, workload: Workload, policy: str) -> dict[str, Any] | None:
         """Serve one cell; None (with a warning) when the cluster cannot hold the policy's config."""
@@ -225,20 +214,3 @@ def save_cell(folder: Path, cell: dict[str, Any], predicted: Prediction | None =
     if twin is not None:
         write_json(folder / "twin_summary.json", twin)
     write_cell(folder, cell)
-
-
-def write_runtime_logs(folder: Path, samples: list[Sample], reconfigurations: list[Reconfiguration],
-                       events: list[dict[str, Any]]) -> None:
-    """The runtime's own logs (also what `ipa serve --out` keeps): energy per second, reconfigurations, faults."""
-    carbon = any(not np.isnan(s.g_per_kwh) for s in samples)
-    write_csv(folder / "energy.csv",
-              ({"t_s": round(s.t_s, 3), "domain": d, "joules": j, "method": s.method, "reserved_cpus": s.reserved_cpus,
-                "serving_cpus": s.serving_cpus, "replica_cpus": s.replica_cpus, "gco2_per_kwh": s.g_per_kwh,
-                "co2_g": j * s.g_per_kwh / J_PER_KWH}
-               for s in samples for d, j in s.joules.items()),
-              ["t_s", "domain", "joules", "method", "reserved_cpus", "serving_cpus", "replica_cpus"]
-              + (["gco2_per_kwh", "co2_g"] if carbon else []))
-    write_csv(folder / "reconfigurations.csv",
-              ({**asdict(r), "kinds": "+".join(r.kinds)} for r in reconfigurations),
-              ["t_s", "seconds", "kinds", "ok", "error"])
-    write_csv(folder / "events.csv", events, ["t_s", "event", "detail"])

@@ -116,3 +116,21 @@ def most_accurate_within_sla(problem: Problem) -> dict[str, str]:
     if chosen is None:
         return least_accurate_profiled(problem.spec, problem.profiles)
     return {o.stage: o.variant for o in chosen}
+
+
+def load_problem(policy: str, pipeline: str, profiles: str | None, weights: Weights, with_serving: bool = True,
+                 **knobs) -> Problem:
+    """The policy's problem for a pipeline spec and profile CSV as a user names them (`ipa.paths.resolve`; the
+    shipped profiles when none are named): with serving's cost and the machine's speed from the profiles' meta
+    unless `with_serving` is off. `knobs`: `make_problem`'s."""
+    from ipa.machine.speed import from_meta as speed_from_meta
+    from ipa.paths import resolve, resolve_profiles
+    from ipa.profiles import load_profiles
+    from ipa.profiles.serving import from_meta
+    from ipa.spec import load_pipeline
+
+    spec = load_pipeline(resolve(pipeline))
+    table = load_profiles(resolve_profiles(profiles, pipeline), spec)
+    serving = from_meta(table.meta, table.source) if with_serving else None
+    speed = speed_from_meta(table.meta, table.source) if with_serving else None
+    return make_problem(policy, spec, speed.table(table) if speed else table, weights, serving=serving, **knobs)

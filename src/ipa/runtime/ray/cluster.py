@@ -62,7 +62,7 @@ def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
         raise ConfigError(f"--weights {settings.weights}: no such folder (it holds <variant>.pth files or transformers "
                           "folders <variant>/)")
     if not settings.address and not ray.is_initialized():
-        _check_port_free(settings.host, settings.port)
+        check_port_free(settings.host, settings.port)
     started = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
@@ -120,7 +120,7 @@ def local_cpus(settings: RaySettings, spec: PipelineSpec) -> int:
     return max(cpus, len(spec.stages))
 
 
-def _check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int) -> None:
     """Serve's proxy would fail deep inside Ray on a port in use: say so before starting anything. Bound as the
     servers bind (SO_REUSEADDR): a listener is refused, the TIME_WAIT a stopped `ipa serve` leaves for a minute not."""
     import socket

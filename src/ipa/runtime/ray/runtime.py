@@ -14,11 +14,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ipa._io import write_csv
 from ipa.energy.carbon import J_PER_KWH
 from ipa.energy.common import EnergyMeter
 from ipa.profiles.calibration import BatchTiming
@@ -332,3 +334,20 @@ def for_profiles(settings: RaySettings, profiles_meta: dict[str, Any]) -> RaySet
     if "device" in settings.model_fields_set or not device.startswith("cuda"):
         return settings
     return settings.model_copy(update={"device": "cuda"})
+
+
+def write_runtime_logs(folder: Path, samples: list[Sample], reconfigurations: list[Reconfiguration],
+                       events: list[dict[str, Any]]) -> None:
+    """The runtime's own logs (also what `ipa serve --out` keeps): energy per second, reconfigurations, faults."""
+    carbon = any(not np.isnan(s.g_per_kwh) for s in samples)
+    write_csv(folder / "energy.csv",
+              ({"t_s": round(s.t_s, 3), "domain": d, "joules": j, "method": s.method, "reserved_cpus": s.reserved_cpus,
+                "serving_cpus": s.serving_cpus, "replica_cpus": s.replica_cpus, "gco2_per_kwh": s.g_per_kwh,
+                "co2_g": j * s.g_per_kwh / J_PER_KWH}
+               for s in samples for d, j in s.joules.items()),
+              ["t_s", "domain", "joules", "method", "reserved_cpus", "serving_cpus", "replica_cpus"]
+              + (["gco2_per_kwh", "co2_g"] if carbon else []))
+    write_csv(folder / "reconfigurations.csv",
+              ({**asdict(r), "kinds": "+".join(r.kinds)} for r in reconfigurations),
+              ["t_s", "seconds", "kinds", "ok", "error"])
+    write_csv(folder / "events.csv", events, ["t_s", "event", "detail"])
