@@ -258,7 +258,8 @@ def test_all_five_pipelines_run_into_one_report(tmp_path):
 
     from click.testing import CliRunner
 
-    from ipa.cli import SUITE, cli
+    from ipa.cli import cli
+    from ipa.experiment.config import SUITE
 
     out = tmp_path / "all"
     r = CliRunner().invoke(cli, ["experiment", "--all-pipelines", "--workload", "step:1:3:60:30", "--policy", "ipa",

@@ -21,6 +21,7 @@ from ipa.spec import Strict, load_model, read_yaml
 EXPERIMENT_POLICIES = (*POLICIES, "oracle", "ipa-q", "ipa-carbon")
 DEFAULT_POLICIES = (*POLICIES, "oracle")
 PAPER_WORKLOADS = ["bursty", "steady-low", "steady-high", "fluctuating"]
+SUITE = ("video", "audio-qa", "audio-sent", "sum-qa", "nlp")  # IPA's five pipelines: configs/experiments/<name>.yaml
 
 
 class ExperimentConfig(Strict):

@@ -1,0 +1,3 @@
+from ipa.cli import main
+
+main()
