@@ -70,9 +70,10 @@ def positive(text: str) -> float:
 
 def models(pipeline: str, profiles: str, names: list[str]) -> list[tuple]:
     """Each named variant built and called once, with its inputs and its row's CPU per batch."""
-    from ipa.models import builder, load_profiles
+    from ipa.models import builder
     from ipa.models.samples import stage_items
     from ipa.models.zoo import pipeline_kinds
+    from ipa.profiles import load_profiles
     from ipa.spec import load_pipeline
 
     spec = load_pipeline(pipeline)

@@ -6,7 +6,7 @@ import csv
 import numpy as np
 import pytest
 
-from ipa.errors import ProfileError
+from ipa.errors import ConfigError, ProfileError
 from ipa.experiment import fidelity
 from ipa.machine.measure import machine_pace, served_spread
 from ipa.machine.speed import MachineSpeed
@@ -307,17 +307,19 @@ def test_at_cell_pace_a_served_variant_runs_at_its_own_pace_and_its_stages_other
 
 
 def test_at_cell_pace_replays_the_cells_own_speed_10_s_by_10_s_over_its_whole_pace(tiny):
+    from ipa.machine.replay import own_speed
+
     _, table = tiny
     # 20 s at the cell's pace, then 10 s at 1.5x it, then 10 s too thin to say, over a 45-s cell
     batches = _timed(table, 1.0, 0.0, 20) + _timed(table, 1.0, 10.0, 20) + _timed(table, 1.5, 20.0, 10)
     batches += _timed(table, 3.0, 31.0, 2)
-    at, slowness = _bench_prediction().cell_speed(table, batches, 45)
+    at, slowness = own_speed(table, batches, 45)
     assert list(at) == [0.0, 10.0, 20.0, 30.0, 40.0]  # every 10 s of the cell, in order
     assert list(slowness) == pytest.approx([1.0, 1.0, 1.5, 1.0, 1.0])  # thin or empty: the cell's pace
 
 
 def test_the_second_real_run_is_set_against_the_first_with_the_predictions_targets(tmp_path):
-    bench = _bench_prediction()
+    from ipa.experiment.fidelity.score import repeat
 
     def rows(throughput, p99, pace):
         cell = {"workload": "static:8:60", "policy": "ipa", "predicted": 0.0}
@@ -326,7 +328,7 @@ def test_the_second_real_run_is_set_against_the_first_with_the_predictions_targe
                 cell | {"metric": "machine_pace", "real": pace}, cell | {"metric": "solve_ms", "real": 3.0}]
 
     first = rows(8.0, 2.0, 1.5) + [{"workload": "static:4:60", "policy": "ipa", "metric": "pas", "real": 0.16}]
-    met = bench.repeat(first, rows(8.5, 3.0, 1.6), tmp_path / "repeat")
+    met, _ = repeat(first, rows(8.5, 3.0, 1.6), tmp_path / "repeat")
     assert met == 1  # throughput +6.25% (within 10), p99 +50% (not within 25); a cell run once is not compared
     with (tmp_path / "repeat.csv").open() as f:
         got = {r["metric"]: r for r in csv.DictReader(f)}
@@ -336,12 +338,12 @@ def test_the_second_real_run_is_set_against_the_first_with_the_predictions_targe
     assert (float(got["p99_latency_s"]["pace_predicted"]), float(got["p99_latency_s"]["pace_real"])) == (1.5, 1.6)
     text = (tmp_path / "repeat.md").read_text()
     assert "1 of 2 figures" in text and "static:8:60 ipa 1.50 -> 1.60" in text
-    with pytest.raises(SystemExit, match="share no cell"):
-        bench.repeat(first[-1:], rows(8.5, 3.0, 1.6), tmp_path / "none")
+    with pytest.raises(ConfigError, match="share no cell"):
+        repeat(first[-1:], rows(8.5, 3.0, 1.6), tmp_path / "none")
 
 
 def test_runs_are_tallied_by_cell_kind_and_a_lean_every_run_shares_is_marked(tmp_path):
-    bench = _bench_prediction()
+    from ipa.experiment.fidelity.score import tally
 
     def run(name, rates, errors):
         """One run's scored table: its static loads `rates`, fa2-low's throughput error in each, and the step."""
@@ -358,7 +360,7 @@ def test_runs_are_tallied_by_cell_kind_and_a_lean_every_run_shares_is_marked(tmp
     # the loads differ from run to run (each run sizes them from its own capacity); 20 < 9 as text, not as rates
     runs = [run("a", (4, 9, 20), (0, 6, 12, -3)), run("b", (5, 10, 20), (0, 7, 4, 5)),
             run("c", (6, 12, 24), (0, 5, -9, 1))]
-    text = bench.tally(runs)
+    text = tally(runs)
     rows = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in text.splitlines()
             if line.startswith("| ") and "fa2-low" in line}
     assert "| 2/3 | +12 +4 -9 % |  |" in rows[("two", "fa2-low", "throughput_rps")]  # both ways: noise
@@ -366,15 +368,15 @@ def test_runs_are_tallied_by_cell_kind_and_a_lean_every_run_shares_is_marked(tmp
     assert "| 3/3 | +0 +0 +0 % |  |" in rows[("half", "fa2-low", "throughput_rps")]
     assert "| 3/3 | -3 +5 +1 % |  |" in rows[("step", "fa2-low", "throughput_rps")]
     assert "within target: 3/4, 4/4, 4/4" in text
-    with pytest.raises(SystemExit, match="not found"):
-        bench.tally([tmp_path / "missing.csv"])
+    with pytest.raises(ConfigError, match="not found"):
+        tally([tmp_path / "missing.csv"])
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(SystemExit, match="not a table of scored figures"):
-        bench.tally([tmp_path / "x.csv"])
+    with pytest.raises(ConfigError, match="not a table of scored figures"):
+        tally([tmp_path / "x.csv"])
 
 
 def test_the_tally_splits_the_figures_by_whether_their_cells_pace_was_predicted_within_5_percent(tmp_path):
-    bench = _bench_prediction()
+    from ipa.experiment.fidelity.score import report, tally
 
     def cell(workload, pace_predicted, pace_real, throughput, p99):
         c = {"workload": workload, "policy": "fa2-low", "twin": "nan"}
@@ -384,14 +386,14 @@ def test_the_tally_splits_the_figures_by_whether_their_cells_pace_was_predicted_
 
     # paced within 4%: both figures met; 10% slower than predicted: throughput and p99 both missed
     rows = cell("static:4:60", 1.50, 1.56, 8.0, 1.1) + cell("static:8:60", 1.50, 1.65, 7.0, 2.0)
-    bench.compare(rows, tmp_path / "prediction", "test")
+    report(rows, tmp_path / "prediction", "test")
     with (tmp_path / "prediction.csv").open() as f:
         scored = list(csv.DictReader(f))
     assert {(r["workload"], r["pace_predicted"], r["pace_real"]) for r in scored} == {
         ("static:4:60", "1.5", "1.56"), ("static:8:60", "1.5", "1.65")}
     assert "predicted within 5%: 2/2 (100%); where it was off by more: 0/2 (0%)" in (
         tmp_path / "prediction.md").read_text()  # one run's own table says it too
-    text = bench.tally([tmp_path / "prediction.csv"])
+    text = tally([tmp_path / "prediction.csv"])
     assert "predicted within 5%: 2/2 (100%); where it was off by more: 0/2 (0%)" in text
     # a table without the pace (an older run's) has no such line
     old = tmp_path / "old.csv"
@@ -399,7 +401,7 @@ def test_the_tally_splits_the_figures_by_whether_their_cells_pace_was_predicted_
         w = csv.DictWriter(f, fieldnames=["workload", "policy", "metric", "error", "met"])
         w.writeheader()
         w.writerow({"workload": "static:4:60", "policy": "ipa", "metric": "pas", "error": 0.0, "met": True})
-    assert "predicted within" not in bench.tally([old])
+    assert "predicted within" not in tally([old])
 
 
 def test_a_served_runs_own_folder_is_repredicted_beside_it(tmp_path):
@@ -411,13 +413,13 @@ def test_a_served_runs_own_folder_is_repredicted_beside_it(tmp_path):
 
 
 def test_a_figure_is_marked_when_3_percent_of_pace_moves_it_across_its_whole_target_band():
-    bench = _bench_prediction()
+    from ipa.experiment.fidelity.score import sensitive
     knee = {"metric": "p99_latency_s", "predicted": 2.0, "at_x0.97": 1.4, "at_x1.03": 3.9}  # 125% > 2 x 25%
     calm = {"metric": "p99_latency_s", "predicted": 0.4, "at_x0.97": 0.38, "at_x1.03": 0.42}
     points = {"metric": "sla_violation_pct", "predicted": 1.0, "at_x0.97": 0.0, "at_x1.03": 11.0}  # 11 > 2 x 5 points
     apart = ["at_x0.97", "at_x1.03"]
-    assert bench.sensitive(knee, apart) and bench.sensitive(points, apart) and not bench.sensitive(calm, apart)
-    assert not bench.sensitive(knee, apart[:1])  # one pace says nothing of a spread
+    assert sensitive(knee, apart) and sensitive(points, apart) and not sensitive(calm, apart)
+    assert not sensitive(knee, apart[:1])  # one pace says nothing of a spread
 
 
 def _timed(table, ratio, t_s, n):
@@ -519,7 +521,7 @@ def test_each_variants_pace_follows_the_cells_served_and_the_ones_not_served_mov
         table.lookup("detect", "small", 1, 1).cpu_s * 2.0, rel=0.03)  # the detector as served: 2.0x, not 2.0 x 1.2
 
 
-def test_fidelity_rows_hold_the_band_beside_the_prediction_and_the_bench_checks_the_real_figure_against_it(tmp_path):
+def test_fidelity_rows_hold_the_band_beside_the_prediction_and_the_real_figure_is_checked_against_it(tmp_path):
     summary = {"throughput_rps": 10.0, "energy_method": "estimate"}
     predicted = _prediction(summary, {"throughput_rps": 8.0}, {"throughput_rps": 12.0}, (0.8, 1.2))
     rows = {r["metric"]: r for r in fidelity.compare("w", "ipa", predicted, {}, summary | {"throughput_rps": 13.0},
@@ -528,13 +530,14 @@ def test_fidelity_rows_hold_the_band_beside_the_prediction_and_the_bench_checks_
     assert (rows["machine_pace"]["predicted_low"], rows["machine_pace"]["predicted_high"]) == (0.8, 1.2)
     assert rows["same_config_pct"]["real"] == 75.0 and rows["same_config_pct"]["twin"] == 100.0
     assert np.isnan(fidelity.compare("w", "ipa", _prediction(summary), {}, summary)[0]["predicted_low"])  # no band
-    bench = _bench_prediction()
+    from ipa.experiment.fidelity.score import in_band
+
     row = {"metric": "throughput_rps", "predicted": 10.0, "predicted_low": 8.0, "predicted_high": 12.0}
-    assert bench.in_band(row | {"real": 13.0})  # above the band's top, within 10% of it
-    assert not bench.in_band(row | {"real": 13.5}) and not bench.in_band(row | {"real": 7.0})
-    assert bench.in_band({"metric": "sla_violation_pct", "predicted": 0.0, "predicted_low": 0.0,
-                          "predicted_high": 20.0, "real": 24.0})  # points: the band's top + 5
-    assert bench.in_band(row | {"predicted_low": "nan", "real": 13.0}) is None  # a run without a band
+    assert in_band(row | {"real": 13.0})  # above the band's top, within 10% of it
+    assert not in_band(row | {"real": 13.5}) and not in_band(row | {"real": 7.0})
+    assert in_band({"metric": "sla_violation_pct", "predicted": 0.0, "predicted_low": 0.0,
+                    "predicted_high": 20.0, "real": 24.0})  # points: the band's top + 5
+    assert in_band(row | {"predicted_low": "nan", "real": 13.0}) is None  # a run without a band
     old = tmp_path / "fidelity.csv"  # written when the band was one seed at the fastest and slowest pace
     old.write_text("workload,policy,metric,predicted,predicted_fast,predicted_slow,twin,real\n"
                    "v,ipa,throughput_rps,10,12,8,10,11\nv,ipa,pas,0.15,,,0.15,0.15\n")
@@ -686,3 +689,27 @@ def test_the_serving_refresh_warns_when_the_machines_speed_moved_more_than_10_pe
     assert unsteady((1.0, 1.08)) == "" and unsteady(()) == ""  # steady enough, or no range measured
     text = unsteady((1.42, 2.0))
     assert "moved 41% between the fastest and the slowest 10 s" in text and "bench/drift.py" in text
+
+
+def test_ipa_fidelity_scores_a_run_and_tallies_scored_tables(tmp_path):
+    """The scoring as a user runs it: ipa fidelity RUN writes RUN/prediction.{csv,md}; --tally reads them back."""
+    from click.testing import CliRunner
+
+    from ipa.cli import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = {"throughput_rps": 10.0, "p99_latency_s": 1.0, "energy_method": "estimate"}
+    predicted = _prediction(summary, {"throughput_rps": 8.0, "p99_latency_s": 0.8},
+                            {"throughput_rps": 12.0, "p99_latency_s": 1.2}, (0.9, 1.1))
+    rows = fidelity.compare("static:5:60", "ipa", predicted, summary, summary | {"throughput_rps": 10.5,
+                                                                                "p99_latency_s": 2.0}, (1.0, 1.02))
+    fidelity.merge(run / "fidelity.csv", rows)
+    done = CliRunner().invoke(cli, ["fidelity", str(run)])
+    assert done.exit_code == 0, done.output
+    assert "1 of 2 within target" in done.output  # throughput +5% met, p99 +100% missed
+    assert "predicted within 5%: 1/2 (50%)" in done.output and (run / "prediction.md").is_file()
+    tallied = CliRunner().invoke(cli, ["fidelity", "--tally", str(run / "prediction.csv")])
+    assert tallied.exit_code == 0 and "within target: 1/2" in tallied.output
+    missing = CliRunner().invoke(cli, ["fidelity", str(tmp_path / "none")])
+    assert missing.exit_code != 0 and "fidelity.csv not found" in str(missing.exception or missing.output)

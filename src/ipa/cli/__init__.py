@@ -1,7 +1,7 @@
 """`ipa ...`: one subcommand per job. Errors the user can fix print as one message, no traceback.
 
 The commands live by what they do: `plan` (optimize, sla, spec), `measure` (profile, energy, workload, predictor),
-`run` (experiment, frontier, serve); `options` holds what several of them take.
+`run` (experiment, frontier, serve), `fidelity`; `options` holds what several of them take.
 """
 
 from __future__ import annotations
@@ -84,4 +84,4 @@ def log_to(con: Console) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-from ipa.cli import measure, plan, run  # noqa: E402,F401  (registers the commands)
+from ipa.cli import fidelity, measure, plan, run  # noqa: E402,F401  (registers the commands)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ipa.machine.measure import WINDOW_S
+from ipa.machine.measure import WINDOW_LEAST, WINDOW_S, by_window, machine_pace
 from ipa.profiles.calibration import BatchTiming, row_of
 from ipa.profiles.table import Profile, ProfileTable
 
@@ -48,3 +48,16 @@ def batch_paces(batches: list[BatchTiming], machine: ProfileTable) -> Pace:
         points.sort()
         out[stage] = (np.array([t for t, _ in points]), np.array([r for _, r in points]))
     return out
+
+
+def own_speed(profiles: ProfileTable, batches: list[BatchTiming], seconds: int) -> Speed:
+    """The speed a cell's own batches moved at, each 10 s's pace over the whole cell's (`Simulator(speed=...)`);
+    a 10 s with too few batches to say (`WINDOW_LEAST`) keeps the cell's pace. Hindsight: what a re-prediction at
+    the cell's own pace replays."""
+
+    whole = machine_pace(profiles, batches)
+    groups = by_window(batches)
+    spans = max(1, math.ceil(seconds / WINDOW_S))
+    paces = [machine_pace(profiles, groups[k]) if len(groups.get(k, ())) >= WINDOW_LEAST else None
+             for k in range(spans)]
+    return np.arange(spans) * WINDOW_S, np.asarray([p[0] / whole[0] if p and whole else 1.0 for p in paces])
