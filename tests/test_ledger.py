@@ -7,7 +7,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from ipa.runtime.ray.ledger import GONE_S, Merged, Tally
+from ipa.runtime.ray.ledger import GONE_S, Tally
+from ipa.runtime.ray.metrics import Merged
 
 
 def registry(ok: int, in_flight: int) -> list:

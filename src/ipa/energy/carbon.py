@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +94,20 @@ def read_carbon(path: str | Path) -> CarbonSeries:
     if not hours:
         raise ConfigError(f"--carbon {p}: no hours after the header; expected {FORMAT}")
     return CarbonSeries(np.array(hours), np.array(values), str(p))
+
+
+def intensity_over_time(carbon: CarbonSeries | None, speedup: float = 1.0) -> Callable[[float], float] | None:
+    """The grid's intensity at a second of a workload (None without a carbon series): what a runtime logs."""
+    if carbon is None:
+        return None
+    return lambda t: float(carbon.at(t, speedup))
+
+
+def with_co2(series: dict[str, np.ndarray], carbon: CarbonSeries | None, speedup: float = 1.0
+             ) -> dict[str, np.ndarray]:
+    """A run's per-second series with the grid's intensity and the grams of CO2 of each second's joules (itself
+    without a carbon series)."""
+    if carbon is None:
+        return series
+    intensity = carbon.at(np.arange(len(series["energy_j"])), speedup)
+    return series | {"carbon_g_per_kwh": intensity, "co2_g": co2_g(series["energy_j"], intensity)}

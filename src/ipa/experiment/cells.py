@@ -14,13 +14,13 @@ import numpy as np
 
 from ipa._io import write_csv, write_json
 from ipa.adapt import LoopSettings
-from ipa.energy.carbon import CarbonSeries, co2_g, read_carbon
+from ipa.energy.carbon import CarbonSeries, read_carbon
 from ipa.experiment.config import ExperimentConfig
-from ipa.paths import resolve, resolve_profiles
 from ipa.machine.speed import MachineSpeed
 from ipa.machine.speed import from_meta as speed_from_meta
 from ipa.optimize.policies import follow_grid, make_problem
 from ipa.optimize.problem import Problem
+from ipa.paths import resolve, resolve_profiles
 from ipa.predict import Predictor, history_s, make_predictor
 from ipa.profiles.calibration import Calibrator
 from ipa.profiles.serving import ServingCost
@@ -107,20 +107,6 @@ class Setup:
         if policy != "ipa-carbon" or self.carbon is None:
             return None
         return follow_grid(self.carbon, self.cfg.interval_s, self.cfg.carbon_speedup)
-
-    def intensity(self) -> Callable[[float], float] | None:
-        """The grid's intensity at a second of the workload (None without a carbon series): what a runtime logs."""
-        if self.carbon is None:
-            return None
-        carbon, speedup = self.carbon, self.cfg.carbon_speedup
-        return lambda t: float(carbon.at(t, speedup))
-
-    def with_co2(self, series: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The series with the grid's intensity and the grams of CO2 of each second's joules (with a carbon series)."""
-        if self.carbon is None:
-            return series
-        intensity = self.carbon.at(np.arange(len(series["energy_j"])), self.cfg.carbon_speedup)
-        return series | {"carbon_g_per_kwh": intensity, "co2_g": co2_g(series["energy_j"], intensity)}
 
     def calibrator(self) -> Calibrator:
         return Calibrator(self.profiles, self.cfg.calibration)

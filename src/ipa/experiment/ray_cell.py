@@ -18,6 +18,7 @@ import numpy as np
 
 from ipa._io import write_csv, write_json
 from ipa.adapt import adapt
+from ipa.energy.carbon import intensity_over_time, with_co2
 from ipa.energy.detect import open_meter
 from ipa.experiment.cells import Setup, control, score_decisions, true_peak, write_cell, write_decisions
 from ipa.experiment.metrics import summarize
@@ -73,7 +74,7 @@ class RayCluster:
         log.info("%s", detection.explain())
         runtime = RayRuntime(self.setup.spec, cfg.ray, detection.meter, cfg.admission, self.setup.serving_latency_s,
                              serving=self.setup.serving)
-        runtime.carbon = self.setup.intensity()
+        runtime.carbon = intensity_over_time(self.setup.carbon, self.setup.cfg.carbon_speedup)
         try:
             real = run_ray_cell(self.setup, workload, policy, runtime)
         except ReconfigurationError as e:
@@ -127,7 +128,7 @@ def run_ray_cell(setup: Setup, workload: Workload, policy: str, runtime: RayRunt
     score_decisions(setup, decisions, peak)
     result = collect(setup.spec, workload.seconds, loadgen.records, loadgen.sent, runtime.samples,
                      runtime.reconfigurations)
-    result.series = setup.with_co2(result.series)
+    result.series = with_co2(result.series, setup.carbon, setup.cfg.carbon_speedup)
     method = runtime.samples[-1].method if runtime.samples else "none"
     delays = measured_delays(runtime.reconfigurations)
     summary = {"workload": workload.name, "policy": policy} | summarize(result, decisions, method, setup.spec.sla_s)

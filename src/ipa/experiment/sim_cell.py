@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipa.adapt import adapt
+from ipa.energy.carbon import with_co2
 from ipa.experiment.cells import Setup, control, score_decisions, true_peak
 from ipa.experiment.metrics import summarize
 from ipa.machine.replay import Pace, Speed
@@ -52,7 +53,7 @@ def run_sim_cell(setup: Setup, workload: Workload, policy: str, weights: dict[st
     sim.drain()
     score_decisions(setup, decisions, peak)
     result = sim.result()
-    result.series = setup.with_co2(result.series)
+    result.series = with_co2(result.series, setup.carbon, setup.cfg.carbon_speedup)
     summary = {"workload": workload.name, "policy": policy, "runtime": "sim"}
     summary |= summarize(result, decisions, setup.profiles.energy_label, setup.spec.sla_s)
     return {"series": result.series, "decisions": decisions, "summary": summary}

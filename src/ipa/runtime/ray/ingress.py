@@ -35,6 +35,7 @@ from ipa.runtime.ray.media import (
     check_headers,
     decode_body,
 )
+from ipa.runtime.ray.metrics import IngressMetrics, Merged
 from ipa.runtime.ray.replica import crops, grpc_handles, node_id, pixels
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,6 @@ class Ingress:
     """
 
     def __init__(self, stages: list[tuple[str, str]], handles: list, sla_s: float, drop_limit_s: float):
-        from prometheus_client import CollectorRegistry, Gauge, Histogram
-        from prometheus_client import Counter as PCounter
 
         from ipa.spec import MEDIA
 
@@ -144,23 +143,7 @@ class Ingress:
         self._observed = -1  # the version of the runtime's report the gauges show
         self.id = uuid.uuid4().hex[:8]
         self.routes = direct.Routes(node_id()) if direct.enabled() else None  # stage replicas' sockets, this node
-        reg = self.registry = CollectorRegistry()
-        self.m_requests = PCounter("ipa_requests", "Requests by outcome", ["code"], registry=reg)
-        buckets = (0.05, 0.1, 0.25, 0.5, 1, 2, sla_s / 2, sla_s, 2 * sla_s, float("inf"))
-        self.m_latency = Histogram("ipa_request_latency_seconds", "End-to-end latency at the ingress",
-                                   buckets=sorted(set(buckets)), registry=reg)
-        self.m_in_flight = Gauge("ipa_in_flight_requests", "Requests in the pipeline", registry=reg)
-        self.m_rejected = PCounter("ipa_shed", "Requests shed, by reason", ["reason"], registry=reg)
-        self.m_refused = PCounter("ipa_refused", "Requests refused as bad input (not load), by status", ["code"],
-                                  registry=reg)
-        self.m_stage = Gauge("ipa_stage_config", "Active config per stage (value: the knob)",
-                             ["stage", "variant", "knob"], registry=reg)
-        self.m_energy = Gauge("ipa_energy_joules", "Energy since the run started, by domain",
-                              ["domain", "method"], registry=reg)
-        self.m_power = Gauge("ipa_power_watts", "Power over the last sample", ["method"], registry=reg)
-        self.m_co2 = Gauge("ipa_co2_grams", "Grams of CO2 of the energy since the run started, at the grid's "
-                           "intensity of each second (with ipa serve --carbon)", ["method"], registry=reg)
-        self.m_intensity = Gauge("ipa_carbon_intensity_g_per_kwh", "The grid's carbon intensity now", registry=reg)
+        self.metrics = IngressMetrics(sla_s)
 
     async def reconfigure(self, cfg: dict[str, Any]) -> None:
         """The plan's expectations per stage; a stage whose config did not change keeps its measured times."""
@@ -210,21 +193,21 @@ class Ingress:
             return self._refuse(JSONResponse({"error": str(e)}, e.status), t0)
         if not self.ready.is_set() and not await self._ready_within(STARTING_WAIT_S):
             self._arrived(second)
-            self.m_rejected.labels("starting").inc()
+            self.metrics.rejected.labels("starting").inc()
             return self._answer(JSONResponse({"error": "starting: the pipeline's stages are still loading their models; "
                                               "retry in 2 s", "reason": "starting"}, 503, headers={"Retry-After": "2"}),
                                 t0)
         verdict = self.admission.decide(*self._whole(int(t0) - 1), t0)
         if not verdict.admit:
             self._arrived(second)
-            self.m_rejected.labels("admission").inc()
+            self.metrics.rejected.labels("admission").inc()
             return self._answer(JSONResponse(
                 {"error": f"overloaded: an answer would take about {verdict.estimate_s:.1f} s, "
                           f"{self._deadline_words()}; retry in {verdict.retry_after_s} s", "reason": "admission"},
                 503, headers={"Retry-After": str(verdict.retry_after_s)}), t0)
         where = [0]  # the stage this request is at, for the work-ahead counts
         self.at[0] += 1
-        self.m_in_flight.set(sum(self.at))
+        self.metrics.in_flight.set(sum(self.at))
         try:  # the body is read only now: Serve's proxy streams it on demand, a refused request never moves it
             try:
                 payload = decode_body(await request.body(), ctype, self.media)
@@ -237,11 +220,11 @@ class Ingress:
             self._arrived(second, -1)
             return self._refuse(JSONResponse({"error": str(e)}, e.status), t0)
         except Expired:
-            self.m_rejected.labels("expired").inc()
+            self.metrics.rejected.labels("expired").inc()
             return self._answer(JSONResponse({"error": f"dropped: could no longer be answered within the SLA "
                                               f"({self.sla_s:g} s)", "reason": "expired"}, 503), t0)
         except TimeoutError:
-            self.m_rejected.labels("timeout").inc()
+            self.metrics.rejected.labels("timeout").inc()
             return self._answer(JSONResponse({"error": f"dropped: not served within {self.drop_limit_s} s",
                                               "reason": "timeout"}, 503), t0)
         except StageFailed as e:
@@ -249,7 +232,7 @@ class Ingress:
         finally:
             if where[0] < len(self.at):
                 self.at[where[0]] -= 1
-            self.m_in_flight.set(sum(self.at))
+            self.metrics.in_flight.set(sum(self.at))
         result["latency_s"] = time.time() - t0
         self.admission.observe_outside(result["latency_s"] - result["service_s"] - result["queued_s"])
         return self._answer(JSONResponse(result), t0)
@@ -297,13 +280,13 @@ class Ingress:
     def _refuse(self, response, t0: float):
         """A request no config could serve (wrong method, type, size or body): answered, counted apart by its
         status, and never load: a client sending such requests must not move the plan."""
-        self.m_refused.labels(str(response.status_code)).inc()
+        self.metrics.refused.labels(str(response.status_code)).inc()
         return self._answer(response, t0)
 
     def _answer(self, response, t0: float):
-        self.m_requests.labels(str(response.status_code)).inc()
+        self.metrics.requests.labels(str(response.status_code)).inc()
         if response.status_code == 200:
-            self.m_latency.observe(time.time() - t0)
+            self.metrics.latency.observe(time.time() - t0)
         return response
 
     async def pipeline(self, image: EncodedImage, t0: float, where: list[int]) -> dict[str, Any]:
@@ -443,7 +426,7 @@ class Ingress:
         try:
             version, observed, routes = await self._ledger.push.remote(
                 self.id, dict(news.arrivals), news.timings, news.decode_cpu_s, list(self.at),
-                list(self.registry.collect()), now)
+                list(self.metrics.registry.collect()), now)
         except Exception as e:  # the ledger restarts with the runtime; keep the news for the next push
             log.debug("ingress %s: push to the ledger failed: %s", self.id, e)
             self._news.merge(news)
@@ -467,27 +450,14 @@ class Ingress:
 
     async def _merged_metrics(self):
         """/metrics over every ingress replica (this replica's counts pushed first), or this one's alone."""
-        from ipa.runtime.ray.ledger import Merged
-
         await self._push()
         if self._ledger is not None:
             try:
                 return Merged(await self._ledger.metric_families.remote())
             except Exception as e:
                 log.debug("ingress %s: ledger metrics failed: %s", self.id, e)
-        return self.registry
+        return self.metrics.registry
 
     def observe(self, config: dict[str, dict[str, Any]] | None = None, energy: dict[str, Any] | None = None) -> None:
         """The runtime's report (through the ledger): the active config and the latest energy reading for /metrics."""
-        if config is not None:
-            self.m_stage.clear()
-            for stage, c in config.items():
-                for knob in ("batch", "replicas", "cores"):
-                    self.m_stage.labels(stage, c["variant"], knob).set(c[knob])
-        if energy is not None:
-            for domain, j in energy["joules"].items():
-                self.m_energy.labels(domain, energy["method"]).set(j)
-            self.m_power.labels(energy["method"]).set(energy["watts"])
-            if "co2_g" in energy:
-                self.m_co2.labels(energy["method"]).set(energy["co2_g"])
-                self.m_intensity.set(energy["g_per_kwh"])
+        self.metrics.observe(config, energy)

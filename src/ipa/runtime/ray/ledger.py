@@ -133,13 +133,3 @@ def ledger(create: bool = False):
         return ray.get_actor(NAME, namespace=NAMESPACE)
     except ValueError:  # not created (an app deployed without the runtime): the ingress keeps its own view
         return None
-
-
-class Merged:
-    """A collector over the ledger's merged families, for prometheus_client's `generate_latest`."""
-
-    def __init__(self, families: list):
-        self.families = families
-
-    def collect(self):
-        return iter(self.families)
