@@ -300,3 +300,41 @@ def test_same_config_pct_is_the_share_of_the_predictions_decisions_the_real_loop
                  {"seed": 1, "t": 0.0, "config": a}, {"seed": 1, "t": 10.0, "config": b}]
     assert same_config_pct(predicted, real) == 75.0
     assert same_config_pct(predicted, [{"t": 0.0, "error": "solver failed"}]) is None
+
+
+def test_the_printed_summary_rounds_for_people_and_the_csv_stays_exact(tmp_path):
+    """kJ with one decimal, percentages, no exponent form on screen; summary.csv keeps every figure as computed."""
+    from ipa.display import plain
+
+    done = CliRunner().invoke(cli, ["experiment", "--workload", "static:40:30", "--policy", "fa2-high",
+                                    "--out", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    assert "energy kJ" in done.output and "%" in done.output
+    assert not [w for w in done.output.split() if "e+" in w or "e-0" in w], done.output
+    row = read_summary(tmp_path)[0]
+    assert float(row["energy_j"]) > 1000 and f"{float(row['energy_j']) / 1000:,.1f}" in done.output
+    assert [plain(v) for v in (12626.33, 0.156069, 2.4583, 1e-6)] == ["12,626", "0.156069", "2.458", "0.000001"]
+
+
+def test_the_report_opens_with_what_ipa_bought_against_the_baselines(tmp_path, small_cfg):
+    """Its first lines: one sentence per workload, ipa's PAS, cores, energy and SLA violations against each
+    baseline that ran; then a short table in kJ with no exponent form, the rest of summary.csv folded below."""
+    import re
+
+    from ipa.experiment.report import headline
+
+    out = tmp_path / "run"
+    summaries = run_experiment(small_cfg, out)
+    page = build_report(out, summaries).read_text()
+    sentences = headline(summaries)
+    assert len(sentences) == len(WORKLOADS)
+    for w, s in zip(WORKLOADS, sentences):
+        ipa = next(x for x in summaries if x["workload"] == w and x["policy"] == "ipa")
+        assert s.startswith(f"<b>{w}</b>: ipa served at PAS {ipa['pas']:.4f}") and "fa2-low" in s
+        assert f"{ipa['energy_j'] / 1000:,.1f} kJ (estimate)" in s and f"{ipa['sla_violation_pct']:.2f}%" in s
+    assert page.index('class="headline"') < page.index("<table")  # the first thing a reader sees
+    first = page[page.index("<table"):page.index("</table>")]
+    assert first.count("<th>") <= 11 and "energy (kJ)" in first
+    assert not re.search(r"\d\.?\d*e[+-]\d", first), "no exponent form"
+    assert "<details>" in page  # summary.csv's other columns, folded
+    assert headline([s for s in summaries if s["policy"] == "ipa"]) == []  # no baseline ran: nothing to say

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ipa._signals import Terminated, stop_on_sigterm
+from ipa.display import plain
 from ipa.errors import IpaError
 
 # Text we print holds paths, workload names and [brackets] from users: never markup or :emoji: codes.
@@ -60,7 +61,7 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def print_table(rows: list[dict], title: str = "", floatfmt: str = "{:.4g}") -> None:
+def print_table(rows: list[dict], title: str = "") -> None:
     if not rows:
         console.print(f"{title}: (no rows)")
         return
@@ -68,7 +69,7 @@ def print_table(rows: list[dict], title: str = "", floatfmt: str = "{:.4g}") -> 
     for col in rows[0]:
         t.add_column(str(col))
     for r in rows:
-        t.add_row(*[floatfmt.format(v) if isinstance(v, float) else "" if v is None else str(v) for v in r.values()])
+        t.add_row(*[plain(v) if isinstance(v, float) else "" if v is None else str(v) for v in r.values()])
     console.print(t)
 
 

@@ -28,7 +28,7 @@ def fidelity(run, repredict, at_cell_pace, against, tally):
     pace was predicted within 5%: RUN/prediction.csv and RUN/prediction.md."""
     from ipa.experiment.fidelity.repredict import read_run
     from ipa.experiment.fidelity.repredict import repredict as predict_again
-    from ipa.experiment.fidelity.score import report, repeat
+    from ipa.experiment.fidelity.score import repeat, report
     from ipa.experiment.fidelity.score import tally as side_by_side
 
     if tally:

@@ -24,6 +24,7 @@ from ipa.optimize.policies import POLICIES
 from ipa.optimize.solvers import SOLVERS
 from ipa.predict import PREDICTORS
 
+
 @cli.command()
 @click.argument("configs", nargs=-1, type=click.Path())
 @click.option("--all-pipelines", is_flag=True,
@@ -131,16 +132,31 @@ def _experiment(cfg, out_dir, title: str = "ipa experiment"):
     return summaries, build_report(out_dir, summaries, title)
 
 
-SUMMARY_SHOWN = ["workload", "policy", "pas", "cost_cores", "energy_j", "energy_method", "sla_violation_pct",
-                 "dropped_pct", "p99_latency_s", "objective", "solve_ms_mean"]
+# The printed summary, rounded for people (summary.csv keeps every figure exact): column -> (heading, format)
+SUMMARY_SHOWN = {"workload": ("workload", "{}"), "policy": ("policy", "{}"), "pas": ("PAS", "{:.4f}"),
+                 "cost_cores": ("cores", "{:.1f}"), "energy_j": ("energy kJ", "{:,.1f}"),
+                 "co2_g": ("CO2 g", "{:,.1f}"), "energy_method": ("energy from", "{}"),
+                 "sla_violation_pct": ("SLA violations", "{:.2f}%"), "dropped_pct": ("dropped", "{:.2f}%"),
+                 "p99_latency_s": ("p99 s", "{:.3f}"), "objective": ("objective", "{:.3f}"),
+                 "solve_ms_mean": ("solve ms", "{:.1f}")}
 
 
 def _print_summary(summaries, title: str = "summary") -> None:
     from ipa.experiment.metrics import has_co2
 
-    co2 = has_co2(summaries)
-    shown = [x for c in SUMMARY_SHOWN for x in ((c, "co2_g") if c == "energy_j" and co2 else (c,))]
-    print_table([{c: s.get(c) for c in shown} for s in summaries], title)
+    shown = [c for c in SUMMARY_SHOWN if c != "co2_g" or has_co2(summaries)]
+    print_table([{SUMMARY_SHOWN[c][0]: human(s.get(c), c) for c in shown} for s in summaries], title)
+
+
+def human(value, column: str) -> str:
+    """A summary figure as the printed table shows it: joules as kJ, percentages with their sign, no exponent."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if column == "energy_j" and isinstance(value, int | float):
+        value = value / 1000
+    return SUMMARY_SHOWN[column][1].format(value)
 
 
 def _experiment_suite(names: list[str], cfgs, out_dir) -> list[dict]:

@@ -37,6 +37,17 @@ def smooth(x: np.ndarray, window: int) -> np.ndarray:
     return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
 
 
+def _log_axis(axis, set_scale, scale: str, **kw) -> None:
+    """A log (or symlog) axis labelled in plain numbers (2, 10, 40), not powers of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    set_scale(scale, **kw)
+    if scale == "log":
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def comparison_grid(cells: dict[tuple[str, str], dict[str, np.ndarray]], workloads: list[str], policies: list[str],
                     path: Path, window: int = 30) -> Path:
     """Rows: PAS, cost (cores), SLA violations per second; one column per workload, one line per policy."""
@@ -48,6 +59,11 @@ def comparison_grid(cells: dict[tuple[str, str], dict[str, np.ndarray]], workloa
             for p in policies:
                 if (w, p) in cells:
                     ax.plot(smooth(cells[(w, p)][key], window), label=p, color=COLORS.get(p), lw=1.2)
+            if key == "core_seconds":  # one policy's dozens of cores must not flatten the others' few
+                _log_axis(ax.yaxis, ax.set_yscale, "log")
+            elif key == "violations" and any(np.nanmax(cells[(w, p)][key], initial=0) > 0
+                                             for p in policies if (w, p) in cells):
+                _log_axis(ax.yaxis, ax.set_yscale, "symlog", linthresh=0.1)
             if i == 0:
                 ax.set_title(w)
             if j == 0:
@@ -55,7 +71,7 @@ def comparison_grid(cells: dict[tuple[str, str], dict[str, np.ndarray]], workloa
             if i == len(rows) - 1:
                 ax.set_xlabel("time (s)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"policies over time ({window} s moving average)")
+    fig.suptitle(f"policies over time ({window} s moving average; cores on a log scale)")
     return _save(fig, path)
 
 
@@ -72,7 +88,8 @@ def energy_per_minute(cells: dict[tuple[str, str], dict[str, np.ndarray]], workl
             per_min = e[: minutes * 60].reshape(minutes, 60).sum(axis=1) if minutes else e
             ax.plot(np.arange(1, len(per_min) + 1), smooth(per_min, 3), marker="o", ms=3, label=p, color=COLORS.get(p))
     ax.set_xlabel("minute")
-    ax.set_ylabel(f"{what} per minute ({unit}, {energy_method})")
+    _log_axis(ax.yaxis, ax.set_yscale, "log")  # every policy's line readable beside one that draws ten times as much
+    ax.set_ylabel(f"{what} per minute ({unit}, {energy_method}, log scale)")
     ax.set_title(f"{workload}: {what} per minute (3-minute moving average)")
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -89,7 +106,8 @@ def energy_vs_pas(summaries: list[dict], path: Path, energy_method: str) -> Path
         ax.scatter([], [], color=c, label=p)
     for i, w in enumerate(workloads):
         ax.scatter([], [], color="gray", marker=markers[i % len(markers)], label=w)
-    ax.set_xlabel(f"energy (kJ, {energy_method})")
+    _log_axis(ax.xaxis, ax.set_xscale, "log")
+    ax.set_xlabel(f"energy (kJ, {energy_method}, log scale)")
     ax.set_ylabel("PAS")
     ax.set_title("energy vs accuracy, every (workload, policy)")
     ax.legend(fontsize=7, ncol=2)

@@ -8,17 +8,50 @@ from pathlib import Path
 from ipa._io import atomic_write_text
 from ipa.experiment import plots
 from ipa.experiment.cells import SUMMARY_COLUMNS, cell_dir, load_cell, slug
+from ipa.display import plain
 from ipa.experiment.metrics import has_co2
 
-SHOWN = ["workload", "policy", "pas", "cost_cores", "energy_j", "co2_g", "energy_method", "avg_power_w", "sla_violation_pct",
-         "dropped_pct", "rejected_pct", "p99_latency_s", "goodput_rps", "objective", "sized_for_true_peak_pct",
-         "decisions", "solve_ms_mean"]
+SHOWN = ["workload", "policy", "pas", "cost_cores", "energy_j", "co2_g", "sla_violation_pct", "dropped_pct",
+         "p99_latency_s", "objective"]  # the first table; the rest of summary.csv's columns below it, folded
+BASELINES = ("fa2-low", "fa2-high", "rim-high")
 
 
 def fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return plain(v) if isinstance(v, float) else str(v)
+
+
+def headline(summaries: list[dict]) -> list[str]:
+    """One sentence per workload on what ipa bought against the baselines: PAS, cores, energy and SLA violations,
+    each against every baseline that ran (none where ipa or every baseline is missing)."""
+    out = []
+    for w in dict.fromkeys(s["workload"] for s in summaries):
+        cell = {s["policy"]: s for s in summaries if s["workload"] == w}
+        ipa = cell.get("ipa") or cell.get("ipa-energy")
+        others = [cell[b] for b in BASELINES if b in cell]
+        if ipa is None or not others:
+            continue
+
+        def against(key: str, scale: float = 1.0, digits: str = ".3g") -> str:
+            return "; ".join(f"{o['policy']} {format(float(o[key]) / scale, digits)}"
+                             + (f", {_change(float(ipa[key]), float(o[key]))}" if key != "sla_violation_pct" else "")
+                             for o in others)
+
+        late = "; ".join(f"{o['policy']} {float(o['sla_violation_pct']):.2f}%" for o in others)
+        estimate = " (estimate)" if "estimate" in str(ipa.get("energy_method", "")) else ""
+        out.append(f"<b>{html.escape(w)}</b>: {html.escape(ipa['policy'])} served at PAS {float(ipa['pas']):.4f} "
+                   f"({against('pas', digits='.4f')}) on {float(ipa['cost_cores']):.1f} cores "
+                   f"({against('cost_cores', digits='.1f')}) for {float(ipa['energy_j']) / 1000:,.1f} kJ{estimate} "
+                   f"({against('energy_j', 1000, ',.1f')}), and {float(ipa['sla_violation_pct']):.2f}% of its "
+                   f"requests missed the SLA ({late}).")
+    return out
+
+
+def _change(ours: float, theirs: float) -> str:
+    """ours against theirs in words: '35% less', '12% more', 'the same'."""
+    if not theirs:
+        return "the same" if not ours else "more"
+    d = (ours - theirs) / abs(theirs) * 100
+    return "the same" if abs(d) < 0.5 else f"ipa {abs(d):.0f}% {'more' if d > 0 else 'less'}"
 
 
 def build_report(out: Path, summaries: list[dict], title: str = "ipa experiment") -> Path:
@@ -62,8 +95,14 @@ def _section(out: Path, summaries: list[dict], prefix: str, level: int) -> str:
     h = f"h{level}"
     imgs = "".join(f'<figure><img src="{html.escape(prefix + i)}" alt="{html.escape(i)}"><figcaption>'
                    f"{html.escape(i)}</figcaption></figure>" for i in images)
-    return f"""<{h}>Summary</{h}>
-{_table(summaries, [c for c in SHOWN if c in SUMMARY_COLUMNS and (c != "co2_g" or has_co2(summaries))])}
+    shown = [c for c in SHOWN if c != "co2_g" or has_co2(summaries)]
+    sentences = "".join(f"<li>{s}</li>" for s in headline(summaries))
+    return f"""{f'<ul class="headline">{sentences}</ul>' if sentences else ''}
+<{h}>Summary</{h}>
+{_table(summaries, shown, {"energy_j": "energy (kJ)"})}
+<details><summary>every column of summary.csv</summary>
+{_table(summaries, [c for c in SUMMARY_COLUMNS if c not in shown or c in ("workload", "policy")])}
+</details>
 {_real_sections(out, summaries, h)}
 <{h}>Figures</{h}>
 {imgs}
@@ -125,10 +164,19 @@ def _real_sections(out: Path, summaries: list[dict], h: str = "h2") -> str:
     return "\n".join(parts)
 
 
-def _table(rows: list[dict], cols: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _table(rows: list[dict], cols: list[str], headings: dict[str, str] | None = None) -> str:
+    """An HTML table of `cols`; a column renamed in `headings` to kJ shows its joules / 1000."""
+    headings = headings or {}
+    head = "".join(f"<th>{html.escape(headings.get(c, c))}</th>" for c in cols)
+
+    def cell(r: dict, c: str) -> str:
+        v = r.get(c, "")
+        if "(kJ)" in headings.get(c, "") and v not in ("", None):
+            v = float(v) / 1000
+        return html.escape(fmt(v))
+
+    body = "".join("<tr>" + "".join(f"<td>{cell(r, c)}</td>" for c in cols) + "</tr>" for r in rows)
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _note(summaries: list[dict], method: str) -> str:
@@ -154,6 +202,8 @@ td:nth-child(1), td:nth-child(2) {{ text-align: left; }}
 img {{ max-width: 100%; }}
 figure {{ margin: 1em 0; }}
 pre {{ background: #f7f7f7; padding: 1em; font-size: 12px; }}
+.wide {{ overflow-x: auto; max-width: 100%; }}
+.headline li {{ margin: 0.4em 0; line-height: 1.4; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{note} PAS: mean accuracy score of completed requests; cost: mean reserved cores; SLA violations: late or
