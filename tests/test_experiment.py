@@ -207,7 +207,7 @@ def test_with_a_constant_intensity_co2_is_energy_times_intensity(tmp_path, small
                                    "--workload", "step:2:30:240", "--policy", "ipa", "--policy", "fa2-low",
                                    "--predictor", "max", "--carbon", _carbon(tmp_path, [250.0] * 3), "--out", str(out)])
     assert got.exit_code == 0, got.output
-    assert "co2_g" in got.output
+    assert "CO2 g" in got.output  # the printed summary shows grams of CO2
     for s in read_summary(out):
         assert float(s["co2_g"]) == pytest.approx(float(s["energy_j"]) * 250.0 / 3.6e6)
     with (out / "cells" / "step_2_30_240__ipa" / "timeseries.csv").open() as f:

@@ -38,9 +38,17 @@ def smooth(x: np.ndarray, window: int) -> np.ndarray:
 
 
 def _log_axis(axis, set_scale, scale: str, **kw) -> None:
-    """A log (or symlog) axis labelled in plain numbers (2, 10, 40), not powers of ten."""
+    """A log (or symlog) axis labelled in plain numbers (2, 10, 40), not powers of ten; linear when nothing drawn on
+    it is above 0 (a plan that served nothing)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    x = axis is axis.axes.xaxis
+    drawn = [np.ma.filled(np.ma.asarray(line.get_xdata() if x else line.get_ydata(), dtype=float), np.nan)
+             for line in axis.axes.get_lines()]
+    drawn += [np.ma.filled(np.ma.asarray(c.get_offsets(), dtype=float), np.nan)[:, 0 if x else 1]
+              for c in axis.axes.collections if len(c.get_offsets())]
+    if not any((d > 0).any() for d in drawn):
+        return
     set_scale(scale, **kw)
     if scale == "log":
         axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
