@@ -107,12 +107,12 @@ def test_a_slow_stage_makes_the_next_expected_slow_before_its_own_first_slow_bat
     before = a.start_by(0.0, 1)
     for _ in range(3):
         a.observe(0, 0.8, 1)  # the detector's batches at 4x its median
-    assert a.pace == pytest.approx(2.5)  # the median (rounded up) of 0.8 / (0.2, 0.32, 0.416) and the classifier's 1.0
+    assert a.slowdown == pytest.approx(2.5)  # the median (rounded up) of 0.8 / (0.2, 0.32, 0.416) and the classifier's 1.0
     assert a.stages[1].tail_s == pytest.approx(0.25) and a.start_by(0.0, 1) == pytest.approx(before - 0.15)
     assert a.overhead_s == 0.0  # nothing profiled: nothing to pace
     for _ in range(12):
         a.observe(0, 0.8, 1)  # the detector's median catches up: the pace falls back
-    assert a.pace < 1.2 and a.stages[1].tail_s == pytest.approx(0.1, rel=0.2)
+    assert a.slowdown < 1.2 and a.stages[1].tail_s == pytest.approx(0.1, rel=0.2)
 
 
 def test_serving_time_is_paced_like_the_models():
@@ -120,7 +120,7 @@ def test_serving_time_is_paced_like_the_models():
     a.configure(0, 1, 1, 0.5, StageEstimate(0.2, 0.2))
     a.observe(0, 0.2, 1)
     a.observe(0, 0.8, 1)  # 4x the median: the pipeline is slow, the proxy and ingress share its CPUs
-    assert a.pace == pytest.approx(4.0) and a.overhead_s == pytest.approx(0.2)
+    assert a.slowdown == pytest.approx(4.0) and a.overhead_s == pytest.approx(0.2)
 
 
 def test_time_outside_the_models_counts_at_its_tail_never_below_the_profiled():
@@ -167,4 +167,4 @@ def test_a_pace_no_batch_confirms_lapses_so_a_pipeline_that_refused_everything_o
     a.observe(0, 20.0, 1, now=21.0)  # one batch at 20x: the estimate of an empty pipeline passes the SLA
     assert not a.admits([0], 1.0, now=21.5)
     assert a.admits([0], 1.0, now=21.0 + 2 * a.stages[0].batch_s + 0.1)  # no batch since: the pace lapses
-    assert a.pace == 1.0
+    assert a.slowdown == 1.0

@@ -12,6 +12,7 @@ import requests
 
 from ipa.models.samples import photo_jpegs
 from ipa.runtime.ray.cluster import free_port
+from ipa.runtime.ray.guard import alive, descendants
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -59,35 +60,6 @@ def test_ipa_serve_answers_adapts_and_writes_its_logs(tmp_path):
     assert "ipa_carbon_intensity_g_per_kwh" in metrics and "g of CO2 in all" in output
 
 
-def _descendants(pid: int) -> set[int]:
-    import os
-
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
-
-
-def _alive(pid: int) -> bool:
-
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_sigterm_stops_ipa_serve_like_ctrl_c(tmp_path):
     """kill, systemd and Kubernetes send SIGTERM: the logs are written, Ray is shut down, the exit is clean."""
     import signal
@@ -102,7 +74,7 @@ def test_sigterm_stops_ipa_serve_like_ctrl_c(tmp_path):
         while time.monotonic() < deadline and proc.poll() is None and not (out / "decisions.csv").is_file():
             time.sleep(1)  # serving, its first decision on disk
         time.sleep(3)  # a few sampled seconds
-        started = _descendants(proc.pid)
+        started = set(descendants(proc.pid))
         assert started, "ipa serve started no processes"
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
@@ -115,9 +87,9 @@ def test_sigterm_stops_ipa_serve_like_ctrl_c(tmp_path):
     for name in ("decisions.csv", "energy.csv", "reconfigurations.csv", "events.csv"):
         assert (out / name).is_file(), name
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_alive(p) for p in started):
+    while time.monotonic() < deadline and any(alive(p) for p in started):
         time.sleep(1)
-    assert not [p for p in started if _alive(p)], "Ray processes left behind"
+    assert not [p for p in started if alive(p)], "Ray processes left behind"
 
 
 def test_profile_serving_refreshes_serving_cost_and_the_machines_pace(tmp_path):

@@ -13,27 +13,9 @@ import pytest
 import requests
 
 from ipa.runtime.ray.cluster import free_port
-from ipa.runtime.ray.guard import alive
+from ipa.runtime.ray.guard import alive, descendants
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
 
 
 def listening(pids: set[int]) -> dict[int, str]:
@@ -85,7 +67,7 @@ class Server:
 
     def stop(self, how: str) -> tuple[set[int], dict[int, str], str]:
         """Stop it as `how` says; what it had started and the ports they listened on, and its output."""
-        started = descendants(self.proc.pid)
+        started = set(descendants(self.proc.pid))
         ports = listening(started | {self.proc.pid})
         {"group TERM": lambda: os.killpg(self.proc.pid, signal.SIGTERM),
          "group INT": lambda: os.killpg(self.proc.pid, signal.SIGINT),
@@ -114,7 +96,7 @@ def test_two_servers_run_side_by_side_and_every_way_of_stopping_leaves_nothing(t
         a.wait_serving()
         b.wait_serving()  # HAProxy's stats, metrics and fallback ports are each cluster's own
         for server in (a, b):
-            ports = listening(descendants(server.proc.pid))
+            ports = listening(set(descendants(server.proc.pid)))
             assert server.port in ports and len(ports) >= 3, ports  # the front, HAProxy's stats and metrics
             exposed = {p for p, addr in ports.items() if addr not in LOOPBACK}
             haproxy = listening({p for p in descendants(server.proc.pid)

@@ -25,12 +25,12 @@ at the current rate, at most the batch timeout:
 The batches ahead take t_s, the running median of the stage's batch times (started from the plan's
 calibrated profile value at each reconfiguration, then following the measured batches); the request's own
 batch takes T_s, the tail: the largest of t_s, the 90th percentile of the stage's last 32 batches (the plan's
-99th percentile before the config has run one), and t_s times the pipeline's pace. The pace is the median of the last 4 batches' times over their own stage's running median:
+99th percentile before the config has run one), and t_s times the pipeline's slowdown. The slowdown is the median of the last 4 batches' times over their own stage's running median:
 about 1 while nothing changes, and on a shared machine what slows one stage slows the next, so the classifier is
-expected slow as soon as the detector's batches are, not after its own first slow batch. When no batch has ended for two of the slowest stage's batch times, the pace
+expected slow as soon as the detector's batches are, not after its own first slow batch. When no batch has ended for two of the slowest stage's batch times, the slowdown
 lapses and every stage goes back to its plan's times: a pipeline that admits nothing measures nothing, and one
 slow batch (a model switch under load) would otherwise keep it shut for good. O is serving's own
-latency: the largest of what the profiles measured, that at the pipeline's pace (the proxy and the ingress share
+latency: the largest of what the profiles measured, that at the pipeline's slowdown (the proxy and the ingress share
 the machine too), and the 90th percentile of the time the last 64 answers spent outside the models. The start-by
 time of stage s is arrival + SLA - O - (T_s + ... + T_last): a request is started only if it can finish when its
 own batches are slow ones: with the medians alone, answers on a saturated machine come later than the SLA.
@@ -67,7 +67,7 @@ class StageEstimate:
 UNKNOWN = StageEstimate(math.nan, math.nan)
 
 
-TAIL_BATCHES, TAIL_ANSWERS, PACE_BATCHES, TAIL_Q = 32, 64, 4, 0.9
+TAIL_BATCHES, TAIL_ANSWERS, SLOWDOWN_BATCHES, TAIL_Q = 32, 64, 4, 0.9
 
 
 def _tail(values: deque[float], q: float = TAIL_Q) -> float:
@@ -84,7 +84,7 @@ class _Stage:
     batch_s: float
     per_request_s: float
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=TAIL_BATCHES))  # this config's batches
-    tail_s: float = math.nan  # its own batch: max(batch_s, the recent batches' 90th percentile, batch_s x pace)
+    tail_s: float = math.nan  # its own batch: max(batch_s, the recent batches' 90th percentile, batch_s x slowdown)
 
     planned_tail_s: float = math.nan  # the plan's 99th percentile of a batch
 
@@ -96,10 +96,10 @@ class _Stage:
         self.batch_s, self.per_request_s = self.planned
         self.recent.clear()
 
-    def set_tail(self, pace: float) -> None:
+    def set_tail(self, slowdown: float) -> None:
         """The request's own batch: the measured tail of this config's batches, or the plan's before there are any."""
         own = _tail(self.recent) if self.recent else self.planned_tail_s
-        self.tail_s = max(self.batch_s, own if own == own else self.batch_s, self.batch_s * pace)
+        self.tail_s = max(self.batch_s, own if own == own else self.batch_s, self.batch_s * slowdown)
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,8 @@ class Admission:
         self.stages: list[_Stage] = []
         self._rest: list[float] = [0.0]  # per stage, the tail batch times from it to the last (start-by offsets)
         self._outside: deque[float] = deque(maxlen=TAIL_ANSWERS)  # the last answers' time outside the models
-        self._pace: deque[float] = deque(maxlen=PACE_BATCHES)  # the last batches' times over their stage's median
-        self.pace = 1.0
+        self._slowdowns: deque[float] = deque(maxlen=SLOWDOWN_BATCHES)  # the last batches' times over their stage's median
+        self.slowdown = 1.0
         self._last_batch_at = -math.inf  # when a batch last ended (the caller's clock)
         self._lapsed = True  # nothing measured since the plan (or since the last lapse)
 
@@ -126,7 +126,7 @@ class Admission:
         """Stage i now runs this config: its times restart from the plan's expectation."""
         st = _Stage(replicas, batch, wait_s, expected.batch_s, expected.per_request_s,
                     planned_tail_s=expected.tail_s)
-        st.set_tail(self.pace)
+        st.set_tail(self.slowdown)
         if i < len(self.stages):
             self.stages[i] = st
         else:
@@ -143,39 +143,39 @@ class Admission:
         if math.isnan(st.batch_s):
             st.batch_s, st.per_request_s = seconds, seconds / size
         else:
-            self._pace.append(seconds / st.batch_s)
+            self._slowdowns.append(seconds / st.batch_s)
             st.batch_s += a * (seconds - st.batch_s)
             st.per_request_s += a * (seconds / size - st.per_request_s)
-        pace = max(1.0, _tail(self._pace, 0.5)) if self._pace else 1.0
-        if abs(pace - self.pace) > 0.05 * self.pace:  # every stage's tail moves, and serving's own time
-            self._set_pace(pace)
+        slowdown = max(1.0, _tail(self._slowdowns, 0.5)) if self._slowdowns else 1.0
+        if abs(slowdown - self.slowdown) > 0.05 * self.slowdown:  # every stage's tail moves, and serving's own time
+            self._set_slowdown(slowdown)
             return
         old = st.tail_s
-        st.set_tail(self.pace)
+        st.set_tail(self.slowdown)
         step = st.tail_s - (0.0 if math.isnan(old) else old)
         rest = self._rest
         for j in range(i + 1):  # the start-by offsets of stage i and those before it include stage i's time
             rest[j] += step
 
-    def _set_pace(self, pace: float) -> None:
-        self.pace = pace
+    def _set_slowdown(self, slowdown: float) -> None:
+        self.slowdown = slowdown
         for st in self.stages:
-            st.set_tail(pace)
+            st.set_tail(slowdown)
         self._sum_rest()
         self._set_overhead()
 
     def settle(self, now: float) -> None:
-        """No batch for two of the slowest stage's batch times: the pace lapses, the stages' times go back to
+        """No batch for two of the slowest stage's batch times: the slowdown lapses, the stages' times go back to
         the plan's (once, until the next batch)."""
         if self._lapsed:
             return
         slowest = max((st.batch_s for st in self.stages if st.batch_s == st.batch_s), default=0.0)
         if now - self._last_batch_at > max(1.0, 2 * slowest):
             self._lapsed = True
-            self._pace.clear()
+            self._slowdowns.clear()
             for st in self.stages:
                 st.replan()
-            self._set_pace(1.0)
+            self._set_slowdown(1.0)
 
     def observe_outside(self, seconds: float) -> None:
         """An answer spent `seconds` outside the models (HTTP, decoding, hops between stages, the answer)."""
@@ -184,10 +184,10 @@ class Admission:
             self._set_overhead()
 
     def _set_overhead(self) -> None:
-        """Serving's own latency: the profiled, the recent answers' tail, or the profiled at the pipeline's pace
+        """Serving's own latency: the profiled, the recent answers' tail, or the profiled at the pipeline's slowdown
         (the proxy and the ingress share the machine too)."""
         recent = _tail(self._outside) if self._outside else 0.0
-        self.overhead_s = max(self.profiled_overhead_s * self.pace, recent)
+        self.overhead_s = max(self.profiled_overhead_s * self.slowdown, recent)
 
     def _sum_rest(self) -> None:
         rest = [0.0] * (len(self.stages) + 1)

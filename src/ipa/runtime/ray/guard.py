@@ -34,35 +34,56 @@ HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT
                  "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
 
 
-def members(cluster: str) -> dict[int, str]:
-    """The cluster's processes, each with its start time (so that a pid the kernel gave to another process since is
-    told apart): those whose environment carries the id, and everything they started. Ray's agents and workers
-    write their title over their environment, so they are found as the raylet's descendants."""
-    needle, me = f"{MARK}={cluster}".encode(), os.getpid()
+def _processes() -> tuple[dict[int, list[int]], dict[int, str], list[int]]:
+    """Every process's children, start time (clock ticks after boot: a pid the kernel gave to another process since
+    is told apart) and pid, from /proc; the calling one left out."""
+    me = os.getpid()
     children: dict[int, list[int]] = {}
     started: dict[int, str] = {}
-    roots = []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
             continue
-        pid = int(name)
         try:
-            with open(f"/proc/{pid}/stat") as f:
+            with open(f"/proc/{name}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    roots.append(pid)
-        except (OSError, IndexError):  # gone meanwhile, or another user's
+        except (OSError, IndexError):  # gone meanwhile
             continue
-        children.setdefault(int(fields[1]), []).append(pid)
-        started[pid] = fields[19]  # start time, in clock ticks after boot
+        children.setdefault(int(fields[1]), []).append(int(name))
+        started[int(name)] = fields[19]
+    return children, started, list(started)
+
+
+def _closure(roots: list[int], children: dict[int, list[int]], started: dict[int, str]) -> dict[int, str]:
     found: dict[int, str] = {}
     while roots:
         pid = roots.pop()
-        if pid not in found and pid != me:
+        if pid not in found and pid in started:
             found[pid] = started[pid]
             roots.extend(children.get(pid, ()))
     return found
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """What `pid` started, and what those started, with their start times."""
+    children, started, _ = _processes()
+    return _closure(list(children.get(pid, ())), children, started)
+
+
+def members(cluster: str) -> dict[int, str]:
+    """The cluster's processes, each with its start time: those whose environment carries the id, and everything
+    they started. Ray's agents and workers write their title over their environment, so they are found as the
+    raylet's descendants."""
+    needle = f"{MARK}={cluster}".encode()
+    children, started, pids = _processes()
+    roots = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    roots.append(pid)
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return _closure(roots, children, started)
 
 
 def command(pid: int) -> str:
