@@ -76,6 +76,10 @@ def connect(settings: RaySettings, spec: PipelineSpec) -> bool:
             os.environ[MARK] = _guard.cluster  # what Ray starts from here (GCS, raylet) carries it too
             try:
                 ray.init(num_cpus=local_cpus(settings, spec), runtime_env={"env_vars": env}, **kwargs)
+            except BaseException:  # whatever Ray started before it failed is stopped, and the watchdog with it
+                _guard.close()
+                _guard = None
+                raise
             finally:
                 os.environ.pop(MARK, None)
             _guard.started()
