@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -42,6 +42,17 @@ Progress = Callable[[str, dict | None], None]
 BYTES_PER_SECOND, BYTES_PER_REQUEST = 1600, 150
 
 
+class Cell(NamedTuple):
+    """One (workload, policy) of a run, and whether an earlier run's result for it is kept."""
+
+    workload: Workload
+    policy: str
+    folder: Path
+    settings: dict[str, Any]
+    keep: bool  # finished before with the same settings
+    changed: list[str]  # what differs from the earlier run's settings, in words
+
+
 def run_experiment(cfg: ExperimentConfig, out: Path, progress: Progress = lambda m, s: None,
                    tick: Callable[[float], None] = lambda done: None) -> list[dict[str, Any]]:
     """All cells. A cell finished by an earlier run into the same folder (its summary.json exists) is kept
@@ -60,9 +71,9 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: Progress = lambda
             settings = cell_settings(setup, w, p)
             finished = (folder / "summary.json").is_file()
             changed = differences(read_settings(folder), settings) if finished else []
-            cells.append((w, p, folder, settings, finished and not changed, changed))
+            cells.append(Cell(w, p, folder, settings, finished and not changed, changed))
     summaries = []
-    with _cluster(setup, not all(c[4] for c in cells)) as (fitted, cluster):
+    with _cluster(setup, not all(c.keep for c in cells)) as (fitted, cluster):
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         for w, policy, folder, settings, keep, changed in cells:
             if keep:

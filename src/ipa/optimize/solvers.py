@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -310,12 +311,22 @@ def _choose(problem: Problem, load: float, run: Solver, name: str) -> tuple[Chos
     return chosen, "", load
 
 
+class Tried(NamedTuple):
+    """A choice planned on the contention of the one before it, judged on its own."""
+
+    planned: Problem
+    chosen: Chosen
+    reason: str
+    holds: float
+    assessment: Assessment
+
+
 def _on_the_machine(problem: Problem, load: float, run: Solver, name: str, first: tuple[Chosen, str, float]
                     ) -> tuple[Problem, Chosen, str, float]:
     """Plan for the contention a config makes on the machine's CPUs (`Problem.contended`): solve again on the rows
     the last choice stretches, until a choice is the choice on its own contention. A choice that flips between
     two (each one's contention favours the other) ends at the best of them judged on its own."""
-    tried: list[tuple[Problem, Chosen, str, float, Assessment]] = []
+    tried: list[Tried] = []
     chosen, reason, holds = first
     for _ in range(CONTENTION_ROUNDS):
         planned = problem.contended(chosen, load)
@@ -323,9 +334,9 @@ def _on_the_machine(problem: Problem, load: float, run: Solver, name: str, first
         again, why, held = _choose(planned, load, run, name)
         if [o.config for o in again] == [o.config for o in own]:
             return planned, again, why, held
-        tried.append((planned, own, reason, holds, planned.assess(own, load)))
+        tried.append(Tried(planned, own, reason, holds, planned.assess(own, load)))
         chosen, reason, holds = again, why, held
-    planned, chosen, reason, holds, a = max(tried, key=lambda t: (t[4].feasible, t[3], t[4].objective))
+    planned, chosen, reason, holds, a = max(tried, key=lambda t: (t.assessment.feasible, t.holds, t.assessment.objective))
     if not reason and not a.feasible:
         reason = (f"at {load:.1f} rps each choice's contention on {problem.cpus:g} CPUs favours another; "
                   "serving the best of them, which does not meet every constraint on its own")

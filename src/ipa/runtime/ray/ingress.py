@@ -99,6 +99,13 @@ def request_start(stamp: str | None, now: float, trusted: bool = False) -> float
     return now
 
 
+@dataclass
+class At:
+    """Where one request is in the pipeline: the index of its stage (the decode counts as the first)."""
+
+    stage: int = 0
+
+
 class StageFailed(Exception):
     """A stage's model raised or answered what the pipeline cannot use; the message names the variant."""
 
@@ -205,7 +212,7 @@ class Ingress:
                 {"error": f"overloaded: an answer would take about {verdict.estimate_s:.1f} s, "
                           f"{self._deadline_words()}; retry in {verdict.retry_after_s} s", "reason": "admission"},
                 503, headers={"Retry-After": str(verdict.retry_after_s)}), t0)
-        where = [0]  # the stage this request is at, for the work-ahead counts
+        where = At()  # the stage this request is at, for the work-ahead counts
         self.at[0] += 1
         self.metrics.in_flight.set(sum(self.at))
         try:  # the body is read only now: Serve's proxy streams it on demand, a refused request never moves it
@@ -230,8 +237,8 @@ class Ingress:
         except StageFailed as e:
             return self._answer(JSONResponse({"error": str(e), "reason": "model error"}, 500), t0)
         finally:
-            if where[0] < len(self.at):
-                self.at[where[0]] -= 1
+            if where.stage < len(self.at):
+                self.at[where.stage] -= 1
             self.metrics.in_flight.set(sum(self.at))
         result["latency_s"] = time.time() - t0
         self.admission.observe_outside(result["latency_s"] - result["service_s"] - result["queued_s"])
@@ -289,7 +296,7 @@ class Ingress:
             self.metrics.latency.observe(time.time() - t0)
         return response
 
-    async def pipeline(self, image: EncodedImage, t0: float, where: list[int]) -> dict[str, Any]:
+    async def pipeline(self, image: EncodedImage, t0: float, where: At) -> dict[str, Any]:
         """A detection stage turns the items into crops; a classification stage labels each crop; a
         segmentation stage draws the mask of each box on the whole photo (SAM is prompted, not cropped).
         `detections` sums up each crop: its box, and what the later stages said of it."""
@@ -316,7 +323,7 @@ class Ingress:
         return {"outputs": outputs, "detections": detections, "variants": variants, "service_s": service,
                 "queued_s": queued}
 
-    async def chain(self, item: Any, t0: float, where: list[int]) -> dict[str, Any]:
+    async def chain(self, item: Any, t0: float, where: At) -> dict[str, Any]:
         """Speech or text: each stage gets what the one before gave on (its text, or its own input when it gives
         none); the answer holds every stage's output."""
         from ipa.models.builder import gives_on
@@ -333,7 +340,7 @@ class Ingress:
             item = gives_on(o["output"], item)
         return {"outputs": outputs, "variants": variants, "service_s": service, "queued_s": queued}
 
-    async def _stage(self, i: int, inputs: list[Any], t0: float, where: list[int]
+    async def _stage(self, i: int, inputs: list[Any], t0: float, where: At
                      ) -> tuple[list[dict[str, Any]], float, float]:
         """Stage i on each input (one call each, batched in the replica), stamped with the request's start-by
         there: the answers, and the slowest one's seconds in the model and in the replica's queue."""
@@ -363,9 +370,9 @@ class Ingress:
                 log.info("ingress %s: %s; through Serve instead", self.id, e)
         return await self.handles[i].remote(item, start_by)
 
-    def _move(self, where: list[int], to: int) -> None:
-        self.at[where[0]] -= 1
-        where[0] = to
+    def _move(self, where: At, to: int) -> None:
+        self.at[where.stage] -= 1
+        where.stage = to
         if to < len(self.at):
             self.at[to] += 1
 
