@@ -41,6 +41,12 @@ def files(tmp_path):
     wrong = tmp_path / "wrong-kind.yaml"  # a classifier's name in a detection stage
     wrong.write_text(open("configs/pipelines/video.yaml").read().replace("ssdlite320_mobilenet_v3_large", "resnet18"))
     made["wrong_kind"] = str(wrong)
+    (tmp_path / "dup.yaml").write_text(open("configs/pipelines/video.yaml").read() + "sla_s: 0.001\n")
+    made["dup_yaml"] = str(tmp_path / "dup.yaml")
+    bomb = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    bomb += [f"{n}: &{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")]
+    (tmp_path / "bomb.yaml").write_text("\n".join(bomb) + "\n")
+    made["bomb_yaml"] = str(tmp_path / "bomb.yaml")
     for name in ("binary.csv", "binary.yaml", "binary.txt"):
         (tmp_path / name).write_bytes(bytes(range(128, 256)) * 3)
         made[name.replace(".", "_")] = str(tmp_path / name)
@@ -157,6 +163,10 @@ CASES = [
     (["energy", "watch", "--duration", "1", "--csv", "/tmp"], "is a folder (give a file name)"),
     (["serve", "--weights", "/nonexistent/ckpts", "--out", "{out}"], "--weights /nonexistent/ckpts: no such folder"),
     (["optimize", "--load", "2", "--pipeline", "examples/custom/pipeline.yaml"], "ipa profile --pipeline"),
+    # issue 49, item 12: a key given twice, an alias bomb
+    (["spec", "check", "{dup_yaml}"], "key 'sla_s' given twice"),
+    (["spec", "check", "{bomb_yaml}"], "alias bomb"),
+    (["experiment", "{bomb_yaml}", "--out", "{out}"], "alias bomb"),
     # issue 20: the ingress's replicas
     (["serve", "--ingress-replicas", "0"], "--ingress-replicas"),
     (["experiment", "--runtime", "ray", "--ingress-replicas", "65", "--out", "{out}"], "--ingress-replicas"),

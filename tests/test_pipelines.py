@@ -239,6 +239,8 @@ def test_bad_speech_is_refused_naming_what_is_expected(body, words):
     (b"hello", "text/plain; charset=latin-1", "text", 415, "UTF-8"),
     (b'{"txt": 1}', "application/json", "text", 400, "JSON"),
     (b"", "text/plain", "text", 400, "empty"),
+    (b"[" * 30_000 + b"]" * 30_000, "application/json", "text", 400, "JSON"),  # nested past the parser's depth
+    (b"[" * 200_000 + b"]" * 200_000, "application/json", "image", 400, "nested too deep"),
 ])
 def test_bad_text_or_mismatched_body_gets_a_4xx(body, ctype, media, status, words):
     with pytest.raises(BadInput) as e:

@@ -280,16 +280,58 @@ def load_model(model: type[M], data: typing.Any, source: str, flags: dict[str, s
         raise ConfigError(describe_validation_error(err, source, model, flags)) from None
 
 
+YAML_MAX_VALUES = 100_000  # values a config may hold once its aliases are expanded (a spec holds hundreds)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (the last one would win without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[typing.Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key]} and {line}): give each key once",
+                    key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _expanded(value: typing.Any, budget: list[int]) -> None:
+    """Count the values `value` holds with every alias expanded, down to 0 in `budget[0]` (then stop)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        return
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for child in children:
+        _expanded(child, budget)
+        if budget[0] < 0:
+            return
+
+
 def read_yaml(path: str | Path) -> typing.Any:
+    """A YAML file's value: a key given twice is refused naming it and its lines, and a file whose aliases expand
+    past YAML_MAX_VALUES values (a few kB can expand to billions) is refused before anything reads it."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: " + ("a directory, not a YAML file" if p.is_dir() else "file not found"))
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
+        value = yaml.load(p.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (a safe loader)
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not a YAML text file (byte {e.start} is not UTF-8)") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deep to be a config") from None
+    budget = [YAML_MAX_VALUES]
+    _expanded(value, budget)
+    if budget[0] < 0:
+        raise ConfigError(f"{p}: its aliases expand to more than {YAML_MAX_VALUES:,} values (an alias bomb?): "
+                          "write the values out instead")
+    return value
 
 
 def load_pipeline(path: str | Path) -> PipelineSpec:

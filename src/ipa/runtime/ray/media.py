@@ -76,6 +76,8 @@ def image_bytes(body: bytes, content_type: str) -> bytes:
             payload = json.loads(body)
         except ValueError as e:
             raise BadInput(400, f"body is not valid JSON ({e}); {shape}") from None
+        except RecursionError:  # a body nested thousands deep: not an image, and never a crashed replica
+            raise BadInput(400, f"body is JSON nested too deep; {shape}") from None
         if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
             raise BadInput(400, shape)
         try:
@@ -176,7 +178,7 @@ def decode_text(body: bytes, content_type: str) -> str:
     if _ctype(content_type) == "application/json":
         try:
             text = json.loads(text)["text"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise BadInput(400, "JSON body must be {\"text\": \"...\"}") from None
         if not isinstance(text, str):
             raise BadInput(400, "JSON field 'text' must be a string")
