@@ -33,7 +33,7 @@ def headline(summaries: list[dict]) -> list[str]:
 
         def against(key: str, scale: float = 1.0, digits: str = ".3g") -> str:
             return "; ".join(f"{o['policy']} {format(float(o[key]) / scale, digits)}"
-                             + (f", {_change(float(ipa[key]), float(o[key]))}" if key != "sla_violation_pct" else "")
+                             + (f", {_change(ipa['policy'], float(ipa[key]), float(o[key]))}" if key != "sla_violation_pct" else "")
                              for o in others)
 
         late = "; ".join(f"{o['policy']} {float(o['sla_violation_pct']):.2f}%" for o in others)
@@ -46,12 +46,12 @@ def headline(summaries: list[dict]) -> list[str]:
     return out
 
 
-def _change(ours: float, theirs: float) -> str:
-    """ours against theirs in words: '35% less', '12% more', 'the same'."""
+def _change(name: str, ours: float, theirs: float) -> str:
+    """`name`'s figure against a baseline's in words: 'ipa 35% less', 'ipa 12% more', 'the same'."""
     if not theirs:
-        return "the same" if not ours else "more"
+        return "the same" if not ours else f"{name} more"
     d = (ours - theirs) / abs(theirs) * 100
-    return "the same" if abs(d) < 0.5 else f"ipa {abs(d):.0f}% {'more' if d > 0 else 'less'}"
+    return "the same" if abs(d) < 0.5 else f"{name} {abs(d):.0f}% {'more' if d > 0 else 'less'}"
 
 
 def build_report(out: Path, summaries: list[dict], title: str = "ipa experiment") -> Path:
